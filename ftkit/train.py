@@ -1,0 +1,329 @@
+"""Runs inside the notebook kernel: load the model, attach LoRA, build the trainer, train, save.
+
+Knows nothing of widgets, Huey or the worker. It reports to the job store through one small
+``Reporter`` (progress, metrics, logs) and asks it, cheaply, whether the job was cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# -- reporting ------------------------------------------------------------------------------------
+class Reporter:
+    """Progress and cancel checks for one job. Writes are throttled: a training step pays at most
+    one cheap read (the cancel flag, cached for ``poll_seconds``) and, every ``flush_seconds``, one
+    batched write of progress, metrics and log lines."""
+
+    def __init__(self, job_id: str | None, store: Any = None, *, flush_seconds: float = 1.0, poll_seconds: float = 0.5):
+        self.job_id, self.store = job_id, store
+        self.flush_seconds, self.poll_seconds = flush_seconds, poll_seconds
+        self._metrics: list[dict[str, Any]] = []
+        self._logs: list[str] = []
+        self._progress: dict[str, Any] = {}
+        self._last_flush = 0.0
+        self._last_poll = 0.0
+        self._stop = False
+
+    @classmethod
+    def for_job(cls, job_id: str | None) -> Reporter:
+        """Connect to the job store named by the environment the worker gave this kernel.
+        With no job id (the template run by hand) nothing is reported, only printed."""
+        if not job_id:
+            return cls(None)
+        from .config import Settings
+        from .jobstore import open_store
+
+        return cls(job_id, open_store(Settings.from_env()))
+
+    def status(self, status: str, **fields: Any) -> None:
+        if self.store is not None:
+            from .jobstore import ACTIVE
+
+            self.store.transition(self.job_id, status, allowed=ACTIVE, **fields)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+        self._logs.append(line)
+        self.flush(force=False)
+
+    def metric(self, row: dict[str, Any], **progress: Any) -> None:
+        self._metrics.append(row)
+        self._progress.update(progress)
+        self.flush(force=False)
+
+    def flush(self, force: bool = True) -> None:
+        if self.store is None or not (force or time.monotonic() - self._last_flush >= self.flush_seconds):
+            return
+        self._last_flush = time.monotonic()
+        if self._progress:
+            self.store.update(self.job_id, **self._progress)
+            self._progress = {}
+        self.store.add_metrics(self.job_id, self._metrics)
+        self.store.add_logs(self.job_id, self._logs)
+        self._metrics, self._logs = [], []
+
+    def should_stop(self) -> bool:
+        if self.store is None or self._stop:
+            return self._stop
+        now = time.monotonic()
+        if now - self._last_poll >= self.poll_seconds:
+            self._last_poll = now
+            self._stop = bool(self.store.get_field(self.job_id, "cancel_requested"))
+        return self._stop
+
+
+def progress_callback(reporter: Reporter):
+    """A transformers TrainerCallback that reports each logging step and stops on cancel."""
+    from transformers import TrainerCallback
+
+    class FtkitProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            self.first_step = state.global_step
+            reporter.status("training", total_steps=state.max_steps, current_step=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if reporter.should_stop():
+                reporter.log(f"cancel requested: stopping after step {state.global_step}")
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            step, total = state.global_step, max(state.max_steps, 1)
+            done = step - self.first_step
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / done * (total - step) if done > 0 else None
+            row = {"step": step, "epoch": round(state.epoch or 0.0, 4), "time": round(elapsed, 3)}
+            for key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
+                if key in logs and logs[key] is not None and math.isfinite(float(logs[key])):
+                    row[key] = float(logs[key])
+            progress = {"current_step": step, "total_steps": total, "progress": round(100.0 * step / total, 1),
+                        "eta_seconds": None if eta is None else round(eta, 1)}
+            if "loss" in row:
+                progress["loss"] = row["loss"]
+            if "eval_loss" in row:
+                progress["eval_loss"] = row["eval_loss"]
+            reporter.metric(row, **progress)
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            reporter.log(f"step {step}/{total} {shown}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            reporter.flush()
+
+    return FtkitProgress()
+
+
+# -- model ----------------------------------------------------------------------------------------
+def pick_backend(requested: str) -> str:
+    """unsloth where a CUDA GPU and unsloth are present (or asked for), else transformers + peft."""
+    import importlib.util
+
+    import torch
+
+    if requested == "hf":
+        return "hf"
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "unsloth":
+        if not (torch.cuda.is_available() and has_unsloth):
+            raise RuntimeError("backend='unsloth' needs a CUDA GPU and unsloth (pip install 'ftkit[unsloth]')")
+        return "unsloth"
+    return "unsloth" if torch.cuda.is_available() and has_unsloth else "hf"
+
+
+def check_base_model(name: str) -> None:
+    """Fail early and clearly when the base model can be neither found on disk nor fetched."""
+    looks_local = name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
+    if looks_local and not (Path(name).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(f"base model {name!r} not found: no folder with a config.json at that path")
+    if not looks_local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise FileNotFoundError(
+                f"base model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                "download it on a machine with access or pass a local folder")
+
+
+def load_model(config: TrainConfig):
+    """The base model with LoRA attached, its tokenizer, and a summary for the report."""
+    import torch
+    from transformers import set_seed
+
+    check_base_model(config.base_model)
+    set_seed(config.seed)
+    backend = pick_backend(config.backend)
+    if backend == "unsloth":
+        model, tokenizer = _load_unsloth(config)
+    else:
+        model, tokenizer = _load_hf(config)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    info = {
+        "base_model": config.base_model, "backend": backend,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "quantization": "4-bit" if getattr(model, "is_loaded_in_4bit", False) else "none",
+        "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_share": trainable / total if total else 0.0,
+    }
+    return model, tokenizer, info
+
+
+def _load_unsloth(config: TrainConfig):
+    """unsloth's documented recipe: FastLanguageModel.from_pretrained, then get_peft_model."""
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=config.base_model, max_seq_length=config.max_seq_length,
+        dtype=None, load_in_4bit=config.load_in_4bit,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model, r=config.lora_r, target_modules=LORA_TARGETS, lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout, bias="none", use_gradient_checkpointing="unsloth",
+        random_state=config.seed,
+    )
+    return model, tokenizer
+
+
+def _load_hf(config: TrainConfig):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if torch.cuda.is_available():
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if config.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+# -- data and trainer ---------------------------------------------------------------------------
+def prepare_data(dataset_path: str, dataset_format: str, tokenizer, config: TrainConfig):
+    """Tokenized train (and eval) sets with label masks, and a summary for the report."""
+    from .render import build_dataset
+
+    data = build_dataset(dataset_path, format=dataset_format, tokenizer=tokenizer,
+                         max_seq_length=config.max_seq_length, train_on_inputs=config.train_on_inputs)
+    if len(data) == 0:
+        raise ValueError(f"no usable training examples in {dataset_path} after tokenization")
+    eval_data = None
+    if config.validation_split > 0:
+        split = data.train_test_split(test_size=config.validation_split, seed=config.seed)
+        data, eval_data = split["train"], split["test"]
+    lengths = [len(ids) for ids in data["input_ids"]]
+    summary = {
+        "examples": len(data), "eval_examples": len(eval_data) if eval_data is not None else 0,
+        "tokens": sum(lengths), "max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "trained_tokens": sum(sum(1 for t in labels if t != -100) for labels in data["labels"]),
+    }
+    return data, eval_data, summary
+
+
+def make_trainer(model, tokenizer, train_data, eval_data, config: TrainConfig, output_dir: str, reporter: Reporter):
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    use_cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(Path(output_dir) / "checkpoints"),
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        num_train_epochs=config.num_epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        eval_strategy=("steps" if config.eval_steps else "no") if eval_data is not None else "no",
+        eval_steps=config.eval_steps or None,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        padding_free=config.packing,
+        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not use_cuda,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    return SFTTrainer(
+        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+        processing_class=tokenizer, callbacks=[progress_callback(reporter)],
+    )
+
+
+def train(trainer, reporter: Reporter) -> dict[str, Any]:
+    """Run the trainer; the result says whether it stopped because the job was cancelled."""
+    started = time.monotonic()
+    output = trainer.train()
+    reporter.flush()
+    return {
+        "training_duration_seconds": round(time.monotonic() - started, 3),
+        "global_step": output.global_step,
+        "train_loss": output.training_loss,
+        "cancelled": reporter.should_stop(),
+    }
+
+
+def save_adapter(model, tokenizer, output_dir: str) -> Path:
+    """adapter_config.json + adapter_model.safetensors (+ the tokenizer, so the adapter stands alone)."""
+    adapter_dir = Path(output_dir) / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+# -- report helpers -----------------------------------------------------------------------------
+def show_table(mapping: dict[str, Any], title: str = "") -> None:
+    """A two-column table as plain HTML output: readable in any notebook viewer, no ftkit needed."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return str(v)
+
+    rows = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th><td style='text-align:left'>"
+                   f"{escape(fmt(v))}</td></tr>" for k, v in mapping.items())
+    caption = f"<caption style='text-align:left'><b>{escape(title)}</b></caption>" if title else ""
+    display(HTML(f"<table>{caption}{rows}</table>"))
+
+
+def write_result(output_dir: str, **parts: Any) -> Path:
+    """result.json: what the worker copies into the job record when the notebook ends."""
+    import json
+
+    path = Path(output_dir) / "result.json"
+    path.write_text(json.dumps(parts, indent=2, default=str))
+    return path

@@ -1,0 +1,172 @@
+"""Real servers and processes for the tests: a redis-server per session on a free port, a tiny
+Llama model built once, and ``ftkit worker`` subprocesses that the tests can stop and kill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXAMPLE_DATA = REPO / "examples" / "example_data.jsonl"
+for name in [k for k in os.environ if k.startswith(("FTKIT_", "REDIS_", "STORAGE_", "S3_", "DEFAULT_"))]:
+    del os.environ[name]  # tests choose their own backends
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll until condition() is truthy; fail with what we were waiting for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server this test session owns: it can stop, kill and restart it."""
+
+    port: int
+    dir: Path
+    password: str | None = None
+    appendonly: bool = False
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 10, f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run the tests through `make test`, which installs it")
+    server = RedisServer(port=free_port(), dir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from ftkit.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def settings(request, tmp_path):
+    """Fresh Settings on each backend: an empty SQLite file or a flushed Redis, and a new folder."""
+    from ftkit.config import Settings
+
+    common = dict(storage=str(tmp_path / "storage"), scratch_dir=str(tmp_path / "scratch"),
+                  heartbeat_seconds=0.5, worker_grace_seconds=3.0)
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        return Settings.from_env({}, redis_url=server.url, **common)
+    return Settings.from_env({}, queue_db=str(tmp_path / "queue.db"), **common)
+
+
+@pytest.fixture
+def client(settings):
+    from ftkit.client import Client
+
+    return Client(settings)
+
+
+class WorkerProcess:
+    """``ftkit worker`` as a subprocess, with the settings' environment."""
+
+    def __init__(self, settings, scratch: Path, log: Path):
+        env = {**os.environ, **settings.to_env(), "FTKIT_SCRATCH_DIR": str(scratch), "PYTHONUNBUFFERED": "1"}
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], env=env,
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=scratch.parent)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(settings, tmp_path):
+    """Start workers on demand; each gets its own scratch folder, as on its own machine."""
+    from ftkit.client import Client
+
+    started: list[WorkerProcess] = []
+
+    def start(wait: bool = True) -> WorkerProcess:
+        n = len(started)
+        scratch = tmp_path / f"worker{n}"
+        scratch.mkdir()
+        worker = WorkerProcess(settings, scratch, tmp_path / f"worker{n}.log")
+        started.append(worker)
+        if wait:
+            c = Client(settings)
+            wait_for(lambda: len(c.workers()) >= len(started) or worker.proc.poll() is not None, 60, "the worker's heartbeat")
+            assert worker.proc.poll() is None, worker.output()
+        return worker
+
+    yield start
+    for w in started:
+        w.stop(signal.SIGINT, timeout=30)
