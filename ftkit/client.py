@@ -196,8 +196,9 @@ class Job:
     def status(self) -> dict[str, Any]:
         return public_status(self._client.store.get(self.id))
 
-    def metrics(self) -> list[dict[str, Any]]:
-        return self._client.store.metrics(self.id)
+    def metrics(self, start: int = 0) -> list[dict[str, Any]]:
+        """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""
+        return self._client.store.metrics(self.id, start)
 
     def logs(self, n: int = 50) -> list[str]:
         return self._client.store.logs(self.id, n)

@@ -68,7 +68,8 @@ class JobStore:
     def add_metrics(self, job_id: str, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
-    def metrics(self, job_id: str) -> list[dict[str, Any]]:
+    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """Metric rows from index ``start`` on (a live view reads only what is new)."""
         raise NotImplementedError
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:
@@ -243,8 +244,8 @@ class RedisJobStore(JobStore):
         if rows:
             self._call(self.r.rpush, self._k("metrics", job_id), *[_dumps(r) for r in rows])
 
-    def metrics(self, job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self._call(self.r.lrange, self._k("metrics", job_id), 0, -1)]
+    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in self._call(self.r.lrange, self._k("metrics", job_id), start, -1)]
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:
         if lines:
@@ -403,8 +404,9 @@ class SqliteJobStore(JobStore):
             with self._db() as db:
                 db.executemany("INSERT INTO ftkit_metrics (job_id, data) VALUES (?,?)", [(job_id, _dumps(r)) for r in rows])
 
-    def metrics(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid", (job_id,))
+    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid LIMIT -1 OFFSET ?", (job_id, start))
         return [json.loads(r[0]) for r in rows.fetchall()]
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:

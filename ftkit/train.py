@@ -60,6 +60,10 @@ class Reporter:
         self._progress.update(progress)
         self.flush(force=False)
 
+    def metric_progress(self, **progress: Any) -> None:
+        self._progress.update(progress)
+        self.flush(force=False)
+
     def flush(self, force: bool = True) -> None:
         if self.store is None or not (force or time.monotonic() - self._last_flush >= self.flush_seconds):
             return
@@ -113,6 +117,9 @@ def progress_callback(reporter: Reporter):
                 progress["loss"] = row["loss"]
             if "eval_loss" in row:
                 progress["eval_loss"] = row["eval_loss"]
+            if "loss" not in row and "eval_loss" not in row:  # the end-of-training summary
+                reporter.metric_progress(**progress)
+                return
             reporter.metric(row, **progress)
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             reporter.log(f"step {step}/{total} {shown}")

@@ -96,6 +96,7 @@ def test_metrics_keep_order(store):
     store.add_metrics("a1", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
     store.add_metrics("a1", [{"step": 3, "loss": 1.0}])
     assert [m["step"] for m in store.metrics("a1")] == [1, 2, 3]
+    assert [m["step"] for m in store.metrics("a1", start=2)] == [3]
 
 
 def test_logs_keep_only_the_tail(store):

@@ -1,0 +1,98 @@
+"""One real job, end to end, on SQLite and on a real redis-server: upload -> submit -> `ftkit worker`
+subprocess -> papermill kernel -> real training steps on a tiny Llama -> report + adapter in storage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLE_DATA, wait_for
+
+pytestmark = pytest.mark.slow
+STATUS_FIELDS = {"job_id", "status", "progress", "current_step", "total_steps", "loss", "created_at", "started_at",
+                 "finished_at", "error", "attempt", "worker", "result"}
+
+
+def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(client, start_worker, tiny_model, tmp_path):
+    start_worker()
+    health = client.health()
+    assert health["workers"] == 1 and health["broker_connected"] and health["status"] == "healthy"
+
+    ds = client.upload_dataset(EXAMPLE_DATA)
+    assert (ds.format, ds.rows, len(ds.sha256)) == ("chat", 120, 64)
+    job = client.submit(ds, base_model=str(tiny_model), max_steps=30, batch_size=4, learning_rate=3e-3,
+                        max_seq_length=256)
+    assert job.status()["status"] in ("queued", "preparing", "training")
+    final = job.wait(timeout=300, progress=False)
+
+    assert final["status"] == "completed", final["error"]
+    assert STATUS_FIELDS <= final.keys()
+    assert final["progress"] == 100.0 and final["current_step"] == final["total_steps"] == 30
+    assert final["attempt"] == 1 and final["worker"] and final["error"] is None
+    result = final["result"]
+    assert {"output_dir", "adapter_dir", "report", "training_duration_seconds", "dataset_size"} <= result.keys()
+    assert result["dataset_size"] == 120 and result["training_duration_seconds"] > 0
+
+    metrics = job.metrics()
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    assert {"step", "loss", "learning_rate", "epoch"} <= metrics[0].keys()
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+    report = json.loads(open(result["report"]).read())
+    code_cells = [c for c in report["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] for c in code_cells), "every code cell ran"
+    assert not any(o.get("output_type") == "error" for c in code_cells for o in c["outputs"])
+    assert report["metadata"]["papermill"]["exception"] is None
+
+    adapter = job.download(tmp_path / "adapter")
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    check = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(tiny_model), str(adapter)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert int(check.stdout.split()[-1]) > 0, "generated new tokens"
+
+
+LOAD_AND_GENERATE = """
+import sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base, adapter = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(adapter)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+ids = tok.apply_chat_template([{"role": "user", "content": "Name a color."}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+print(out.shape[1] - ids["input_ids"].shape[1])
+"""
+
+
+def test_a_missing_base_model_fails_clearly_and_keeps_its_report(client, start_worker, tmp_path):
+    start_worker()
+    job = client.submit(EXAMPLE_DATA, base_model=str(tmp_path / "no-such-model"), max_steps=2)
+    final = job.wait(timeout=180, progress=False)
+    assert final["status"] == "failed"
+    assert "no-such-model" in final["error"] and "not found" in final["error"]
+    report = json.loads(open(final["report"]).read())
+    failing = [c for c in report["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failing) == 1 and "load_model" in "".join(failing[0]["source"])
+    assert final["error_cell"] == failing[0]["execution_count"]
+
+
+def test_bad_config_is_refused_before_anything_is_queued(client):
+    from ftkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        client.submit(EXAMPLE_DATA, max_step=10)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        client.submit(EXAMPLE_DATA, learning_rate=0)
+    assert client.store.count() == 0 and client.huey.pending_count() == 0
+
+
+def test_health_counts_live_workers_only(client, start_worker):
+    assert client.health()["workers"] == 0 and client.health()["status"] == "degraded"
+    worker = start_worker()
+    assert client.health()["workers"] == 1
+    worker.stop()
+    wait_for(lambda: client.health()["workers"] == 0, 10, "the stopped worker to disappear")
