@@ -158,7 +158,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         build_tiny_model(model_dir)
     client = ftkit.client()
     print(f"queue: {client.settings.broker}, storage: {client.settings.storage}")
-    worker = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"])
+    log_path = Path(client.settings.scratch_dir).expanduser() / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    worker = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], stdout=open(log_path, "wb"),
+                              stderr=subprocess.STDOUT)
+    print(f"started a local worker (log: {log_path})")
     try:
         ds = ftkit.upload_dataset(EXAMPLE_DATA)
         print(f"uploaded {ds.name}: {ds.rows} rows, format {ds.format}")
@@ -167,6 +171,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"submitted job {job.id}")
         status = job.wait()
         print(f"job {job.id}: {status['status']}" + (f" ({status['error']})" if status["error"] else ""))
+        if status["status"] != "completed":
+            print(f"report: {status.get('report')}\nworker log: {log_path}")
         if status["status"] == "completed":
             result = status["result"]
             print(f"loss {result['first_loss']:.3f} -> {result['final_loss']:.3f} in {result['training_duration_seconds']:.1f} s")

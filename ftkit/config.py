@@ -104,6 +104,10 @@ class Settings:
             allowed_model_dirs=tuple(p for p in (allowed or "").split(os.pathsep) if p),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
+        # Absolute paths: a worker's notebook kernel runs in another folder and must find the same files.
+        if "://" not in values["storage"]:
+            values["storage"] = str(Path(values["storage"]).expanduser().resolve())
+        values["queue_db"] = str(Path(values["queue_db"]).expanduser().resolve())
         if values["redis_url"] and not str(values["redis_url"]).startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"Redis URL must start with redis://, rediss:// or unix:// (got {values['redis_url']!r})")
         return cls(**values)

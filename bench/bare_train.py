@@ -1,0 +1,32 @@
+"""The baseline: the same LoRA training as an ftkit job, as a plain script (no queue, no notebook).
+
+    python bench/bare_train.py MODEL_DIR DATA.jsonl OUT_DIR MAX_STEPS
+"""
+
+import sys
+import time
+
+started = time.perf_counter()
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from ftkit.render import build_dataset  # noqa: E402  -- identical tokens and label masks
+
+model_dir, data, out, max_steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+set_seed(3407)
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+model = get_peft_model(
+    AutoModelForCausalLM.from_pretrained(model_dir),
+    LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+)
+train = build_dataset(data, format="chat", tokenizer=tokenizer, max_seq_length=256)
+args = SFTConfig(output_dir=f"{out}/checkpoints", max_steps=max_steps, per_device_train_batch_size=4,
+                 learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no", seed=3407,
+                 max_length=256, use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+t0 = time.perf_counter()
+trainer.train()
+train_seconds = time.perf_counter() - t0
+model.save_pretrained(f"{out}/adapter")
+print(f"train_seconds={train_seconds:.3f} total_seconds={time.perf_counter() - started:.3f}")
