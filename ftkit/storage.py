@@ -25,6 +25,8 @@ from .errors import JobNotFound, StorageError
 
 T = TypeVar("T")
 RETRIES = 3
+PERMANENT = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
+PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket"}
 
 
 def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -36,9 +38,13 @@ def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
             for attempt in range(RETRIES):
                 try:
                     return fn(self, *args, **kwargs)
-                except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as exc:
+                except StorageError:
+                    raise
+                except PERMANENT as exc:
                     raise StorageError(f"cannot {what} at {self.url}: {exc}") from exc
-                except OSError as exc:
+                except Exception as exc:  # network and service errors (botocore's are not OSError)
+                    if type(exc).__name__ in PERMANENT_NAMES:
+                        raise StorageError(f"cannot {what} at {self.url}: {exc}") from exc
                     if attempt == RETRIES - 1:
                         raise StorageError(f"cannot {what} at {self.url} after {RETRIES} tries: {exc}") from exc
                     time.sleep(0.2 * 2**attempt)
@@ -60,6 +66,11 @@ class Storage:
             from .errors import require
 
             require("s3fs", "s3")
+            # Other processes write here too: never trust a cached listing.
+            options["use_listings_cache"] = False
+            # A Storage sees the credentials of its moment, and ftkit retries on top of botocore.
+            options["skip_instance_cache"] = True
+            options["config_kwargs"] = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5}
             if endpoint_url:
                 options["endpoint_url"] = endpoint_url
         elif "://" not in url:

@@ -61,7 +61,7 @@ def execute_job(job_id: str) -> None:
     final, fields = jobs.FAILED, {"error": "the worker stopped before the job ended"}
     rt.current_job = job_id
     try:
-        data_path = stage_dataset(rt, record["dataset"])
+        data_path = stage_dataset(rt, job_id, record["dataset"])
         notebook_error = run_notebook(record, data_path, run_dir, report)
         if notebook_error:
             fields = notebook_error
@@ -102,11 +102,14 @@ def claim(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     return rt.store.get(job_id)
 
 
-def stage_dataset(rt: Runtime, dataset: dict[str, Any]) -> Path:
+def stage_dataset(rt: Runtime, job_id: str, dataset: dict[str, Any]) -> Path:
     """A local copy of the data set, cached by content hash: ten jobs on one file fetch it once."""
     local = rt.scratch / "datasets" / dataset["sha256"] / dataset["name"]
-    if not local.is_file():
-        rt.storage.get_file(Storage.dataset_parts(dataset["sha256"], dataset["name"]), local)
+    if local.is_file():
+        rt.store.add_event(job_id, f"data set {dataset['name']} already on this machine (cached by sha256)")
+        return local
+    rt.storage.get_file(Storage.dataset_parts(dataset["sha256"], dataset["name"]), local)
+    rt.store.add_event(job_id, f"data set {dataset['name']} staged from storage")
     return local
 
 

@@ -170,3 +170,51 @@ def start_worker(settings, tmp_path):
     yield start
     for w in started:
         w.stop(signal.SIGINT, timeout=30)
+
+
+@dataclass
+class S3Server:
+    """moto in server mode on loopback: a real S3 HTTP endpoint, as s3fs's own tests use."""
+
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.up, 30, f"moto_server on port {self.port}")
+
+    def up(self) -> bool:
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=0.5)
+            return True
+        except OSError as exc:
+            return getattr(exc, "code", None) is not None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def make_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "ftkit-test-key")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "ftkit-test-secret-DO-NOT-LEAK")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = S3Server(port=free_port())
+    server.start()
+    yield server
+    server.stop()
