@@ -59,17 +59,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
     if args.gpus:
-        return _run_worker_per_gpu(args.gpus.split(","))
-    run_worker()
+        return _run_worker_per_gpu(args.gpus.split(","), args.drain)
+    run_worker(drain=args.drain)
     return 0
 
 
-def _run_worker_per_gpu(gpus: list[str]) -> int:
+def _run_worker_per_gpu(gpus: list[str], drain: bool) -> int:
     """One worker process per GPU, each seeing only its device."""
     procs = []
     for gpu in gpus:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu.strip()}
-        procs.append(subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker", *(["--drain"] if drain else [])],
+                                      env=env))
 
     def forward(signum, _frame):
         for p in procs:
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker (one per GPU)")
     p.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
+    p.add_argument("--drain", action="store_true", help="on SIGINT/SIGTERM finish the running job instead of handing it back")
     p.set_defaults(fn=cmd_worker)
 
     p = sub.add_parser("submit", help="upload a data set (if a path) and queue a job")

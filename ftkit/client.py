@@ -163,6 +163,15 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         return self.store.workers()
 
+    def reap_if_orphaned(self, record: dict[str, Any]) -> bool:
+        """An active job whose worker stopped heart-beating goes back to the queue (or fails after
+        its last attempt) as soon as anyone looks, even when no worker is left to notice."""
+        if record.get("worker") in {w["worker_id"] for w in self.store.workers()}:
+            return False
+        from .queue import requeue_orphans
+
+        return bool(requeue_orphans(self.store, self.huey, only=record["job_id"]))
+
     def health(self) -> dict[str, Any]:
         connected = self.store.ping()
         workers = queue_depth = 0
@@ -194,7 +203,10 @@ class Job:
         return MonitorPanel(self).widget._repr_mimebundle_(**kwargs)
 
     def status(self) -> dict[str, Any]:
-        return public_status(self._client.store.get(self.id))
+        record = self._client.store.get(self.id)
+        if record["status"] in jobs.ACTIVE and self._client.reap_if_orphaned(record):
+            record = self._client.store.get(self.id)
+        return public_status(record)
 
     def metrics(self, start: int = 0) -> list[dict[str, Any]]:
         """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""

@@ -165,6 +165,7 @@ class TrainConfig:
     packing: bool = False
     validation_split: float = 0.0
     eval_steps: int = 0  # 0: evaluate only at the end when there is a validation set
+    timeout_minutes: float | None = None  # stop the job (failed, "timed out") after this long
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -199,6 +200,11 @@ class TrainConfig:
                 fail(name, "must be a number")
             if not low < value <= high:
                 fail(name, f"must be > {low} and <= {high:g}")
+        if self.timeout_minutes is not None and (
+            isinstance(self.timeout_minutes, bool) or not isinstance(self.timeout_minutes, (int, float))
+            or not 0 < self.timeout_minutes <= 60 * 24 * 30
+        ):
+            fail("timeout_minutes", "must be a number of minutes > 0 (at most 30 days), or None")
         for name in ("lora_dropout", "validation_split"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -24,6 +24,8 @@ ACTIVE = (PREPARING, TRAINING, SAVING)
 FINAL = (COMPLETED, FAILED, CANCELLED)
 STATUSES = (QUEUED, *ACTIVE, *FINAL)
 LOG_LINES_KEPT = 500
+# Why a running job is asked to stop: read by the kernel with one cheap field read per poll.
+STOP_CANCEL, STOP_HANDOFF, STOP_TIMEOUT = "cancel", "handoff", "timeout"
 
 
 class JobStore:
@@ -72,6 +74,10 @@ class JobStore:
         """Metric rows from index ``start`` on (a live view reads only what is new)."""
         raise NotImplementedError
 
+    def trim_metrics(self, job_id: str, after_step: int) -> None:
+        """Drop rows logged after ``after_step``: a resumed job continues its history from its checkpoint."""
+        raise NotImplementedError
+
     def add_logs(self, job_id: str, lines: list[str]) -> None:
         """Append log lines; only the last LOG_LINES_KEPT are kept."""
         raise NotImplementedError
@@ -93,8 +99,9 @@ class JobStore:
     # -- shared behaviour, written once ---------------------------------------------------------
     def request_cancel(self, job_id: str) -> str:
         """Ask a job to stop; a queued job is cancelled at once. Returns the status after."""
-        self.get(job_id)  # raises JobNotFound
-        self.update(job_id, cancel_requested=True)
+        if self.get(job_id)["status"] in FINAL:
+            return self.get_field(job_id, "status")
+        self.update(job_id, cancel_requested=True, stop=STOP_CANCEL)
         if self.transition(job_id, CANCELLED, allowed=(QUEUED,), finished_at=time.time(),
                            error="cancelled before it started"):
             self.add_event(job_id, "cancelled while queued")
@@ -246,6 +253,22 @@ class RedisJobStore(JobStore):
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return [json.loads(r) for r in self._call(self.r.lrange, self._k("metrics", job_id), start, -1)]
+
+    def trim_metrics(self, job_id: str, after_step: int) -> None:
+        key = self._k("metrics", job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    keep = [r for r in pipe.lrange(key, 0, -1) if json.loads(r).get("step", 0) <= after_step]
+                    pipe.multi()
+                    pipe.delete(key)
+                    if keep:
+                        pipe.rpush(key, *keep)
+                    self._call(pipe.execute)
+                    return
+                except self._redis.WatchError:
+                    continue
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:
         if lines:
@@ -408,6 +431,10 @@ class SqliteJobStore(JobStore):
         rows = self._conn().execute(
             "SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid LIMIT -1 OFFSET ?", (job_id, start))
         return [json.loads(r[0]) for r in rows.fetchall()]
+
+    def trim_metrics(self, job_id: str, after_step: int) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM ftkit_metrics WHERE job_id=? AND json_extract(data, '$.step') > ?", (job_id, after_step))
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:
         if lines:

@@ -112,20 +112,25 @@ def pending_count(huey) -> int:
     return huey.pending_count()
 
 
-def requeue_orphans(store: jobs.JobStore, huey, *, max_attempts: int = 3) -> list[str]:
+def requeue_orphans(store: jobs.JobStore, huey, *, max_attempts: int | None = None, only: str | None = None) -> list[str]:
     """Send active jobs whose worker stopped heart-beating back to the queue (or fail them after
-    ``max_attempts``). Safe to run from every worker at once: each move is a compare-and-set."""
+    ``max_attempts``); the ids moved or failed. Safe to run from every worker and client at once:
+    each move is a compare-and-set."""
+    if max_attempts is None:
+        max_attempts = int(os.environ.get("FTKIT_MAX_ATTEMPTS", "3"))
     moved = []
-    for record in store.orphans():
+    orphans = store.orphans() if only is None else [r for r in [store.get(only)] if r["status"] in jobs.ACTIVE]
+    for record in orphans:
         job_id, worker, attempt = record["job_id"], record.get("worker"), int(record.get("attempt", 1))
         why = f"worker {worker} stopped heart-beating during {record['status']}"
         if attempt >= max_attempts:
             if store.transition(job_id, jobs.FAILED, allowed=jobs.ACTIVE, expect_worker=worker,
                                 finished_at=time.time(), error=f"{why}; gave up after {attempt} attempts"):
                 store.add_event(job_id, f"{why}; failed after {attempt} attempts")
+                moved.append(job_id)
             continue
         if store.transition(job_id, jobs.QUEUED, allowed=jobs.ACTIVE, expect_worker=worker,
-                            attempt=attempt + 1, worker=None):
+                            attempt=attempt + 1, worker=None, stop=None):
             store.add_event(job_id, f"{why}; re-queued as attempt {attempt + 1}")
             enqueue(huey, job_id)
             moved.append(job_id)

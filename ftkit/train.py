@@ -19,36 +19,52 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # -- reporting ------------------------------------------------------------------------------------
 class Reporter:
-    """Progress and cancel checks for one job. Writes are throttled: a training step pays at most
-    one cheap read (the cancel flag, cached for ``poll_seconds``) and, every ``flush_seconds``, one
-    batched write of progress, metrics and log lines."""
+    """Progress and stop requests for one job. Writes are throttled: a training step pays at most
+    one cheap read (the ``stop`` field, cached for ``poll_seconds``) and, every ``flush_seconds``,
+    one batched write of progress, metrics and log lines. A broker outage never fails training:
+    writes stay buffered and go out when the broker answers again."""
 
-    def __init__(self, job_id: str | None, store: Any = None, *, flush_seconds: float = 1.0, poll_seconds: float = 0.5):
-        self.job_id, self.store = job_id, store
+    def __init__(self, job_id: str | None, store: Any = None, storage: Any = None, *, worker: str | None = None,
+                 flush_seconds: float = 1.0, poll_seconds: float = 0.5):
+        self.job_id, self.store, self.storage, self.worker = job_id, store, storage, worker
         self.flush_seconds, self.poll_seconds = flush_seconds, poll_seconds
         self._metrics: list[dict[str, Any]] = []
         self._logs: list[str] = []
         self._progress: dict[str, Any] = {}
         self._last_flush = 0.0
         self._last_poll = 0.0
-        self._stop = False
+        self._parent = os.getppid()
+        self.stop_reason: str | None = None
 
     @classmethod
     def for_job(cls, job_id: str | None) -> Reporter:
-        """Connect to the job store named by the environment the worker gave this kernel.
+        """Connect to the job store and storage named by the environment the worker gave this kernel.
         With no job id (the template run by hand) nothing is reported, only printed."""
         if not job_id:
             return cls(None)
         from .config import Settings
         from .jobstore import open_store
+        from .storage import Storage
 
-        return cls(job_id, open_store(Settings.from_env()))
+        settings = Settings.from_env()
+        store = open_store(settings)
+        return cls(job_id, store, Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
+                   worker=store.get_field(job_id, "worker"))
+
+    def _safely(self, fn, *args: Any, **kwargs: Any) -> Any:
+        from .errors import BrokerUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except BrokerUnavailable as exc:
+            print(f"[ftkit] job store unreachable, will retry: {exc}", flush=True)
+            return None
 
     def status(self, status: str, **fields: Any) -> None:
         if self.store is not None:
             from .jobstore import ACTIVE
 
-            self.store.transition(self.job_id, status, allowed=ACTIVE, **fields)
+            self._safely(self.store.transition, self.job_id, status, allowed=ACTIVE, expect_worker=self.worker, **fields)
 
     def log(self, line: str) -> None:
         print(line, flush=True)
@@ -57,8 +73,7 @@ class Reporter:
 
     def metric(self, row: dict[str, Any], **progress: Any) -> None:
         self._metrics.append(row)
-        self._progress.update(progress)
-        self.flush(force=False)
+        self.metric_progress(**progress)
 
     def metric_progress(self, **progress: Any) -> None:
         self._progress.update(progress)
@@ -68,21 +83,44 @@ class Reporter:
         if self.store is None or not (force or time.monotonic() - self._last_flush >= self.flush_seconds):
             return
         self._last_flush = time.monotonic()
-        if self._progress:
-            self.store.update(self.job_id, **self._progress)
-            self._progress = {}
-        self.store.add_metrics(self.job_id, self._metrics)
-        self.store.add_logs(self.job_id, self._logs)
-        self._metrics, self._logs = [], []
+        metrics, logs, progress = self._metrics, self._logs, self._progress
+        if self._safely(self._write, metrics, logs, progress) is not None:
+            self._metrics, self._logs, self._progress = [], [], {}
+
+    def _write(self, metrics: list, logs: list, progress: dict) -> bool:
+        if progress:
+            self.store.update(self.job_id, **progress)
+        self.store.add_metrics(self.job_id, metrics)
+        self.store.add_logs(self.job_id, logs)
+        return True
 
     def should_stop(self) -> bool:
-        if self.store is None or self._stop:
-            return self._stop
+        """True when the job was cancelled, timed out, is being handed back, or its worker is gone."""
+        if self.store is None or self.stop_reason:
+            return bool(self.stop_reason)
         now = time.monotonic()
         if now - self._last_poll >= self.poll_seconds:
             self._last_poll = now
-            self._stop = bool(self.store.get_field(self.job_id, "cancel_requested"))
-        return self._stop
+            if os.getppid() != self._parent:
+                self.stop_reason = "orphaned"  # the worker died: nobody would upload what we make
+            else:
+                self.stop_reason = self._safely(self.store.get_field, self.job_id, "stop")
+        return bool(self.stop_reason)
+
+    def save_checkpoint(self, folder: str | Path) -> None:
+        """Copy a trainer checkpoint to storage (``complete`` written last), keeping only the newest."""
+        if self.storage is None:
+            return
+        from .storage import Storage
+
+        name = Path(folder).name
+        parts = Storage.run_parts(self.job_id, "checkpoints")
+        self.storage.put_dir(folder, *parts, name)
+        self.storage.write_text(str(time.time()), *parts, name, "complete")
+        for old in self.storage.listdir(*parts):
+            if old != name:
+                self.storage.remove(*parts, old)
+        self.log(f"checkpoint {name} saved to storage")
 
 
 def progress_callback(reporter: Reporter):
@@ -97,9 +135,21 @@ def progress_callback(reporter: Reporter):
 
         def on_step_end(self, args, state, control, **kwargs):
             if reporter.should_stop():
-                reporter.log(f"cancel requested: stopping after step {state.global_step}")
+                reporter.log(f"stop requested ({reporter.stop_reason}): stopping after step {state.global_step}")
+                control.should_training_stop = True
+                control.should_save = reporter.stop_reason == "handoff"  # another worker resumes from here
+            return control
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            # with gradient accumulation a step can be long: stop between micro-batches too
+            if reporter.should_stop() and reporter.stop_reason != "handoff":
                 control.should_training_stop = True
             return control
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                reporter.save_checkpoint(folder)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -286,16 +336,18 @@ def make_trainer(model, tokenizer, train_data, eval_data, config: TrainConfig, o
     )
 
 
-def train(trainer, reporter: Reporter) -> dict[str, Any]:
-    """Run the trainer; the result says whether it stopped because the job was cancelled."""
+def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
+    """Run the trainer (from a checkpoint when resuming); the result says why it stopped early, if it did."""
     started = time.monotonic()
-    output = trainer.train()
+    if resume_from_checkpoint:
+        reporter.log(f"resuming from {Path(resume_from_checkpoint).name}")
+    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     reporter.flush()
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
         "global_step": output.global_step,
         "train_loss": output.training_loss,
-        "cancelled": reporter.should_stop(),
+        "stopped": reporter.stop_reason,
     }
 
 

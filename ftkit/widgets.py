@@ -46,6 +46,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "packing": ("Advanced", "Pack several short examples into one sequence"),
     "validation_split": ("Advanced", "Fraction held out to measure eval loss"),
     "eval_steps": ("Advanced", "Evaluate every N steps (0: at the end)"),
+    "timeout_minutes": ("Advanced", "Stop the job after this many minutes (0: no limit)"),
 }
 
 
@@ -327,6 +328,8 @@ class ConfigureStep:
             return w.Checkbox(value=value, indent=False, **{**common, "style": {}})
         if name == "max_steps":
             return w.IntText(value=value or 0, **common)
+        if name == "timeout_minutes":
+            return w.FloatText(value=value or 0.0, **common)
         if isinstance(value, int):
             return w.IntText(value=value, **common)
         if isinstance(value, float):
@@ -336,6 +339,7 @@ class ConfigureStep:
     def values(self) -> dict[str, Any]:
         values = {name: c.value for name, c in self.controls.items()}
         values["max_steps"] = values["max_steps"] or None
+        values["timeout_minutes"] = values["timeout_minutes"] or None
         return values
 
     def validate(self) -> TrainConfig | None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huey.consumer import Consumer
+
 from . import jobstore as jobs
 from .config import Settings
 from .jobstore import JobStore, open_store
@@ -32,6 +34,7 @@ class Runtime:
     storage: Storage
     worker_id: str
     scratch: Path
+    huey: Any = None
     current_job: str | None = None
     jobs_done: int = 0
     started_at: float = field(default_factory=time.time)
@@ -48,42 +51,133 @@ def runtime() -> Runtime:
 
 # -- one job --------------------------------------------------------------------------------------
 def execute_job(job_id: str) -> None:
-    """Claim the job, stage its data, run the template notebook, upload report and adapter, and
-    always end the job completed, failed or cancelled (set in ``finally``)."""
+    """Claim the job, stage its data, run the template notebook (resuming from a checkpoint when an
+    earlier attempt left one), upload report and adapter, and always end the job: completed, failed,
+    cancelled, or handed back to the queue (set in ``finally``)."""
     rt = runtime()
     record = claim(rt, job_id)
     if record is None:
         return
     run_dir = rt.scratch / "runs" / job_id
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    (run_dir / "output").mkdir(parents=True)
     report = run_dir / "report.ipynb"
     final, fields = jobs.FAILED, {"error": "the worker stopped before the job ended"}
+    stopped: str | None = None  # why training stopped early, when it did
     rt.current_job = job_id
     try:
         data_path = stage_dataset(rt, job_id, record["dataset"])
-        notebook_error = run_notebook(record, data_path, run_dir, report)
+        resume = restore_checkpoint(rt, job_id, run_dir / "output" / "checkpoints")
+        with Watchdog(rt, job_id, record["config"].get("timeout_minutes")):
+            notebook_error = run_notebook(record, data_path, run_dir, report, resume)
         if notebook_error:
-            fields = notebook_error
+            fields, stopped = notebook_error, rt.store.get_field(job_id, "stop")
         else:
             outputs = json.loads((run_dir / "output" / "result.json").read_text())
-            upload_outputs(rt, job_id, run_dir)
-            cancelled = outputs["result"].get("cancelled")
-            final = jobs.CANCELLED if cancelled else jobs.COMPLETED
-            fields = {"result": job_result(rt, job_id, outputs, record), "error": "cancelled while training" if cancelled else None}
+            stopped = outputs["result"].get("stopped")
+            if stopped != jobs.STOP_HANDOFF:
+                upload_outputs(rt, job_id, run_dir)
+            final, fields = jobs.COMPLETED, {"result": job_result(rt, job_id, outputs, record), "error": None}
     except Exception as exc:  # anything else still ends the job, with what went wrong
         log.exception("job %s failed", job_id)
         fields = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         fields["report"] = save_report(rt, job_id, report)
-        if final == jobs.FAILED and rt.store.get_field(job_id, "cancel_requested"):
-            final = jobs.CANCELLED
-        rt.store.transition(job_id, final, allowed=jobs.ACTIVE, expect_worker=rt.worker_id,
-                            finished_at=time.time(), **fields)
-        rt.store.add_event(job_id, f"{final}" + (f": {fields['error']}" if fields.get("error") else ""))
+        final, fields = apply_stop_request(stopped, record, final, fields)
+        finish(rt, job_id, final, fields)
         rt.current_job = None
         rt.jobs_done += 1
         shutil.rmtree(run_dir / "output" / "checkpoints", ignore_errors=True)
+
+
+def apply_stop_request(stopped: str | None, record: dict[str, Any], final: str,
+                       fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A job that stopped early ends by why it was asked to: cancelled, timed out, or handed back."""
+    if stopped == jobs.STOP_CANCEL:
+        return jobs.CANCELLED, {**fields, "error": "cancelled while running"}
+    if stopped == jobs.STOP_TIMEOUT:
+        return jobs.FAILED, {**fields, "error": f"timed out after {record['config'].get('timeout_minutes'):g} minutes"}
+    if stopped == jobs.STOP_HANDOFF:
+        return jobs.QUEUED, {"worker": None, "stop": None, "report": fields.get("report")}
+    return final, fields
+
+
+def finish(rt: Runtime, job_id: str, final: str, fields: dict[str, Any]) -> None:
+    if final == jobs.QUEUED:  # handed back: the next worker resumes from the checkpoint just saved
+        from .queue import enqueue
+
+        if rt.store.transition(job_id, jobs.QUEUED, allowed=jobs.ACTIVE, expect_worker=rt.worker_id, **fields):
+            rt.store.add_event(job_id, f"handed back to the queue by worker {rt.worker_id} (shutting down)")
+            enqueue(rt.huey, job_id)
+        return
+    rt.store.transition(job_id, final, allowed=jobs.ACTIVE, expect_worker=rt.worker_id,
+                        finished_at=time.time(), **fields)
+    rt.store.add_event(job_id, f"{final}" + (f": {fields['error']}" if fields.get("error") else ""))
+
+
+class Watchdog:
+    """While a notebook runs: asks the job to stop when it passes its timeout, and kills the kernel
+    when a stop request (cancel, timeout, hand-back) is not honoured within the grace period."""
+
+    def __init__(self, rt: Runtime, job_id: str, timeout_minutes: float | None):
+        self.rt, self.job_id, self.timeout_minutes = rt, job_id, timeout_minutes
+        self.grace = float(os.environ.get("FTKIT_KILL_GRACE_SECONDS", "30"))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="ftkit-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        started, asked_at = time.monotonic(), None
+        while not self.done.wait(0.5):
+            try:
+                now = time.monotonic()
+                if self.timeout_minutes and now - started > self.timeout_minutes * 60 and asked_at is None:
+                    self.rt.store.update(self.job_id, stop=jobs.STOP_TIMEOUT)
+                    self.rt.store.add_event(self.job_id, f"timed out after {self.timeout_minutes:g} minutes: stopping")
+                if asked_at is None and self.rt.store.get_field(self.job_id, "stop"):
+                    asked_at = now
+                if asked_at is not None and now - asked_at > self.grace:
+                    killed = kill_kernels()
+                    self.rt.store.add_event(self.job_id, f"the kernel did not stop within {self.grace:g} s: killed {killed}")
+                    return
+            except Exception as exc:  # a broker blip: look again next tick
+                log.warning("watchdog: %s", exc)
+
+
+def kill_kernels() -> int:
+    """Kill this worker's notebook kernels (its only child processes running ipykernel)."""
+    import psutil
+
+    killed = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("ipykernel" in part for part in child.cmdline()):
+                child.kill()
+                killed += 1
+        except psutil.Error:
+            pass
+    return killed
+
+
+def restore_checkpoint(rt: Runtime, job_id: str, local: Path) -> str:
+    """Download the newest complete checkpoint an earlier attempt saved; its local path, or ""."""
+    parts = Storage.run_parts(job_id, "checkpoints")
+    complete = [name for name in rt.storage.listdir(*parts) if rt.storage.exists(*parts, name, "complete")]
+    if not complete:
+        return ""
+    name = max(complete, key=lambda n: int(n.rsplit("-", 1)[-1]))
+    rt.storage.get_dir((*parts, name), local / name)
+    step = int(name.rsplit("-", 1)[-1])
+    rt.store.trim_metrics(job_id, after_step=step)
+    rt.store.add_event(job_id, f"resuming from {name} (steps 1-{step} are not trained again)")
+    return str(local / name)
 
 
 def claim(rt: Runtime, job_id: str) -> dict[str, Any] | None:
@@ -113,21 +207,25 @@ def stage_dataset(rt: Runtime, job_id: str, dataset: dict[str, Any]) -> Path:
     return local
 
 
-def run_notebook(record: dict[str, Any], data_path: Path, run_dir: Path, report: Path) -> dict[str, Any] | None:
+def run_notebook(record: dict[str, Any], data_path: Path, run_dir: Path, report: Path,
+                 resume_from_checkpoint: str = "") -> dict[str, Any] | None:
     """Execute the template with the job's values as typed parameters; the error fields on failure."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     parameters = {
         "job_id": record["job_id"], "dataset_path": str(data_path),
         "dataset_format": record["dataset"]["format"], "output_dir": str(run_dir / "output"),
-        **record["config"],
+        "resume_from_checkpoint": resume_from_checkpoint, **record["config"],
     }
     try:
         papermill.execute_notebook(
             str(TEMPLATE), str(report), parameters=parameters, kernel_name="python3",
             cwd=str(run_dir), progress_bar=False, log_output=False,
         )
+    except DeadKernelError as exc:
+        return {"error": f"the notebook kernel died (killed, or out of memory): {exc}"}
     except PapermillExecutionError as exc:
         first_line = str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ""
         return {"error": f"{exc.ename}: {first_line} (notebook cell {exc.exec_count})",
@@ -193,12 +291,11 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
     from .queue import requeue_orphans
 
     static = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": rt.started_at, **gpu_info()}
-    max_attempts = int(os.environ.get("FTKIT_MAX_ATTEMPTS", "3"))
     while not stop.is_set():
         try:
             rt.store.heartbeat(rt.worker_id, {**static, "current_job": rt.current_job, "jobs_done": rt.jobs_done},
                                ttl=rt.settings.worker_grace_seconds)
-            requeue_orphans(rt.store, huey, max_attempts=max_attempts)
+            requeue_orphans(rt.store, huey)
         except Exception as exc:  # a broker outage must not kill the worker: retry next beat
             log.warning("heartbeat failed: %s", exc)
         stop.wait(rt.settings.heartbeat_seconds)
@@ -208,8 +305,31 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
         log.warning("could not deregister worker: %s", exc)
 
 
-def run_worker(settings: Settings | None = None, *, worker_id: str | None = None) -> None:
-    """Run a worker until it is stopped (SIGINT: finish the job; SIGTERM: stop now)."""
+class HandBackConsumer(Consumer):
+    """Huey's consumer, with ftkit's shutdown: the first SIGINT or SIGTERM stops taking jobs and asks
+    the running job to checkpoint and go back to the queue (or, with ``drain``, lets it finish);
+    a second signal stops at once."""
+
+    def __init__(self, huey, rt: Runtime, *, drain: bool, **options: Any):
+        super().__init__(huey, **options)
+        self.rt, self.drain = rt, drain
+
+    def _handle_signal(self, signum, frame):
+        if self._signum is not None:
+            raise KeyboardInterrupt  # second signal: huey interrupts the workers now
+        self._signum, self._restart, self._graceful = signum, False, True
+        job = self.rt.current_job
+        if job and not self.drain:
+            try:
+                self.rt.store.update(job, stop=jobs.STOP_HANDOFF)
+            except Exception as exc:
+                log.warning("could not ask job %s to hand back: %s", job, exc)
+        log.info("shutting down: %s", "finishing the running job" if self.drain else "handing back the running job")
+
+
+def run_worker(settings: Settings | None = None, *, worker_id: str | None = None, drain: bool = False) -> None:
+    """Run a worker until it is stopped (SIGINT or SIGTERM: hand back the running job, or finish it
+    with ``drain``; a second signal: stop now)."""
     global _runtime
     from .queue import make_huey
 
@@ -219,15 +339,15 @@ def run_worker(settings: Settings | None = None, *, worker_id: str | None = None
 
     scratch = Path(settings.scratch_dir).expanduser().resolve()
     scratch.mkdir(parents=True, exist_ok=True)
+    huey = make_huey(settings)
     _runtime = Runtime(settings=settings, store=open_store(settings),
                        storage=Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
-                       worker_id=worker_id or jobs.new_worker_id(), scratch=scratch)
-    huey = make_huey(settings)
+                       worker_id=worker_id or jobs.new_worker_id(), scratch=scratch, huey=huey)
     stop = threading.Event()
     beat = threading.Thread(target=heartbeat_loop, args=(_runtime, huey, stop), name="ftkit-heartbeat", daemon=True)
     beat.start()
-    consumer = huey.create_consumer(workers=1, worker_type="thread", initial_delay=0.05, backoff=1.1,
-                                    max_delay=0.25, periodic=False, check_worker_health=True)
+    consumer = HandBackConsumer(huey, _runtime, drain=drain, workers=1, worker_type="thread", initial_delay=0.05,
+                                backoff=1.1, max_delay=0.25, periodic=False, check_worker_health=True)
     log.info("worker %s on %s queue, storage %s", _runtime.worker_id, settings.broker, settings.storage)
     try:
         consumer.run()

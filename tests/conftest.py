@@ -128,10 +128,11 @@ def client(settings):
 class WorkerProcess:
     """``ftkit worker`` as a subprocess, with the settings' environment."""
 
-    def __init__(self, settings, scratch: Path, log: Path):
-        env = {**os.environ, **settings.to_env(), "FTKIT_SCRATCH_DIR": str(scratch), "PYTHONUNBUFFERED": "1"}
+    def __init__(self, settings, scratch: Path, log: Path, args: tuple[str, ...] = (), env: dict | None = None):
+        env = {**os.environ, **settings.to_env(), "FTKIT_SCRATCH_DIR": str(scratch), "PYTHONUNBUFFERED": "1",
+               **(env or {})}
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker", *args], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=scratch.parent)
 
     def output(self) -> str:
@@ -155,15 +156,16 @@ def start_worker(settings, tmp_path):
 
     started: list[WorkerProcess] = []
 
-    def start(wait: bool = True) -> WorkerProcess:
+    def start(wait: bool = True, args: tuple[str, ...] = (), env: dict | None = None) -> WorkerProcess:
         n = len(started)
         scratch = tmp_path / f"worker{n}"
         scratch.mkdir()
-        worker = WorkerProcess(settings, scratch, tmp_path / f"worker{n}.log")
+        worker = WorkerProcess(settings, scratch, tmp_path / f"worker{n}.log", args, env)
         started.append(worker)
         if wait:
             c = Client(settings)
-            wait_for(lambda: len(c.workers()) >= len(started) or worker.proc.poll() is not None, 60, "the worker's heartbeat")
+            live = sum(w.proc.poll() is None for w in started)
+            wait_for(lambda: len(c.workers()) >= live or worker.proc.poll() is not None, 60, "the worker's heartbeat")
             assert worker.proc.poll() is None, worker.output()
         return worker
 

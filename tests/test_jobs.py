@@ -136,3 +136,19 @@ def test_orphans_are_active_jobs_without_a_live_worker(store):
         store.transition(job_id, jobs.TRAINING, worker=worker)
     store.create(record("c"))
     assert [r["job_id"] for r in store.orphans()] == ["b"]
+
+
+def test_trim_metrics_keeps_the_history_up_to_a_checkpoint(store):
+    store.create(record("a1"))
+    store.add_metrics("a1", [{"step": s, "loss": 1.0} for s in range(1, 8)])
+    store.trim_metrics("a1", after_step=4)
+    assert [m["step"] for m in store.metrics("a1")] == [1, 2, 3, 4]
+
+
+def test_cancel_records_the_stop_reason_and_is_a_no_op_on_ended_jobs(store):
+    store.create(record("a1"))
+    store.transition("a1", jobs.TRAINING)
+    store.request_cancel("a1")
+    assert store.get_field("a1", "stop") == jobs.STOP_CANCEL
+    store.transition("a1", jobs.COMPLETED)
+    assert store.request_cancel("a1") == jobs.COMPLETED

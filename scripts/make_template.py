@@ -1,0 +1,71 @@
+"""Writes templates/train_template.ipynb (kept in git): run it after changing the template here."""
+import nbformat as nbf
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+params = code('''# Job
+job_id = ""                                   # ftkit job id; empty when this notebook is run by hand
+dataset_path = "examples/example_data.jsonl"  # local path of the staged data set
+dataset_format = "chat"                       # alpaca | chat | sharegpt | prompt_completion | text
+output_dir = "run"                            # the adapter, checkpoints and result.json go here
+resume_from_checkpoint = ""                   # a checkpoint folder when this run continues an earlier attempt
+
+# Model
+base_model = "unsloth/llama-3-8b-bnb-4bit"    # hub id or local folder
+backend = "auto"                              # auto: unsloth on CUDA when installed, else transformers + peft
+load_in_4bit = True                           # QLoRA on CUDA; full precision on CPU
+max_seq_length = 2048                         # longer examples are truncated
+
+# LoRA
+lora_r = 16                                   # adapter rank
+lora_alpha = 16                               # scaling (alpha / r)
+lora_dropout = 0.0
+
+# Training
+max_steps = 60                                # None: train num_epochs instead
+num_epochs = 1.0
+batch_size = 2                                # per device
+gradient_accumulation_steps = 1
+learning_rate = 2e-4
+warmup_steps = 0
+seed = 3407
+logging_steps = 1
+save_steps = 0                                # checkpoint every N steps; 0: only the final adapter
+train_on_inputs = False                       # False: loss only on assistant / completion tokens
+packing = False                               # several short examples per sequence
+validation_split = 0.0                        # fraction held out for eval loss
+eval_steps = 0                                # 0: evaluate at the end only
+timeout_minutes = None                        # the worker stops the job after this long''')
+params.metadata["tags"] = ["parameters"]
+cells = [
+    md("# Fine-tuning run\n\nThis notebook is the run report of one ftkit job: it was executed top to bottom by an "
+       "ftkit worker with the parameters below. Each section shows what was trained, on what, and how it went."),
+    params,
+    code('''from ftkit import train
+from ftkit.config import TrainConfig
+
+# Re-validated here: the notebook refuses a bad value even when run by hand.
+config = TrainConfig.from_dict({name: globals()[name] for name in TrainConfig.field_names()})
+reporter = train.Reporter.for_job(job_id)
+train.show_table(config.to_dict(), "Configuration")'''),
+    md("## Model and LoRA"),
+    code('''model, tokenizer, model_info = train.load_model(config)
+train.show_table(model_info, "Model")'''),
+    md("## Data"),
+    code('''train_data, eval_data, data_summary = train.prepare_data(dataset_path, dataset_format, tokenizer, config)
+train.show_table({"file": dataset_path, "format": dataset_format, **data_summary}, "Data set")'''),
+    md("## Training"),
+    code('''trainer = train.make_trainer(model, tokenizer, train_data, eval_data, config, output_dir, reporter)
+result = train.train(trainer, reporter, resume_from_checkpoint)'''),
+    md("## Result"),
+    code('''reporter.status("saving")
+adapter_dir = train.save_adapter(model, tokenizer, output_dir)
+losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+           "adapter_dir": str(adapter_dir)}
+train.write_result(output_dir, result=summary, data=data_summary, model=model_info)
+train.show_table(summary, "Result")'''),
+]
+nb = nbf.v4.new_notebook(cells=cells)
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nb.metadata["language_info"] = {"name": "python"}
+nbf.write(nb, "templates/train_template.ipynb")
