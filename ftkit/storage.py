@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .errors import JobNotFound, StorageError
 
 T = TypeVar("T")
 RETRIES = 3
+CHUNK = 16 << 20  # 16 MiB: S3 multipart part size and read size
 PERMANENT = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
 PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket"}
 
@@ -120,8 +122,24 @@ class Storage:
                 if os.path.exists(partial):
                     os.remove(partial)
         else:
-            self.fs.put_file(str(local), target)
+            self._stream_up(Path(local), target)
         return target
+
+    def _stream_up(self, local: Path, target: str) -> None:
+        """Chunked multipart upload: memory holds one chunk, and a failed upload is aborted, so a
+        partial object never becomes visible. The stored size is checked against the file's."""
+        dst = self.fs.open(target, "wb", block_size=CHUNK)
+        try:
+            with open(local, "rb") as src:
+                shutil.copyfileobj(src, dst, CHUNK)
+        except BaseException:
+            dst.discard()
+            raise
+        dst.close()
+        stored, expected = self.fs.size(target), local.stat().st_size
+        if stored != expected:
+            self.fs.rm(target)
+            raise OSError(f"{target}: stored {stored} bytes of {expected}")
 
     def put_dir(self, local: str | os.PathLike, *parts: str) -> str:
         """Copy a local folder in, file by file (each one atomic)."""
@@ -138,7 +156,11 @@ class Storage:
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f"{local.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            self.fs.get_file(self.path(*parts), str(partial))
+            if self.is_local:
+                self.fs.get_file(self.path(*parts), str(partial))
+            else:  # ranged reads of one chunk at a time: a multi-GB checkpoint never sits in memory
+                with self.fs.open(self.path(*parts), "rb", block_size=CHUNK) as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
             os.replace(partial, local)
         finally:
             partial.unlink(missing_ok=True)
