@@ -79,6 +79,14 @@ def workers() -> list[dict[str, Any]]:
     return client().workers()
 
 
+def compare(jobs: list[Job | str]):
+    """Config differences, final metrics and overlaid loss curves of several jobs."""
+    from .report import Comparison
+
+    handles = [j if isinstance(j, Job) else get_job(j) for j in jobs]
+    return Comparison([j.status() for j in handles], [j.metrics() for j in handles])
+
+
 def panel(**kwargs: Any):
     """Upload, configure and monitor in one ipywidgets panel."""
     from .widgets import Panel
@@ -103,6 +111,6 @@ def dashboard(**kwargs: Any):
 __all__ = [
     "BrokerUnavailable", "Client", "ConfigError", "Dataset", "DatasetError", "FtkitError", "Job",
     "JobFailed", "JobNotFound", "MissingExtra", "Settings", "StorageError", "TrainConfig",
-    "cancel", "client", "connect", "dashboard", "download", "get_job", "health", "jobs", "monitor",
+    "cancel", "client", "compare", "connect", "dashboard", "download", "get_job", "health", "jobs", "monitor",
     "panel", "submit", "upload_dataset", "workers",
 ]

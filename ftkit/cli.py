@@ -27,10 +27,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _prompts(text: str) -> list[str]:
+    """--sample-prompts 'first prompt|second prompt'"""
+    return [p.strip() for p in text.split("|") if p.strip()]
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, typed like the field."""
     for f in dataclasses.fields(TrainConfig):
-        kind = next((t for name, t in (("bool", _bool), ("int", int), ("float", float)) if name in str(f.type)), str)
+        kind = next((t for name, t in (("list", _prompts), ("bool", _bool), ("int", int), ("float", float))
+                     if name in str(f.type)), str)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
                             help=f"TrainConfig.{f.name} ({f.type})")
 

@@ -125,6 +125,9 @@ class Client:
             "cancel_requested": False, "priority": priority, "idempotency_key": idempotency_key,
             "submitted_by": getpass.getuser(), "config": cfg.to_dict(),
             "dataset": {k: v for k, v in ds.to_dict().items() if k != "profile"},
+            "dataset_profile": {**{k: ds.profile.get(k) for k in ("rows", "format", "tokens", "over_max_seq_length",
+                                                                   "tokens_per_epoch", "problem_counts")},
+                                "warnings": ds.profile.get("warnings", [])[:20], "sha256": ds.sha256},
             "warnings": [w.get("message") for w in ds.profile.get("warnings", [])][:20],
         }
         stored_id = self.store.create(record)
@@ -220,6 +223,55 @@ class Job:
 
     def download(self, dest: str | os.PathLike) -> Path:
         return self._client.download(self.id, dest)
+
+    def report(self):
+        """The rendered run report, shown inline in a notebook (an isolated frame)."""
+        import html
+
+        from IPython.display import HTML
+
+        body = self._client.storage.read_text(*Storage.run_parts(self.id, "report.html"))
+        return HTML(f"<iframe srcdoc=\"{html.escape(body, quote=True)}\" style='width:100%;height:800px;border:1px "
+                    f"solid #ddd'></iframe>")
+
+    def load(self, *, device: str | None = None):
+        """(model, tokenizer): the base model with this job's adapter applied (PEFT), ready to generate
+        on this machine. The adapter is downloaded once into the local cache."""
+        from .errors import require
+
+        require("peft", "worker")
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        adapter = self._adapter_dir()
+        base = self.status()["config"]["base_model"]
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        if device:
+            model = model.to(device)
+        return model.eval(), AutoTokenizer.from_pretrained(adapter)
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 64) -> str:
+        """A quick check: the fine-tuned model's answer to one user message (greedy)."""
+        from .train import generate
+
+        if not hasattr(self, "_loaded"):
+            self._loaded = self.load()
+        model, tokenizer = self._loaded
+        return generate(model, tokenizer, {"messages": [{"role": "user", "content": prompt}]}, max_new_tokens)
+
+    def merge(self, dest: str | os.PathLike) -> Path:
+        """Save the base model with the adapter merged in, as a full model (save_pretrained)."""
+        model, tokenizer = self.load()
+        dest = Path(dest).expanduser()
+        model.merge_and_unload().save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+        return dest
+
+    def _adapter_dir(self) -> Path:
+        cache = Path(self._client.settings.scratch_dir).expanduser() / "adapters" / self.id
+        if not (cache / "adapter_config.json").is_file():
+            self.download(cache)
+        return cache
 
     @property
     def report_path(self) -> str | None:

@@ -166,6 +166,7 @@ class TrainConfig:
     validation_split: float = 0.0
     eval_steps: int = 0  # 0: evaluate only at the end when there is a validation set
     timeout_minutes: float | None = None  # stop the job (failed, "timed out") after this long
+    sample_prompts: list[str] = field(default_factory=list)  # answered before/after in the report
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -205,6 +206,10 @@ class TrainConfig:
             or not 0 < self.timeout_minutes <= 60 * 24 * 30
         ):
             fail("timeout_minutes", "must be a number of minutes > 0 (at most 30 days), or None")
+        if not isinstance(self.sample_prompts, (list, tuple)) or len(self.sample_prompts) > 20 or not all(
+            isinstance(p, str) and 0 < len(p) <= 4000 for p in self.sample_prompts
+        ):
+            fail("sample_prompts", "must be a list of at most 20 prompt strings (each 1-4000 characters)")
         for name in ("lora_dropout", "validation_split"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -234,4 +239,4 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "sample_prompts": list(self.sample_prompts)}

@@ -211,12 +211,22 @@ def check_base_model(name: str) -> None:
                 "download it on a machine with access or pass a local folder")
 
 
+def quiet_progress_bars() -> None:
+    """No progress-bar widgets in the report: it must read the same without ftkit or ipywidgets."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def load_model(config: TrainConfig):
     """The base model with LoRA attached, its tokenizer, and a summary for the report."""
     import torch
     from transformers import set_seed
 
     check_base_model(config.base_model)
+    quiet_progress_bars()
     set_seed(config.seed)
     backend = pick_backend(config.backend)
     if backend == "unsloth":
@@ -330,10 +340,14 @@ def make_trainer(model, tokenizer, train_data, eval_data, config: TrainConfig, o
         dataloader_num_workers=0,
         save_only_model=False,
     )
-    return SFTTrainer(
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
         processing_class=tokenizer, callbacks=[progress_callback(reporter)],
     )
+    trainer.remove_callback(PrinterCallback)  # ftkit's callback prints one readable line per step
+    return trainer
 
 
 def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
@@ -386,3 +400,160 @@ def write_result(output_dir: str, **parts: Any) -> Path:
     path = Path(output_dir) / "result.json"
     path.write_text(json.dumps(parts, indent=2, default=str))
     return path
+
+
+def show_dataset(dataset_path: str, dataset_format: str, profile: dict[str, Any], summary: dict[str, Any]) -> None:
+    """The data set's profile from upload (rows, tokens, warnings, sha256) beside what was trained."""
+    tokens = profile.get("tokens") or {}
+    facts = {"file": Path(dataset_path).name, "format": dataset_format, "rows": profile.get("rows"),
+             "sha256": profile.get("sha256", ""), **{f"tokens {k}": v for k, v in tokens.items() if k != "estimated"},
+             "token counts": "estimated at upload" if tokens.get("estimated") else "tokenizer",
+             "over max_seq_length (truncated)": profile.get("over_max_seq_length"), **summary}
+    show_table({k: v for k, v in facts.items() if v not in (None, "")}, "Data set")
+    warnings = profile.get("warnings") or []
+    if warnings:
+        show_table({f"line {w.get('line')}": w.get("message") for w in warnings[:20]},
+                   f"Warnings ({sum((profile.get('problem_counts') or {}).get(k, 0) for k in {w.get('kind') for w in warnings})})")
+
+
+def plot_training(log_history: list[dict[str, Any]]):
+    """Loss (train and eval) and learning rate by step, as one PNG figure output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    train_rows = [r for r in log_history if "loss" in r]
+    eval_rows = [r for r in log_history if "eval_loss" in r]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
+    if eval_rows:
+        ax_loss.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="eval")
+    ax_loss.set(title="Loss", xlabel="step", ylabel="loss")
+    ax_loss.legend()
+    ax_lr.plot([r["step"] for r in train_rows], [r.get("learning_rate", 0) for r in train_rows], color="tab:green")
+    ax_lr.set(title="Learning rate", xlabel="step")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="png"))
+
+
+def throughput(result: dict[str, Any], summary: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """Tokens/s and steps/s of this run, and its peak memory (GPU where present, else process RSS)."""
+    import resource
+
+    import torch
+
+    seconds = max(result["training_duration_seconds"], 1e-9)
+    steps = result["global_step"]
+    sequences = steps * config.batch_size * config.gradient_accumulation_steps
+    mean_tokens = summary["tokens"] / max(summary["examples"], 1)
+    out = {"steps/s": round(steps / seconds, 3), "tokens/s (approx.)": round(sequences * mean_tokens / seconds, 1)}
+    if torch.cuda.is_available():
+        out["peak GPU memory (MiB)"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    out["peak process RSS (MiB)"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def sample_prompts(dataset_path: str, dataset_format: str, eval_data, tokenizer, prompts: list[str], n: int = 3) -> list[dict]:
+    """Prompts to compare base and fine-tuned answers on: given ones, else held-out (eval) examples,
+    else the first examples of the data set (marked as seen in training)."""
+    from .data import read_examples
+
+    if prompts:
+        return [{"messages": [{"role": "user", "content": p}], "source": "given"} for p in prompts[:n]]
+    found = []
+    for example in read_examples(dataset_path, format=dataset_format):
+        if "messages" in example:
+            upto = next((i for i, m in enumerate(example["messages"]) if m["role"] == "assistant"), None)
+            if upto:
+                found.append({"messages": example["messages"][:upto]})
+        elif "prompt" in example:
+            found.append({"prompt": example["prompt"]})
+        if len(found) >= 50:
+            break
+    if eval_data is not None and len(eval_data):
+        decoded = {tokenizer.decode(ids) for ids in eval_data["input_ids"][:200]}
+        held = [f for f in found if any((f.get("messages") or [{}])[-1].get("content", f.get("prompt", "")) in d for d in decoded)]
+        if held:
+            return [{**f, "source": "held out"} for f in held[:n]]
+    return [{**f, "source": "seen in training"} for f in found[:n]]
+
+
+def generate(model, tokenizer, sample: dict[str, Any], max_new_tokens: int = 48) -> str:
+    import torch
+
+    if "messages" in sample:
+        inputs = tokenizer.apply_chat_template(sample["messages"], add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+    else:
+        inputs = tokenizer(sample["prompt"], return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The base model's answer (adapter disabled) beside the fine-tuned one, for each prompt."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    rows = []
+    model.eval()
+    for sample in samples:
+        prompt = sample["messages"][-1]["content"] if "messages" in sample else sample["prompt"]
+        with model.disable_adapter():
+            before = generate(model, tokenizer, sample)
+        after = generate(model, tokenizer, sample)
+        rows.append({"prompt": prompt, "source": sample.get("source", ""), "base model": before, "fine-tuned": after})
+    cells = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left;vertical-align:top'>{escape(r[k])}</td>" for k in
+                         ("prompt", "source", "base model", "fine-tuned")) + "</tr>" for r in rows)
+    display(HTML("<table class='ftkit-samples'><caption style='text-align:left'><b>Sample generations</b></caption>"
+                 "<tr><th>prompt</th><th>source</th><th>base model (before)</th><th>fine-tuned (after)</th></tr>"
+                 f"{cells}</table>"))
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    """What this run ran on: library versions, GPU (or CPU), host."""
+    import importlib.metadata as md
+    import platform
+    import socket
+
+    import torch
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    env = {"python": platform.python_version(), **{n: version(n) for n in
+           ("ftkit", "torch", "transformers", "trl", "peft", "unsloth", "papermill")}}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update({"gpu": props.name, "gpu memory (GiB)": round(props.total_memory / 2**30, 1),
+                    "cuda": torch.version.cuda, "driver": _nvidia_driver()})
+    else:
+        env["gpu"] = "CPU"
+    env["host"] = socket.gethostname()
+    return env
+
+
+def _nvidia_driver() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+    except OSError:
+        return "unknown"

@@ -47,6 +47,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "validation_split": ("Advanced", "Fraction held out to measure eval loss"),
     "eval_steps": ("Advanced", "Evaluate every N steps (0: at the end)"),
     "timeout_minutes": ("Advanced", "Stop the job after this many minutes (0: no limit)"),
+    "sample_prompts": ("Advanced", "Prompts (one per line) answered before and after training in the report"),
 }
 
 
@@ -330,6 +331,8 @@ class ConfigureStep:
             return w.IntText(value=value or 0, **common)
         if name == "timeout_minutes":
             return w.FloatText(value=value or 0.0, **common)
+        if name == "sample_prompts":
+            return w.Textarea(value="\n".join(value), **common)
         if isinstance(value, int):
             return w.IntText(value=value, **common)
         if isinstance(value, float):
@@ -340,6 +343,7 @@ class ConfigureStep:
         values = {name: c.value for name, c in self.controls.items()}
         values["max_steps"] = values["max_steps"] or None
         values["timeout_minutes"] = values["timeout_minutes"] or None
+        values["sample_prompts"] = [p.strip() for p in values["sample_prompts"].splitlines() if p.strip()]
         return values
 
     def validate(self) -> TrainConfig | None:

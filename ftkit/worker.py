@@ -82,8 +82,8 @@ def execute_job(job_id: str) -> None:
         log.exception("job %s failed", job_id)
         fields = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        fields["report"] = save_report(rt, job_id, report)
         final, fields = apply_stop_request(stopped, record, final, fields)
+        fields["report"] = save_report(rt, job_id, report, record, final, fields)
         finish(rt, job_id, final, fields)
         rt.current_job = None
         rt.jobs_done += 1
@@ -217,7 +217,8 @@ def run_notebook(record: dict[str, Any], data_path: Path, run_dir: Path, report:
     parameters = {
         "job_id": record["job_id"], "dataset_path": str(data_path),
         "dataset_format": record["dataset"]["format"], "output_dir": str(run_dir / "output"),
-        "resume_from_checkpoint": resume_from_checkpoint, **record["config"],
+        "resume_from_checkpoint": resume_from_checkpoint, "dataset_profile": record.get("dataset_profile") or {},
+        **record["config"],
     }
     try:
         papermill.execute_notebook(
@@ -238,14 +239,20 @@ def upload_outputs(rt: Runtime, job_id: str, run_dir: Path) -> None:
     rt.storage.put_file(run_dir / "output" / "result.json", *Storage.run_parts(job_id, "result.json"))
 
 
-def save_report(rt: Runtime, job_id: str, report: Path) -> str | None:
-    """Upload the executed notebook, also after a failure; its URL, or None when there is none."""
+def save_report(rt: Runtime, job_id: str, report: Path, record: dict[str, Any], final: str,
+                fields: dict[str, Any]) -> str | None:
+    """Write the run summary into the report's header cell, render report.html, and upload both,
+    also after a failure; the report's URL, or None when there is none."""
     if not report.is_file():
         return None
     try:
+        from .report import finalize_report
+
+        html = finalize_report(report, {**record, **fields, "status": final, "finished_at": time.time()})
         rt.storage.put_file(report, *Storage.run_parts(job_id, "report.ipynb"))
+        rt.storage.write_text(html, *Storage.run_parts(job_id, "report.html"))
     except Exception:
-        log.exception("could not upload the report of job %s", job_id)
+        log.exception("could not save the report of job %s", job_id)
         return None
     return rt.storage.full_url(*Storage.run_parts(job_id, "report.ipynb"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_max_steps_none_means_epochs():
 def test_settings_default_to_embedded_sqlite_and_local_folder():
     s = Settings.from_env({})
     assert s.broker == "sqlite" and s.redis_url is None
-    assert s.storage == "./storage" and s.queue_db.endswith("storage/queue.db")
+    assert s.storage == str(Path("storage").resolve()) and s.queue_db == str(Path("storage/queue.db").resolve())
 
 
 def test_settings_build_a_redis_url_from_parts_with_an_escaped_password():
