@@ -383,7 +383,7 @@ def show_table(mapping: dict[str, Any], title: str = "") -> None:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.6g}"
-        if isinstance(v, int) and not isinstance(v, bool):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10_000:
             return f"{v:,}"
         return str(v)
 
