@@ -81,10 +81,14 @@ def main() -> None:
         print(f"  {'':10} {'MB/s':>8} {'peak MB':>9}")
         for mode, r in rows.items():
             print(f"  {mode:10} {args.mb / r['seconds']:8.1f} {r['peak_mb']:9.0f}")
+        figures = {}
         for op in ("put", "get"):
             f, p = rows[f"ftkit-{op}"], rows[f"s3fs-{op}"]
             print(f"  {op}: throughput ftkit/s3fs {p['seconds'] / f['seconds']:.2f}, peak memory ftkit/s3fs "
                   f"{f['peak_mb'] / p['peak_mb']:.2f}")
+            figures[f"S3 {op} of {args.mb} MB (ftkit / plain s3fs)"] = (
+                f"throughput {p['seconds'] / f['seconds']:.2f}, peak memory {f['peak_mb']:.0f} / {p['peak_mb']:.0f} MB")
+        print("RESULT " + json.dumps(figures))
     finally:
         server.terminate()
         import shutil

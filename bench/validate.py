@@ -125,6 +125,12 @@ def main() -> None:
         f"  inspect_dataset / plain read: {ftkit['seconds'] / plain['seconds']:.2f}x the time, "
         f"{ftkit['peak_mb'] / plain['peak_mb']:.2f}x the peak memory"
     )
+    figure = (
+        f"{size_mb / ftkit['seconds']:.0f} vs {size_mb / plain['seconds']:.0f} MB/s "
+        f"({ftkit['seconds'] / plain['seconds']:.2f}x the time), "
+        f"peak {ftkit['peak_mb']:.0f} / {plain['peak_mb']:.0f} MB"
+    )
+    print("RESULT " + json.dumps({f"validate {size_mb:.0f} MB JSONL (ftkit / plain read)": figure}))
 
 
 if __name__ == "__main__":

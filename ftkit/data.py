@@ -21,12 +21,12 @@ import gzip
 import io
 import json
 import math
-import re
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ MAX_RECORD_CHARS = 64 << 20  # past this a JSON error is not a record cut by the
 GZIP_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"PAR1"
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 EXTENSIONS.update({".txt": "txt", ".parquet": "parquet"})
-STOPPING_KINDS = frozenset({"binary_file", "unreadable_file"})
 
 
 @dataclass
@@ -421,6 +420,8 @@ def _json_array_records(lines: Iterable[tuple[int, str, Problem | None]]) -> Ite
     for number, text, problem in lines:
         if problem is not None:
             yield number, None, problem
+            if problem.kind == "binary_file":  # the lines stop here; no need to say it is cut
+                return
         pending.append(text)
         size += len(text)
         if size >= ARRAY_CHUNK_CHARS:
@@ -507,6 +508,7 @@ def _csv_records(
             yield text
 
     reader = csv.reader(texts(), delimiter=delimiter)
+    separator = "tabs" if delimiter == "\t" else "commas"
     try:
         header = [name.strip() for name in next(reader, [])]
         last = reader.line_num
@@ -526,7 +528,7 @@ def _csv_records(
                         None,
                         "csv_columns",
                         f"{len(row)} values, but the header has {len(header)} columns",
-                        f'quote values that contain {"tabs" if delimiter == chr(9) else "commas"} ("a, b")',
+                        f'quote values that contain {separator} ("a, b")',
                     ),
                 )
             else:
@@ -570,8 +572,9 @@ def _parquet_records(source: _Source) -> Iterator[Event]:
     pq = require("pyarrow.parquet", "worker")
     row = 0
     with source.open() as raw:
-        try:
-            for batch in pq.ParquetFile(raw).iter_batches(batch_size=256):
+        try:  # pyarrow reads a path itself, faster than through a Python file object
+            parquet = pq.ParquetFile(raw if source.gzipped else source.path)
+            for batch in parquet.iter_batches(batch_size=256):
                 for record in batch.to_pylist():
                     row += 1
                     yield row, record, None
@@ -722,6 +725,8 @@ def _chat(record: dict[str, Any], line: int | None) -> Found:
 def _chat_message(
     item: Any, where: str, line: int | None
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
+    if _plain_message(item):  # the common case, checked in one go: large files are mostly this
+        return {"role": item["role"], "content": item["content"]}, []
     if not isinstance(item, dict):
         return None, [
             Problem(
@@ -757,6 +762,14 @@ def _chat_message(
         problems += more
         message["loss_weight"] = weight
     return message, problems
+
+
+def _plain_message(item: Any) -> bool:
+    """{"role": a known role, "content": non-blank text} and nothing else."""
+    if type(item) is not dict or len(item) != 2 or item.get("role") not in ROLES:
+        return False
+    content = item.get("content")
+    return type(content) is str and content != "" and not content.isspace()
 
 
 def _content_text(
@@ -953,52 +966,60 @@ def _tools(record: dict[str, Any], line: int | None) -> tuple[Any, list[Problem]
 
 
 def _turn_order_problems(roles: list[str], name: str, line: int | None) -> list[Problem]:
-    """What chat templates and training need: a user turn, an assistant turn to learn, sane order."""
+    found = _turn_order_fault(tuple(roles))
+    return [Problem(line, name, *found)] if found else []
 
-    def problem(kind: str, message: str, fix: str, severity: str = "error") -> list[Problem]:
-        return [Problem(line, name, kind, message, fix, severity)]
 
+@lru_cache(maxsize=4096)  # a data set repeats a few role sequences over and over
+def _turn_order_fault(roles: tuple[str, ...]) -> tuple[str, str, str, str] | None:
+    """(kind, message, fix, severity) of what is wrong with the order of a conversation's roles:
+    chat templates and training need a user turn, an assistant turn to learn, and a sane order."""
     if "user" not in roles:
-        return problem(
+        return (
             "no_user_turn",
             "the conversation has no user message",
             "add the user's message before the assistant's answer",
+            "error",
         )
     if "assistant" not in roles:
-        return problem(
+        return (
             "no_assistant_turn",
             "the conversation has no assistant message",
             "add the answer the model should learn",
+            "error",
         )
     turns = roles[next(i for i, role in enumerate(roles) if role != "system") :]
     if turns[0] != "user":
-        return problem(
+        return (
             "role_order",
             f"the conversation starts with {turns[0]!r}, not 'user'",
             "start with the user's message (after an optional system message)",
+            "error",
         )
     pairs = list(zip(turns, turns[1:]))
     if "system" in turns:
-        return problem(
+        return (
             "role_order",
             "a system message comes after the conversation started",
             "put the system message first",
+            "error",
         )
     if any(role == "tool" and before not in ("assistant", "tool") for before, role in pairs):
-        return problem(
+        return (
             "role_order",
             "a tool result does not follow an assistant tool call",
             "put each tool result right after the assistant message that called the tool",
+            "error",
         )
     repeated = [role for before, role in pairs if role == before and role != "tool"]
     if repeated:
-        return problem(
+        return (
             "repeated_role",
             f"two {repeated[0]!r} messages in a row",
             "merge them, or alternate user and assistant (many chat templates require it)",
             "warning",
         )
-    return []
+    return None
 
 
 NORMALIZERS = {
@@ -1023,7 +1044,7 @@ class _Scan:
             partial(_counted_tokens, tokenizer=tokenizer) if tokenizer else _estimated_tokens
         )
         self.lengths: Counter[int] = Counter()
-        self.first_seen: dict[int, int | None] = {}
+        self.seen = _SeenExamples()
 
     def add(self, problem: Problem) -> None:
         counts = self.profile.problem_counts
@@ -1088,7 +1109,7 @@ class _Scan:
     def _in_user_terms(self, problem: Problem) -> Problem:
         """Name the field as the user's file does when columns= renamed it."""
         if problem.field:
-            root = re.split(r"[.\[]", problem.field, maxsplit=1)[0]
+            root = problem.field.split(".")[0].split("[")[0]
             if root in self.columns:
                 problem.field = self.columns[root] + problem.field[len(root) :]
         return problem
@@ -1112,22 +1133,19 @@ class _Scan:
                     "warning",
                 )
             )
-        key = hash(repr(example))
-        if key in self.first_seen:
+        first = self.seen.first_line(_fingerprint(example), line or 0)
+        if first is not None:
             profile.duplicates += 1
-            first = self.first_seen[key]
             self.add(
                 Problem(
                     line,
                     None,
                     "duplicate",
-                    f"the same example as line {first}" if first else "a duplicate",
+                    f"the same example as line {first}",
                     "remove duplicates: they weigh an example twice",
                     "warning",
                 )
             )
-        else:
-            self.first_seen[key] = line
 
     def finish(self) -> DatasetProfile:
         profile = self.profile
@@ -1141,10 +1159,6 @@ class _Scan:
                     "upload a file with at least one example",
                 )
             )
-        if profile.format is None and profile.rows and not profile.problems:
-            self.add(
-                Problem(None, None, "unknown_format", "cannot tell the format", "pass format=")
-            )
         if self.lengths:
             profile.tokens = _token_stats(
                 self.lengths, estimated=self.count_tokens is _estimated_tokens
@@ -1153,6 +1167,54 @@ class _Scan:
                 min(n, profile.max_seq_length) * k for n, k in self.lengths.items()
             )
         return profile
+
+
+def _fingerprint(example: dict[str, Any]) -> int:
+    """A 64-bit hash of what an example says: cheaper than serializing it, and equal for equal
+    examples within one process (str hashes are salted per process, which is all a pass needs)."""
+    if "messages" not in example:
+        return hash(tuple(example.values()))
+    turns = tuple(
+        (m["role"], m["content"], m.get("loss_weight"), repr(m.get("tool_calls")))
+        for m in example["messages"]
+    )
+    return hash((turns, repr(example.get("tools"))))
+
+
+class _SeenExamples:
+    """Fingerprints with the line each was first seen on, in an open-addressing table over two
+    flat arrays: 12 bytes a slot instead of ~100 bytes a dict entry, since it holds one entry per
+    distinct example and is what grows with the file."""
+
+    def __init__(self) -> None:
+        self.keys, self.lines, self.used = array("q", bytes(8 << 10)), array("i", bytes(4 << 10)), 0
+
+    def first_line(self, key: int, line: int) -> int | None:
+        """The line this key was first seen on; None (and remembered) when it is new."""
+        key = key or 1  # 0 marks an empty slot
+        keys, mask = self.keys, len(self.keys) - 1
+        slot = key & mask
+        while keys[slot]:
+            if keys[slot] == key:
+                return self.lines[slot]
+            slot = (slot + 1) & mask
+        keys[slot], self.lines[slot] = key, line
+        self.used += 1
+        if self.used * 4 > len(keys) * 3:
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old = zip(self.keys, self.lines)
+        size = len(self.keys) * 2
+        self.keys, self.lines, self.used = (
+            array("q", bytes(8 * size)),
+            array("i", bytes(4 * size)),
+            0,
+        )
+        for key, line in old:
+            if key:
+                self.first_line(key, line)
 
 
 def _token_stats(lengths: Counter[int], estimated: bool) -> dict[str, Any]:

@@ -16,9 +16,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .tinymodel import CHAT_TEMPLATE
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 IGNORE_INDEX = -100
 COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -39,9 +42,7 @@ def tokenize_example(
     Labels are IGNORE_INDEX on system, user and tool turns and on the prompt, unless
     train_on_inputs; a message with loss_weight 0 is never learned, whatever train_on_inputs says."""
     if "messages" in example:
-        ids, labels = _conversation_tokens(
-            example, tokenizer, _template(tokenizer, chat_template), train_on_inputs
-        )
+        ids, labels = _conversation_tokens(example, tokenizer, chat_template, train_on_inputs)
     elif "prompt" in example:
         ids, labels = _prompt_completion_tokens(example, tokenizer, train_on_inputs)
     else:
@@ -56,8 +57,7 @@ def count_tokens(
 ) -> int:
     """Tokens in the rendered example before truncation, from one render (what profiles report)."""
     if "messages" in example:
-        template = _template(tokenizer, chat_template)
-        text = _renderer(example, tokenizer, template)(len(example["messages"]), False)
+        text = _renderer(example, tokenizer, chat_template)(len(example["messages"]), False)
         return len(_encode(tokenizer, text, special=False))
     if "prompt" in example:
         return len(_prompt_completion_tokens(example, tokenizer, True)[0])
@@ -73,7 +73,7 @@ def build_dataset(
     train_on_inputs: bool = False,
     columns: dict[str, str] | None = None,
     chat_template: str | None = None,
-) -> Any:
+) -> Dataset:
     """A datasets.Dataset of tokenize_example rows (int32 lists, built in batches so a large file
     never sits in memory as Python lists); examples with nothing to learn are dropped."""
     import pyarrow as pa
@@ -130,15 +130,21 @@ def _prompt_completion_tokens(
 
 
 # -- conversations ---------------------------------------------------------------------------------
-def _template(tokenizer: Any, chat_template: str | None) -> str:
-    """The given template, else the tokenizer's, else ChatML (a base model has none of its own)."""
-    return chat_template or getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
+def _template(tokenizer: Any, chat_template: str | None, tools: Any = None) -> str:
+    """The given template (or the name of one of the tokenizer's), else the tokenizer's own (its
+    tool-use one when there are tools), else ChatML: a base model has no template of its own."""
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        return CHAT_TEMPLATE
+    return tokenizer.get_chat_template(chat_template, tools)
 
 
-def _renderer(example: dict[str, Any], tokenizer: Any, template: str) -> Callable[[int, bool], str]:
+def _renderer(
+    example: dict[str, Any], tokenizer: Any, chat_template: str | None
+) -> Callable[[int, bool], str]:
     """render(n, generation_prompt): the first n messages as the template writes them."""
-    messages = [_template_message(m, "tool_calls" in template) for m in example["messages"]]
     tools = example.get("tools")
+    template = _template(tokenizer, chat_template, tools)
+    messages = [_template_message(m, "tool_calls" in template) for m in example["messages"]]
 
     def render(n: int, generation_prompt: bool) -> str:
         if n == 0 and not generation_prompt:
@@ -169,9 +175,9 @@ def _template_message(message: dict[str, Any], template_knows_tool_calls: bool) 
 
 
 def _conversation_tokens(
-    example: dict[str, Any], tokenizer: Any, template: str, train_on_inputs: bool
+    example: dict[str, Any], tokenizer: Any, chat_template: str | None, train_on_inputs: bool
 ) -> tuple[list[int], list[int]]:
-    render = _renderer(example, tokenizer, template)
+    render = _renderer(example, tokenizer, chat_template)
     text = render(len(example["messages"]), False)
     spans = _learned_spans(example["messages"], render, text, train_on_inputs)
     if not getattr(tokenizer, "is_fast", False):

@@ -35,6 +35,8 @@ class Runtime:
     worker_id: str
     scratch: Path
     huey: Any = None
+    kernels: Any = None  # KernelPool
+    kernel: Any = None  # the running job's kernel manager
     current_job: str | None = None
     jobs_done: int = 0
     started_at: float = field(default_factory=time.time)
@@ -68,8 +70,9 @@ def execute_job(job_id: str) -> None:
     try:
         data_path = stage_dataset(rt, job_id, record["dataset"])
         resume = restore_checkpoint(rt, job_id, run_dir / "output" / "checkpoints")
+        rt.kernel = rt.kernels.take()
         with Watchdog(rt, job_id, record["config"].get("timeout_minutes")):
-            notebook_error = run_notebook(record, data_path, run_dir, report, resume)
+            notebook_error = run_notebook(record, data_path, run_dir, report, resume, rt.kernel)
         if notebook_error:
             fields, stopped = notebook_error, rt.store.get_field(job_id, "stop")
         else:
@@ -85,6 +88,9 @@ def execute_job(job_id: str) -> None:
         final, fields = apply_stop_request(stopped, record, final, fields)
         fields["report"] = save_report(rt, job_id, report, record, final, fields)
         finish(rt, job_id, final, fields)
+        if rt.kernel is not None:  # one kernel, one job: nothing of this job leaks into the next
+            rt.kernel.shutdown_kernel(now=True)
+            rt.kernel = None
         rt.current_job = None
         rt.jobs_done += 1
         shutil.rmtree(run_dir / "output" / "checkpoints", ignore_errors=True)
@@ -144,26 +150,14 @@ class Watchdog:
                 if asked_at is None and self.rt.store.get_field(self.job_id, "stop"):
                     asked_at = now
                 if asked_at is not None and now - asked_at > self.grace:
-                    killed = kill_kernels()
-                    self.rt.store.add_event(self.job_id, f"the kernel did not stop within {self.grace:g} s: killed {killed}")
+                    from .kernels import kill_kernel
+
+                    killed = kill_kernel(self.rt.kernel)
+                    self.rt.store.add_event(self.job_id, f"the kernel did not stop within {self.grace:g} s: "
+                                                         f"{'killed' if killed else 'could not kill'} it")
                     return
             except Exception as exc:  # a broker blip: look again next tick
                 log.warning("watchdog: %s", exc)
-
-
-def kill_kernels() -> int:
-    """Kill this worker's notebook kernels (its only child processes running ipykernel)."""
-    import psutil
-
-    killed = 0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any("ipykernel" in part for part in child.cmdline()):
-                child.kill()
-                killed += 1
-        except psutil.Error:
-            pass
-    return killed
 
 
 def restore_checkpoint(rt: Runtime, job_id: str, local: Path) -> str:
@@ -208,7 +202,7 @@ def stage_dataset(rt: Runtime, job_id: str, dataset: dict[str, Any]) -> Path:
 
 
 def run_notebook(record: dict[str, Any], data_path: Path, run_dir: Path, report: Path,
-                 resume_from_checkpoint: str = "") -> dict[str, Any] | None:
+                 resume_from_checkpoint: str = "", kernel: Any = None) -> dict[str, Any] | None:
     """Execute the template with the job's values as typed parameters; the error fields on failure."""
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -223,7 +217,7 @@ def run_notebook(record: dict[str, Any], data_path: Path, run_dir: Path, report:
     try:
         papermill.execute_notebook(
             str(TEMPLATE), str(report), parameters=parameters, kernel_name="python3",
-            cwd=str(run_dir), progress_bar=False, log_output=False,
+            cwd=str(run_dir), progress_bar=False, log_output=False, km=kernel,
         )
     except DeadKernelError as exc:
         return {"error": f"the notebook kernel died (killed, or out of memory): {exc}"}
@@ -300,7 +294,8 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
     static = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": rt.started_at, **gpu_info()}
     while not stop.is_set():
         try:
-            rt.store.heartbeat(rt.worker_id, {**static, "current_job": rt.current_job, "jobs_done": rt.jobs_done},
+            rt.store.heartbeat(rt.worker_id, {**static, "current_job": rt.current_job, "jobs_done": rt.jobs_done,
+                                              "warm_kernel": bool(rt.kernels and rt.kernels.ready)},
                                ttl=rt.settings.worker_grace_seconds)
             requeue_orphans(rt.store, huey)
         except Exception as exc:  # a broker outage must not kill the worker: retry next beat
@@ -342,14 +337,18 @@ def run_worker(settings: Settings | None = None, *, worker_id: str | None = None
 
     settings = settings or Settings.from_env()
     os.environ.update(settings.to_env())  # the notebook kernels read the same settings
-    import papermill  # noqa: F401  -- once here, not per job
+    import nbconvert  # noqa: F401  -- once here, not per job
+    import papermill  # noqa: F401
+
+    from .kernels import KernelPool
 
     scratch = Path(settings.scratch_dir).expanduser().resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     huey = make_huey(settings)
     _runtime = Runtime(settings=settings, store=open_store(settings),
                        storage=Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
-                       worker_id=worker_id or jobs.new_worker_id(), scratch=scratch, huey=huey)
+                       worker_id=worker_id or jobs.new_worker_id(), scratch=scratch, huey=huey,
+                       kernels=KernelPool().start())
     stop = threading.Event()
     beat = threading.Thread(target=heartbeat_loop, args=(_runtime, huey, stop), name="ftkit-heartbeat", daemon=True)
     beat.start()
@@ -359,5 +358,6 @@ def run_worker(settings: Settings | None = None, *, worker_id: str | None = None
     try:
         consumer.run()
     finally:
+        _runtime.kernels.close()
         stop.set()
         beat.join(timeout=10)

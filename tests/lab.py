@@ -4,8 +4,7 @@ How a test module uses it (tests/ is on sys.path because tests/conftest.py lives
 default "prepend" import mode inserts its folder, so this module imports as ``lab``)::
 
     import pytest
-
-    from lab import open_notebook, run_all_cells, screenshot, upload_file, write_notebook
+    from lab import expect, open_notebook, run_all_cells, screenshot, upload_file, write_notebook
 
     pytest_plugins = ["lab"]          # registers the fixtures below (lab_server, lab_page, ...)
     pytestmark = pytest.mark.browser  # `make test-fast` deselects with -m "not browser"
@@ -14,19 +13,26 @@ default "prepend" import mode inserts its folder, so this module imports as ``la
         write_notebook(lab_server.root_dir / "panel.ipynb", ["import ftkit", "..."])
         open_notebook(lab_page, lab_server, "panel.ipynb")
         run_all_cells(lab_page)
-        ...
+        expect(lab_page.locator(".my-class")).to_have_text("...", timeout=30_000)
+        screenshot(lab_page, "panel-1")
+
+(ruff's isort sorts ``lab`` as third-party, next to pytest.) Nothing here imports Playwright at
+module level, so collection works without it; the fixtures fail with an install hint instead.
 
 Fixtures
-    lab_server  (session) a running ``jupyter lab`` (LabServer: base_url, token, root_dir, log_text()).
-                Its kernels run this interpreter (sys.executable, pinned with a private kernelspec)
-                and inherit the server's environment, which is os.environ as it is when the fixture
-                first runs (tests/conftest.py deletes FTKIT_* at import). For variables of your own,
-                start a server with ``start_lab(root, env={...})`` or set os.environ in a cell.
+    lab_server  (session) a running ``jupyter lab`` (LabServer: base_url, token, root_dir, url(),
+                api(), log_text()). Its kernels run this interpreter (sys.executable, pinned with a
+                private kernelspec) and inherit the server's environment: os.environ as it is when
+                the fixture first runs (tests/conftest.py deletes FTKIT_* at import).
+    lab_factory (session) ``lab_factory(env={"FTKIT_...": ...})`` -> a LabServer whose server and
+                kernels see those variables too; one server per distinct env, reused, all stopped
+                at the end of the session. ``lab_server`` is ``lab_factory()``.
     browser     (session) headless Debian Chromium (/usr/bin/chromium, see
                 scripts/install-browser-deps.sh); Playwright gives every launch a fresh profile.
     lab_page    (function) a Playwright sync ``Page`` (1400x1000) in a new context. On teardown it
-                saves a screenshot, the browser console and the server log into tests/artifacts/
+                saves a screenshot, the browser console and the server logs into tests/artifacts/
                 when the test failed, and shuts down every kernel so the next test starts clean.
+                ``page.console_log`` lists the browser console messages so far.
 
 The server runs with ``expose_app_in_browser`` so helpers can use ``window.jupyterapp`` (the same
 approach as JupyterLab's own Galata tests): commands run through the command registry and kernel
@@ -45,7 +51,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
@@ -57,7 +62,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM = os.environ.get("FTKIT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("BROWSER_TEST_CHROMIUM", "/usr/bin/chromium")  # conftest drops FTKIT_*
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",  # we run as root
@@ -121,9 +126,12 @@ class LabServer:
     def api(self, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
         """Call the server's REST API (path like "/api/kernels"); returns decoded JSON or None."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -163,7 +171,11 @@ def _write_private_jupyter_home(home: Path) -> dict[str, str]:
     """Config, kernelspec and settings folders of our own, so the user's ~/.jupyter, a stray
     kernelspec or a saved workspace cannot change what the tests see. Returns the env to use."""
     config_dir, data_dir, runtime_dir = home / "config", home / "data", home / "runtime"
-    settings_dir, workspaces_dir, ipython_dir = home / "settings", home / "workspaces", home / "ipython"
+    settings_dir, workspaces_dir, ipython_dir = (
+        home / "settings",
+        home / "workspaces",
+        home / "ipython",
+    )
     for d in (config_dir, runtime_dir, settings_dir, workspaces_dir, ipython_dir):
         d.mkdir(parents=True, exist_ok=True)
     # Pin "python3" to this interpreter. (The venv's own spec says argv[0] "python", which
@@ -171,24 +183,32 @@ def _write_private_jupyter_home(home: Path) -> dict[str, str]:
     # because JUPYTER_PATH comes before the user and environment data folders.)
     spec_dir = data_dir / "kernels" / "python3"
     spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-        "metadata": {"debugger": True},
-    }))
-    (config_dir / "jupyter_server_config.json").write_text(json.dumps({
-        "LabApp": {
-            "news_url": None,  # no announcements feed, no "get news?" toast
-            "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate",
-            "extension_manager": "readonly",  # no PyPI queries
-            "expose_app_in_browser": True,  # window.jupyterapp for the helpers below
-            "workspaces_dir": str(workspaces_dir),
-            "user_settings_dir": str(settings_dir),
-        },
-        "ServerApp": {"terminals_enabled": False},
-        "MappingKernelManager": {"default_kernel_name": "python3"},
-    }))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+                "metadata": {"debugger": True},
+            }
+        )
+    )
+    (config_dir / "jupyter_server_config.json").write_text(
+        json.dumps(
+            {
+                "LabApp": {
+                    "news_url": None,  # no announcements feed, no "get news?" toast
+                    "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate",
+                    "extension_manager": "readonly",  # no PyPI queries
+                    "expose_app_in_browser": True,  # window.jupyterapp for the helpers below
+                    "workspaces_dir": str(workspaces_dir),
+                    "user_settings_dir": str(settings_dir),
+                },
+                "ServerApp": {"terminals_enabled": False},
+                "MappingKernelManager": {"default_kernel_name": "python3"},
+            }
+        )
+    )
     # User settings: no "get Jupyter news?" toast over the page; every cell attached to the DOM
     # (Lab's default windowing mode can leave off-screen cells' outputs out of the DOM).
     user_settings = {
@@ -212,8 +232,9 @@ def _write_private_jupyter_home(home: Path) -> dict[str, str]:
     }
 
 
-def start_lab(root_dir: Path, env: dict[str, str] | None = None, timeout: float = 60,
-              home: Path | None = None) -> LabServer:
+def start_lab(
+    root_dir: Path, env: dict[str, str] | None = None, timeout: float = 60, home: Path | None = None
+) -> LabServer:
     """Start ``jupyter lab`` on a free loopback port serving root_dir; returns once /api/status
     answers. ``env`` is added to os.environ for the server and so for its kernels. Call .stop()."""
     root_dir = Path(root_dir).resolve()
@@ -225,13 +246,31 @@ def start_lab(root_dir: Path, env: dict[str, str] | None = None, timeout: float 
         token = secrets.token_hex(16)
         port = _free_port()
         log_path = home / f"lab-{port}.log"
-        args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}"]
+        args = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root_dir}",
+        ]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, env=full_env, cwd=root_dir, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        server = LabServer(f"http://127.0.0.1:{port}", token, root_dir, home, proc, log_path, full_env)
+            proc = subprocess.Popen(
+                args,
+                env=full_env,
+                cwd=root_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = LabServer(
+            f"http://127.0.0.1:{port}", token, root_dir, home, proc, log_path, full_env
+        )
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             if server.is_up():
@@ -244,12 +283,41 @@ def start_lab(root_dir: Path, env: dict[str, str] | None = None, timeout: float 
     raise RuntimeError(f"jupyter lab did not start within {timeout} s:\n{last_log[-5000:]}")
 
 
+class LabFactory:
+    """Starts servers on demand, one per distinct extra environment, each with its own root and
+    home folder under base; reuses a running one for the same env; stops them all at the end."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.servers: dict[tuple[tuple[str, str], ...], LabServer] = {}
+
+    def __call__(self, env: dict[str, str] | None = None, timeout: float = 60) -> LabServer:
+        key = tuple(sorted((env or {}).items()))
+        server = self.servers.get(key)
+        if server is None or server.proc.poll() is not None:
+            n = len(self.servers)
+            server = start_lab(
+                self.base / f"root{n}", env=env, timeout=timeout, home=self.base / f"home{n}"
+            )
+            self.servers[key] = server
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
 @pytest.fixture(scope="session")
-def lab_server(tmp_path_factory) -> Iterator[LabServer]:
-    base = tmp_path_factory.mktemp("lab")
-    server = start_lab(base / "root", home=base / "home")
-    yield server
-    server.stop()
+def lab_factory(tmp_path_factory) -> Iterator[LabFactory]:
+    factory = LabFactory(tmp_path_factory.mktemp("lab"))
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def lab_server(lab_factory) -> LabServer:
+    """The session's default server: os.environ as it is now, plus nothing."""
+    return lab_factory()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,9 +327,13 @@ def lab_server(tmp_path_factory) -> Iterator[LabServer]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
+    hint = "run `bash scripts/install-browser-deps.sh .venv` (or `make browser-deps`)"
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install-browser-deps.sh .venv`")
-    from playwright.sync_api import sync_playwright
+        pytest.fail(f"{CHROMIUM} is missing: {hint}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"the playwright package is missing: {hint}")
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -270,7 +342,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def lab_page(request, browser, lab_server) -> Iterator[Any]:
+def lab_page(request, browser, lab_factory) -> Iterator[Any]:
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -288,9 +360,19 @@ def lab_page(request, browser, lab_server) -> Iterator[Any]:
             pass
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / f"FAILED-{name}.console.txt").write_text("\n".join(console))
-        (ARTIFACTS / f"FAILED-{name}.lab.log").write_text(lab_server.log_text())
+        for i, server in enumerate(lab_factory.servers.values()):
+            (ARTIFACTS / f"FAILED-{name}.lab{i}.log").write_text(server.log_text())
     context.close()
-    lab_server.shutdown_kernels()
+    for server in lab_factory.servers.values():
+        server.shutdown_kernels()
+
+
+def expect(*args, **kwargs):
+    """playwright.sync_api.expect, imported on use so that collecting a browser test module
+    works where Playwright is not installed (`make test-fast` deselects those tests)."""
+    from playwright.sync_api import expect as _expect
+
+    return _expect(*args, **kwargs)
 
 
 def _safe(name: str) -> str:
@@ -316,8 +398,11 @@ def write_notebook(path: Path, cells: Sequence[str]) -> Path:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
     path = Path(path)
@@ -340,8 +425,11 @@ def open_notebook(page, lab: LabServer, relpath: str, timeout: float = 60) -> No
     not restored (each restored notebook would start a kernel of its own)."""
     ms = timeout * 1000
     workspace = f"t{uuid.uuid4().hex[:10]}"
-    page.goto(lab.url(f"/lab/workspaces/{workspace}/tree/{relpath}"), wait_until="domcontentloaded",
-              timeout=ms)
+    page.goto(
+        lab.url(f"/lab/workspaces/{workspace}/tree/{relpath}"),
+        wait_until="domcontentloaded",
+        timeout=ms,
+    )
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=ms)
     page.evaluate("() => window.jupyterapp.restored")
     page.wait_for_function(
@@ -350,7 +438,9 @@ def open_notebook(page, lab: LabServer, relpath: str, timeout: float = 60) -> No
              return !!(w && w.context && w.context.path === path && w.context.isReady
                        && w.sessionContext && w.sessionContext.isReady);
            }""",
-        arg=relpath, timeout=ms)
+        arg=relpath,
+        timeout=ms,
+    )
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first.wait_for(timeout=ms)
     wait_for_kernel_idle(page, timeout)
 
@@ -358,8 +448,11 @@ def open_notebook(page, lab: LabServer, relpath: str, timeout: float = 60) -> No
 def wait_for_kernel_idle(page, timeout: float = 60) -> None:
     """Wait until the current notebook's kernel is connected and idle."""
     try:
-        page.wait_for_function(f"() => ({_KERNEL_STATE_JS})() === 'idle/connected'",
-                               timeout=timeout * 1000, polling=100)
+        page.wait_for_function(
+            f"() => ({_KERNEL_STATE_JS})() === 'idle/connected'",
+            timeout=timeout * 1000,
+            polling=100,
+        )
     except Exception as exc:
         state = page.evaluate(_KERNEL_STATE_JS)
         raise AssertionError(f"kernel not idle after {timeout} s (state {state})") from exc
@@ -375,7 +468,9 @@ def run_all_cells(page, timeout: float = 120) -> None:
              const timer = new Promise((_, reject) =>
                setTimeout(() => reject(new Error('run-all-cells timed out')), ms));
              return await Promise.race([run, timer]);
-           }""", timeout * 1000)
+           }""",
+        timeout * 1000,
+    )
     wait_for_kernel_idle(page, timeout)
     if ok is False:
         raise AssertionError("a cell raised:\n" + cell_errors(page))
@@ -383,13 +478,20 @@ def run_all_cells(page, timeout: float = 120) -> None:
 
 def cell_errors(page) -> str:
     """The text of every error output in the current notebook."""
-    return "\n---\n".join(page.locator(".jp-OutputArea-output[data-mime-type*='error'], "
-                                       ".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']"
-                                       ).all_inner_texts())
+    return "\n---\n".join(
+        page.locator(
+            ".jp-OutputArea-output[data-mime-type*='error'], "
+            ".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']"
+        ).all_inner_texts()
+    )
 
 
-def upload_file(scope, files: str | Path | Sequence[str | Path] | dict | Sequence[dict],
-                nth: int = 0, timeout: float = 30) -> None:
+def upload_file(
+    scope,
+    files: str | Path | Sequence[str | Path] | dict | Sequence[dict],
+    nth: int = 0,
+    timeout: float = 30,
+) -> None:
     """Choose files in an ipywidgets FileUpload as a user would: click the widget's button and
     answer the file chooser. (ipywidgets 8 keeps its <input type=file> detached from the DOM, so
     set_input_files on a locator cannot reach it; Playwright's file-chooser event can.)
@@ -397,11 +499,10 @@ def upload_file(scope, files: str | Path | Sequence[str | Path] | dict | Sequenc
     several FileUpload widgets; files are paths or Playwright payloads {"name", "mimeType",
     "buffer"}. The widget then reads the files and syncs .value to the kernel asynchronously:
     wait for the effect you expect."""
-    if isinstance(files, (str, Path, dict)):
-        files = [files]
-    files = [str(f) if isinstance(f, Path) else f for f in files]
+    items = [files] if isinstance(files, (str, Path, dict)) else list(files)
+    payload = [str(f) if isinstance(f, Path) else f for f in items]
     page = getattr(scope, "page", scope)  # Locator.page, or the Page itself
     button = scope.locator("button.widget-upload").nth(nth)
     with page.expect_file_chooser(timeout=timeout * 1000) as chooser:
         button.click(timeout=timeout * 1000)
-    chooser.value.set_files(files, timeout=timeout * 1000)
+    chooser.value.set_files(payload, timeout=timeout * 1000)

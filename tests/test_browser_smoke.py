@@ -8,9 +8,8 @@ import re
 import sys
 
 import pytest
-from playwright.sync_api import expect
-
 from lab import (
+    expect,
     open_notebook,
     run_all_cells,
     screenshot,
@@ -29,7 +28,9 @@ progress = w.IntProgress(value=0, min=0, max=100, description="Progress")
 progress.add_class("smoke-progress")
 status = w.Label("not clicked").add_class("smoke-status")
 uploaded = w.Label("no file").add_class("smoke-uploaded")
-env = w.Label(f"{sys.executable}|{os.environ.get('FTKIT_SMOKE_ENV', 'unset')}").add_class("smoke-env")
+from importlib.util import find_spec
+env = w.Label(f"{sys.executable}|{os.environ.get('FTKIT_SMOKE_ENV', 'unset')}|{find_spec('ftkit') is not None}")
+env.add_class("smoke-env")
 button = w.Button(description="Finish", button_style="success").add_class("smoke-button")
 upload = w.FileUpload(accept=".txt", multiple=False).add_class("smoke-upload")
 
@@ -48,11 +49,11 @@ w.VBox([progress, w.HBox([upload, button]), status, uploaded, env])
 """
 
 
-def test_widgets_render_upload_and_click(lab_server, lab_page, tmp_path, monkeypatch):
+def test_widgets_render_upload_and_click(lab_factory, lab_page):
     page = lab_page
-    write_notebook(lab_server.root_dir / "smoke" / "widgets.ipynb",
-                   ["import os\nos.environ['FTKIT_SMOKE_ENV'] = 'from-cell'", WIDGETS_CELL])
-    open_notebook(page, lab_server, "smoke/widgets.ipynb")
+    lab = lab_factory(env={"FTKIT_SMOKE_ENV": "from-server"})  # the kernel must see it
+    write_notebook(lab.root_dir / "smoke" / "widgets.ipynb", ["print('first cell')", WIDGETS_CELL])
+    open_notebook(page, lab, "smoke/widgets.ipynb")
     run_all_cells(page)
 
     # Rendered by the widget manager, not "Loading widget..." or the text repr.
@@ -61,16 +62,19 @@ def test_widgets_render_upload_and_click(lab_server, lab_page, tmp_path, monkeyp
     assert page.locator("text=Loading widget").count() == 0
     assert page.locator(".jp-OutputArea-output pre", has_text="VBox(children=").count() == 0
     expect(page.locator(".smoke-status")).to_have_text("not clicked")
-    python, env_value = page.locator(".smoke-env").inner_text().split("|")
-    assert python == sys.executable  # the kernel is this venv's interpreter
-    assert env_value == "from-cell"
+    python, env_value, has_ftkit = page.locator(".smoke-env").inner_text().split("|")
+    assert python == sys.executable  # the kernel is this venv's interpreter...
+    assert has_ftkit == "True"  # ...so ftkit is importable there
+    assert env_value == "from-server"  # the server's environment reaches the kernel
     screenshot(page, "smoke-1-rendered")
 
     payload = b"hello ftkit\n" * 3
     upload_file(page, {"name": "hello.txt", "mimeType": "text/plain", "buffer": payload})
     # to_have_text with a str is an exact match (has_text= is a substring: "not clicked"
     # contains "clicked"); expect() retries until the kernel's reply has updated the DOM.
-    expect(page.locator(".smoke-uploaded")).to_have_text(f"hello.txt:{len(payload)}", timeout=15_000)
+    expect(page.locator(".smoke-uploaded")).to_have_text(
+        f"hello.txt:{len(payload)}", timeout=15_000
+    )
 
     bar = page.locator(".smoke-progress .progress-bar")
     expect(bar).to_have_attribute("style", re.compile(r"width:\s*0%"))

@@ -227,7 +227,9 @@ def test_column_mapping_renames_and_names_the_users_column(tmp_path):
 
 def test_explicit_format_checks_every_record_against_it():
     profile = inspect_dataset(DATA / "c4_demo.jsonl", format="prompt_completion")
-    assert profile.problem_counts["missing_field"] == 2 * 300 and not profile.ok  # no prompt, no completion
+    assert (
+        profile.problem_counts["missing_field"] == 2 * 300 and not profile.ok
+    )  # no prompt, no completion
 
 
 # -- file kinds ----------------------------------------------------------------------------------
@@ -380,6 +382,15 @@ def test_non_utf8_csv(tmp_path):
     assert kinds(profile.problems) == [("not_utf8", 2)] and profile.rows == 2
 
 
+def test_non_utf8_bytes_in_a_json_array_name_the_line(tmp_path):
+    raw = (DATA / "identity.json").read_bytes().split(b"\n")
+    raw[12] = raw[12].replace(b"Who", b"Wh\xf6")
+    path = tmp_path / "identity.json"
+    path.write_bytes(b"\n".join(raw))
+    profile = inspect_dataset(path)
+    assert kinds(profile.problems) == [("not_utf8", 13)] and profile.rows == 91
+
+
 def test_mixed_formats(tmp_path, toy_lines):
     toy_lines.insert(2, json.dumps({"instruction": "a", "output": "b"}))
     profile = inspect_dataset(write_lines(tmp_path / "mixed.jsonl", toy_lines))
@@ -416,9 +427,10 @@ def test_conversation_faults(tmp_path):
     assert kinds(profile.warnings) == [("repeated_role", 8)]
 
 
-def test_csv_row_with_extra_values(tmp_path):
-    path = tmp_path / "bad.csv"
-    path.write_text('instruction,output\n"multi\nline",ok\na,b,c\n')
+@pytest.mark.parametrize(("name", "sep"), [("bad.csv", ","), ("bad.tsv", "\t")])
+def test_csv_row_with_extra_values(tmp_path, name, sep):
+    path = tmp_path / name
+    path.write_text(f'instruction{sep}output\n"multi\nline"{sep}ok\na{sep}b{sep}c\n')
     profile = inspect_dataset(path)
     assert kinds(profile.problems) == [("csv_columns", 4)] and profile.rows == 1
 
@@ -440,7 +452,9 @@ def test_corrupt_parquet(tmp_path):
 def test_problems_are_grouped_and_capped(tmp_path):
     path = write_lines(tmp_path / "many.jsonl", ["{broken"] * 30 + [json.dumps(HELLO)])
     profile = inspect_dataset(path)
-    assert profile.problem_counts["invalid_json"] == 30 and len(profile.problems) == data.KEPT_PER_KIND
+    assert (
+        profile.problem_counts["invalid_json"] == 30 and len(profile.problems) == data.KEPT_PER_KIND
+    )
     summary = profile.summary()
     assert "invalid_json (30):" in summary and "... and 25 more" in summary
     assert summary.count("\n    line ") == data.SHOWN_PER_KIND

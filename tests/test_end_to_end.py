@@ -96,3 +96,45 @@ def test_health_counts_live_workers_only(client, start_worker):
     assert client.health()["workers"] == 1
     worker.stop()
     wait_for(lambda: client.health()["workers"] == 0, 10, "the stopped worker to disappear")
+
+
+def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", **settings.to_env()}
+    out = subprocess.run([sys.executable, "-m", "ftkit.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.mark.parametrize("settings", ["redis"], indirect=True)
+def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp_path):
+    start_worker()
+    assert json.loads(cli(settings, "--json", "health").stdout)["workers"] == 1
+    assert "healthy" in cli(settings, "health").stdout
+    assert "120 rows" in cli(settings, "validate", str(EXAMPLE_DATA)).stdout
+    final = json.loads(cli(settings, "--json", "submit", str(EXAMPLE_DATA), "--base-model", str(tiny_model),
+                           "--max-steps", "3", "--max-seq-length", "128", "--sample-prompts", "Hi|Bye", "--wait").stdout)
+    assert final["status"] == "completed" and final["config"]["sample_prompts"] == ["Hi", "Bye"]
+    job_id = final["job_id"]
+    assert json.loads(cli(settings, "--json", "status", job_id).stdout)["status"] == "completed"
+    assert job_id in cli(settings, "jobs").stdout
+    cli(settings, "download", job_id, str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert cli(settings, "cancel", job_id).stdout.strip() == "completed"
+    missing = cli(settings, "status", "nope", check=False)
+    assert missing.returncode == 2 and "no job with id 'nope'" in missing.stderr
+
+
+def test_one_worker_per_gpu(settings, start_worker, client):
+    from conftest import wait_for
+
+    start_worker(args=("--gpus", "0,1"), wait=False)
+    wait_for(lambda: len(client.workers()) == 2, 60, "two workers")
+    assert {w["pid"] for w in client.workers()} and len({w["worker_id"] for w in client.workers()}) == 2
+
+
+def test_a_job_shown_in_a_cell_is_its_live_monitor(client, tiny_model):
+    job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), max_steps=1)
+    bundle = job._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    job.cancel()

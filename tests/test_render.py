@@ -65,29 +65,29 @@ def tokenize(example, tokenizer, **kwargs):
 
 # -- conversations: only assistant text and its end token are learned ---------------------------
 @pytest.mark.parametrize("template", [None, NO_MARKERS], ids=["generation-markers", "no-markers"])
-@pytest.mark.parametrize(
-    ("name", "fmt", "pick"),
-    [
-        ("toy_chat_fine_tuning.jsonl", "chat", lambda e: e["messages"][0]["role"] == "system"),
-        (
-            "toy_chat_fine_tuning.jsonl",
-            "chat",
-            lambda e: len(e["messages"]) > 4,
-        ),  # two assistant turns
-        (
-            "alpaca_en_demo.json",
-            "alpaca",
-            lambda e: "\n" in e["messages"][0]["content"],
-        ),  # with an input
-        ("identity.json", "alpaca", lambda e: True),
-        (
-            "glaive_toolcall_en_demo.json",
-            "sharegpt",
-            lambda e: any(m["role"] == "tool" for m in e["messages"]),
-        ),
-        ("v1_sft_demo.jsonl", "chat", lambda e: True),
-    ],
-)
+def has_tool_turn(example: dict) -> bool:
+    return any(m["role"] == "tool" for m in example["messages"])
+
+
+REAL_EXAMPLES = [  # (file, format, which example)
+    pytest.param("toy_chat_fine_tuning.jsonl", "chat", lambda e: True, id="chat-with-system"),
+    pytest.param(
+        "toy_chat_fine_tuning.jsonl", "chat", lambda e: len(e["messages"]) > 4, id="chat-two-turns"
+    ),
+    pytest.param(
+        "alpaca_en_demo.json",
+        "alpaca",
+        lambda e: "\n" in e["messages"][0]["content"],
+        id="alpaca-input",
+    ),
+    pytest.param("identity.json", "alpaca", lambda e: True, id="alpaca"),
+    pytest.param("glaive_toolcall_en_demo.json", "sharegpt", has_tool_turn, id="sharegpt-tools"),
+    pytest.param("v1_sft_demo.jsonl", "chat", lambda e: True, id="typed-parts-user-weight-0"),
+]
+
+
+@pytest.mark.parametrize("template", [None, NO_MARKERS], ids=["generation-markers", "no-markers"])
+@pytest.mark.parametrize(("name", "fmt", "pick"), REAL_EXAMPLES)
 def test_only_assistant_turns_are_learned(tokenizer, name, fmt, pick, template):
     example = first(name, fmt, pick)
     row = tokenize(example, tokenizer, chat_template=template)
@@ -164,6 +164,18 @@ def test_tools_reach_a_template_that_uses_them(tokenizer):
     row = tokenize(example, tokenizer, chat_template=template)
     assert tokenizer.decode(row["input_ids"]).startswith('[{"name": "search_recipes"')
     assert learned_runs(row, tokenizer) == assistant_texts(example)
+
+
+def test_a_tokenizer_with_named_templates_uses_its_tool_use_one_for_tools(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = {"default": NO_MARKERS, "tool_use": "TOOLS\n" + NO_MARKERS}
+    with_tools = first("glaive_toolcall_en_demo.json", "sharegpt")
+    without = first("toy_chat_fine_tuning.jsonl", "chat")
+    assert tokenizer.decode(tokenize(with_tools, tokenizer)["input_ids"]).startswith("TOOLS\n")
+    assert tokenizer.decode(tokenize(without, tokenizer)["input_ids"]).startswith("<|im_start|>")
+    assert learned_runs(tokenize(with_tools, tokenizer), tokenizer) == assistant_texts(with_tools)
 
 
 # -- train_on_inputs -----------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Training loop cost: steps/s of ftkit's trainer (progress callback reporting to a real job store,
+cancel checks) divided by the same trainer with no ftkit callback, alternated in one process.
+
+    python bench/training_loop.py [--steps 200] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+
+from common import DATA, redis_server, settings_in, tiny_model, workdir
+
+
+def run(model_dir, work, steps: int, reporter) -> float:
+    from ftkit import train
+    from ftkit.config import TrainConfig
+
+    config = TrainConfig(base_model=str(model_dir), max_steps=steps, batch_size=4, max_seq_length=128,
+                         learning_rate=1e-3)
+    model, tokenizer, _ = train.load_model(config)
+    data, _, _ = train.prepare_data(str(DATA), "chat", tokenizer, config)
+    trainer = train.make_trainer(model, tokenizer, data, None, config, str(work), reporter or train.Reporter(None))
+    if reporter is None:
+        trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks
+                                              if type(c).__name__ != "FtkitProgress"]
+    started = time.perf_counter()
+    trainer.train()
+    return steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = workdir()
+    try:
+        model = tiny_model(work)
+        from ftkit import train
+        from ftkit.jobstore import open_store
+
+        with redis_server() as url:
+            store = open_store(settings_in(work, url))
+            store.create({"job_id": "bench", "status": "training", "created_at": time.time(), "worker": None})
+            with_cb, without = [], []
+            for _ in range(args.repeat):
+                without.append(run(model, work, args.steps, None))
+                with_cb.append(run(model, work, args.steps, train.Reporter("bench", store)))
+            assert len(store.metrics("bench")) == args.steps * args.repeat, "every step was reported"
+        w, wo = statistics.median(with_cb), statistics.median(without)
+        print(f"  with ftkit callback (Redis store)  {w:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in with_cb)})")
+        print(f"  without                            {wo:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in without)})")
+        print(f"  ratio {w / wo:.3f}")
+        print("RESULT " + json.dumps({"training loop steps/s (ftkit callback / none)": f"{w / wo:.3f}"}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
