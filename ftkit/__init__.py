@@ -47,8 +47,9 @@ def client() -> Client:
 
 
 def upload_dataset(path: str | os.PathLike, *, name: str | None = None, format: str | None = None,
-                   columns: dict[str, str] | None = None) -> Dataset:
-    return client().upload_dataset(path, name=name, format=format, columns=columns)
+                   columns: dict[str, str] | None = None, max_seq_length: int = 2048) -> Dataset:
+    """Validate a data set line by line and store it; its profile counts examples over max_seq_length."""
+    return client().upload_dataset(path, name=name, format=format, columns=columns, max_seq_length=max_seq_length)
 
 
 def submit(dataset: Dataset | str | os.PathLike, config: TrainConfig | dict | None = None, **fields: Any) -> Job:

@@ -70,7 +70,7 @@ class Client:
 
     # -- data sets --------------------------------------------------------------------------------
     def upload_dataset(self, path: str | os.PathLike, *, name: str | None = None, format: str | None = None,
-                       columns: dict[str, str] | None = None) -> Dataset:
+                       columns: dict[str, str] | None = None, max_seq_length: int = 2048) -> Dataset:
         """Validate (line by line, before any GPU is spent), then store under its sha256."""
         from .data import validate_dataset
 
@@ -78,7 +78,7 @@ class Client:
         if not path.is_file():
             raise DatasetError(f"data set file not found: {path}")
         name = safe_name(name or path.name)
-        profile = validate_dataset(path, format=format, columns=columns)
+        profile = validate_dataset(path, format=format, columns=columns, max_seq_length=max_seq_length)
         sha256, size = file_digest(path)
         existing = self._find_dataset(sha256)
         if existing is not None and existing.format == profile.format and existing.columns == columns:

@@ -407,7 +407,7 @@ def _jsonl_records(lines: Iterable[tuple[int, str, Problem | None]]) -> Iterator
                     None,
                     _invalid_json(
                         number,
-                        f"{exc.msg} at column {exc.colno}",
+                        f"{exc.msg.removesuffix(' at')} at column {exc.colno}",
                         "make each line one complete JSON object (JSONL), or the whole file one JSON array",
                     ),
                 )

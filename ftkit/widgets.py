@@ -91,7 +91,7 @@ def loss_svg(metrics: list[dict[str, Any]], width: int = 460, height: int = 160)
     return (
         f"<svg class='ftkit-loss' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
         f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{''.join(lines)}"
-        f"<text x='{pad}' y='14' font-size='11'>loss {y1:.3f}</text>"
+        f"<text x='{pad}' y='14' font-size='11'>max {y1:.3f}</text>"
         f"<text x='{pad}' y='{height - 8}' font-size='11'>min {y0:.3f} · steps {x0}–{x1}</text></svg>"
     )
 
@@ -140,8 +140,8 @@ def _on_close(widget: w.Widget, callback) -> None:
 class MonitorPanel:
     """One job, live: status, progress with ETA, loss curve, last log lines, cancel, and its outputs."""
 
-    def __init__(self, job: Job, *, interval: float = 1.0, autostart: bool = True):
-        self.job = job
+    def __init__(self, job: Job, *, interval: float = 1.0, autostart: bool = True, on_end=None):
+        self.job, self.on_end, self.done = job, on_end, False
         self.title = w.HTML(f"<b>Job {_esc(job.id)}</b>")
         self.status = w.HTML()
         self.bar = w.FloatProgress(min=0, max=100, value=0, description="progress", layout=w.Layout(width="460px"))
@@ -151,7 +151,8 @@ class MonitorPanel:
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning")
         self.cancel_button.on_click(lambda _: self.cancel())
         self.dest = w.Text(value=f"./adapter-{job.id}", description="to folder")
-        self.download_button = w.Button(description="Download adapter", icon="download", disabled=True)
+        self.download_button = w.Button(description="Download adapter", icon="download", disabled=True,
+                                        layout=w.Layout(width="auto"))
         self.download_button.on_click(lambda _: self.download())
         self.outputs = w.HTML()
         self.error = w.HTML()
@@ -192,6 +193,10 @@ class MonitorPanel:
         self.cancel_button.disabled = done
         if done:
             self._show_outputs(s)
+            if not self.done and self.on_end is not None:
+                self.done = True
+                self.on_end()
+        self.done = done
         return done
 
     def _show_outputs(self, s: dict[str, Any]) -> None:
@@ -222,8 +227,8 @@ class MonitorPanel:
 class UploadStep:
     """Pick a file (or give a path), validate it, show its profile, preview and problems."""
 
-    def __init__(self, client: Client, on_dataset):
-        self.client, self.on_dataset = client, on_dataset
+    def __init__(self, client: Client, on_dataset, max_seq_length=lambda: 2048):
+        self.client, self.on_dataset, self.max_seq_length = client, on_dataset, max_seq_length
         self.dataset: Dataset | None = None
         self.picker = w.FileUpload(accept=".jsonl,.json,.csv,.parquet,.txt,.gz", multiple=False,
                                    description="Choose file")
@@ -252,11 +257,11 @@ class UploadStep:
         self.summary.value = f"checking <code>{_esc(path.name)}</code> ..."
         self.problems.value = self.preview.value = ""
         try:
-            ds = self.client.upload_dataset(path)
+            ds = self.client.upload_dataset(path, max_seq_length=self.max_seq_length())
         except DatasetError as exc:
             self.dataset = None
             self.summary.value = "<b style='color:crimson'>this data set cannot be used yet</b>"
-            self.problems.value = self._problems_html(str(exc), exc.problems)
+            self.problems.value = self._problems_html(str(exc).splitlines()[0], exc.problems)
             self.on_dataset(None)
             return None
         self.dataset = ds
@@ -326,7 +331,7 @@ class ConfigureStep:
         if name == "backend":
             return w.Dropdown(options=["auto", "unsloth", "hf"], value=value, **common)
         if isinstance(value, bool):
-            return w.Checkbox(value=value, indent=False, **{**common, "style": {}})
+            return w.Checkbox(value=value, indent=True, **common)
         if name == "max_steps":
             return w.IntText(value=value or 0, **common)
         if name == "timeout_minutes":
@@ -337,6 +342,8 @@ class ConfigureStep:
             return w.IntText(value=value, **common)
         if isinstance(value, float):
             return w.FloatText(value=value, **common)
+        if name == "base_model":
+            return w.Text(value=str(value), **{**common, "layout": w.Layout(width="100%", max_width="760px")})
         return w.Text(value=str(value), **common)
 
     def values(self) -> dict[str, Any]:
@@ -366,8 +373,9 @@ class Panel:
         self.submit_button.on_click(lambda _: self.submit())
         self.reason = w.HTML()
         self.monitor_box = w.VBox([w.HTML("<h3>3. Monitor</h3><i>submit a job to watch it here</i>")])
-        self.upload = UploadStep(client, lambda _ds: self._update_submit())
         self.configure = ConfigureStep(client, defaults)
+        self.upload = UploadStep(client, lambda _ds: self._update_submit(),
+                                 max_seq_length=lambda: self.configure.controls["max_seq_length"].value or 2048)
         for control in self.configure.controls.values():
             control.observe(lambda _: self._update_submit(), names="value")
         self.widget = w.VBox([self.upload.widget, self.configure.widget, w.HBox([self.submit_button, self.reason]),
@@ -378,8 +386,10 @@ class Panel:
 
     def _update_submit(self) -> None:
         config = self.configure.validate()
+        running = self.monitor is not None and not self.monitor.done
         reason = ("upload a usable data set first" if self.upload.dataset is None
-                  else "fix the configuration above" if config is None else "")
+                  else "fix the configuration above" if config is None
+                  else "the job above is still running (cancel it, or wait)" if running else "")
         self.submit_button.disabled = bool(reason)
         self.reason.value = f"<i class='ftkit-submit-reason'>{_esc(reason)}</i>" if reason else ""
 
@@ -395,8 +405,9 @@ class Panel:
             return None
         if self.monitor is not None:
             self.monitor.stop()
-        self.monitor = MonitorPanel(job)
+        self.monitor = MonitorPanel(job, on_end=self._update_submit)
         self.monitor_box.children = [w.HTML("<h3>3. Monitor</h3>"), self.monitor.widget]
+        self._update_submit()
         return job
 
 

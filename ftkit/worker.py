@@ -108,7 +108,28 @@ def apply_stop_request(stopped: str | None, record: dict[str, Any], final: str,
     return final, fields
 
 
+def through_outages(fn, *args: Any, patience: float = 600.0, **kwargs: Any) -> Any:
+    """Call a job-store function, waiting out a broker outage (a Redis restart) with back-off: a
+    job's claim and its final status must not be lost to a few seconds without Redis."""
+    from .errors import BrokerUnavailable
+
+    deadline, delay = time.monotonic() + patience, 0.2
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except BrokerUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job store unreachable, retrying in %.1f s: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def finish(rt: Runtime, job_id: str, final: str, fields: dict[str, Any]) -> None:
+    through_outages(_finish, rt, job_id, final, fields)
+
+
+def _finish(rt: Runtime, job_id: str, final: str, fields: dict[str, Any]) -> None:
     if final == jobs.QUEUED:  # handed back: the next worker resumes from the checkpoint just saved
         from .queue import enqueue
 
@@ -177,9 +198,16 @@ def restore_checkpoint(rt: Runtime, job_id: str, local: Path) -> str:
 def claim(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     """queued -> preparing for this worker, or None when the job is not ours to run (cancelled
     while queued, or already taken by another worker)."""
+    def take() -> bool:
+        # After an outage our own claim may have landed with its reply lost: that is ours too.
+        record = rt.store.get(job_id)
+        if record["status"] == jobs.PREPARING and record.get("worker") == rt.worker_id:
+            return True
+        return rt.store.transition(job_id, jobs.PREPARING, allowed=(jobs.QUEUED,), worker=rt.worker_id,
+                                   started_at=time.time(), host=socket.gethostname())
+
     try:
-        claimed = rt.store.transition(job_id, jobs.PREPARING, allowed=(jobs.QUEUED,), worker=rt.worker_id,
-                                      started_at=time.time(), host=socket.gethostname())
+        claimed = through_outages(take)
     except jobs.JobNotFound:
         log.warning("dropping task for unknown job %s", job_id)
         return None

@@ -7,7 +7,7 @@ below lists the job as completed. A corrupted data set shows its problem by line
 disabled, with the reason shown.
 
 Screenshots go to tests/artifacts/ (01-panel, 02-uploaded, 03-training when the refresh catches the
-job mid-training, 04-completed, 05-dashboard, 06-broken-data)."""
+job mid-training, 04-completed, 05-dashboard, 06-broken-data, 07-broken-data-submit-disabled)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,17 @@ import re
 from pathlib import Path
 
 import pytest
-from lab import cell_errors, expect, open_notebook, run_all_cells, screenshot, upload_file
+from lab import (
+    ARTIFACTS,
+    cell_errors,
+    expect,
+    open_notebook,
+    run_all_cells,
+    screenshot,
+    upload_file,
+)
 
-from conftest import EXAMPLE_DATA, REPO
+from conftest import EXAMPLE_DATA, REPO, wait_for
 
 pytest_plugins = ["lab"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -87,11 +95,22 @@ def wait_for_monitor(page, condition_js: str, timeout: float) -> dict:
 
 
 @sqlite_only
-def test_quickstart_panel_upload_submit_monitor(settings, start_worker, tiny_model, lab_factory, lab_page):
+def test_quickstart_panel_upload_submit_monitor(
+    settings, start_worker, tiny_model, lab_factory, lab_page
+):
     page = lab_page
-    worker = start_worker()
-    lab = lab_factory(env=settings.to_env() | {"HF_HUB_OFFLINE": "1"})  # same queue/storage as the worker
+    (ARTIFACTS / "03-training.png").unlink(missing_ok=True)  # not a stale one when not caught
+    worker = start_worker(wait=False)  # it starts up while Lab and the kernel do
+    # The notebook's kernel inherits the server's environment: the worker's queue and storage.
+    lab = lab_factory(env=settings.to_env() | {"HF_HUB_OFFLINE": "1"})
     open_quickstart(page, lab, tiny_model, "quickstart.ipynb")
+    from ftkit.client import Client
+
+    client = Client(settings)
+    wait_for(
+        lambda: client.workers() or worker.proc.poll() is not None, 60, "the worker's heartbeat"
+    )
+    assert worker.proc.poll() is None, worker.output()
 
     upload = page.locator(".ftkit-panel .ftkit-upload")
     expect(upload.locator("button.widget-upload")).to_be_visible()
@@ -99,7 +118,9 @@ def test_quickstart_panel_upload_submit_monitor(settings, start_worker, tiny_mod
     # the notebook's parameters reached the configure step
     max_steps = page.locator(".ftkit-configure .widget-text", has_text="max_steps").locator("input")
     expect(max_steps).to_have_value(str(MAX_STEPS))
-    base_model = page.locator(".ftkit-configure .widget-text", has_text="base_model").locator("input")
+    base_model = page.locator(".ftkit-configure .widget-text", has_text="base_model").locator(
+        "input"
+    )
     expect(base_model).to_have_value(str(tiny_model))
     # nothing to submit yet, and the panel says why
     expect(submit_button(page)).to_be_disabled()
@@ -113,7 +134,7 @@ def test_quickstart_panel_upload_submit_monitor(settings, start_worker, tiny_mod
     expect(profile).to_contain_text(re.compile(r"format\s+chat\b"))
     expect(profile).to_contain_text(re.compile(r"\b120\s+rows\b"))
     expect(profile).to_contain_text(EXAMPLE_DATA.name)
-    assert page.locator(".ftkit-upload .ftkit-problems", has_text="cannot be used").count() == 0
+    expect(upload).not_to_contain_text("cannot be used")
     expect(page.locator(".ftkit-upload table.ftkit-table")).to_be_visible()  # the preview
     screenshot(page, "02-uploaded")
 
@@ -131,7 +152,7 @@ def test_quickstart_panel_upload_submit_monitor(settings, start_worker, tiny_mod
     # Mid-training, if a refresh (every second) catches it: the status and a partial curve.
     state = wait_for_monitor(
         page,
-        "(st) => ['completed','failed','cancelled'].includes(st.status)"
+        f"(st) => {json.dumps(FINAL)}.includes(st.status)"
         " || (st.status === 'training' && st.points >= 2)",
         timeout=240,
     )
@@ -139,16 +160,18 @@ def test_quickstart_panel_upload_submit_monitor(settings, start_worker, tiny_mod
         monitor.scroll_into_view_if_needed()
         screenshot(page, "03-training")
 
-    state = wait_for_monitor(page, "(st) => ['completed','failed','cancelled'].includes(st.status)", timeout=240)
+    state = wait_for_monitor(page, f"(st) => {json.dumps(FINAL)}.includes(st.status)", timeout=240)
     if state["status"] != "completed":
         error = monitor.locator(".ftkit-error").all_inner_texts()
-        pytest.fail(f"job {job_id} ended {state['status']}: {error}\nworker log:\n{worker.output()[-4000:]}")
+        pytest.fail(f"job {job_id} ended {state}: {error}\nworker log:\n{worker.output()[-4000:]}")
 
     # The refresh that saw "completed" also set the bar and the curve (one update, same tick).
     bar = monitor.locator(".widget-hprogress .progress-bar")
     expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=15_000)
     expect(bar).to_have_class(re.compile(r"\bprogress-bar-success\b"))
-    expect(monitor.locator(".widget-label", has_text="step ")).to_have_text(f"step {MAX_STEPS}/{MAX_STEPS}")
+    expect(monitor.locator(".widget-label", has_text="step ")).to_have_text(
+        f"step {MAX_STEPS}/{MAX_STEPS}"
+    )
     line = monitor.locator("svg.ftkit-loss polyline.ftkit-loss")
     expect(line).to_have_count(1)
     points = line.get_attribute("points").split()
@@ -194,6 +217,7 @@ def test_panel_shows_broken_data_by_line_and_keeps_submit_disabled(
 
     problems = upload.locator(".ftkit-problems")
     expect(problems).to_be_visible(timeout=60_000)
+    expect(problems).to_contain_text(broken.name)
     expect(problems.locator("li", has_text=re.compile(r"^line 3: "))).to_have_count(1)
     expect(problems).to_have_css("color", "rgb(220, 20, 60)")  # crimson: an error, not a warning
     expect(upload).to_contain_text("this data set cannot be used yet")
@@ -206,3 +230,5 @@ def test_panel_shows_broken_data_by_line_and_keeps_submit_disabled(
     assert page.locator(".ftkit-monitor").count() == 0
     upload.scroll_into_view_if_needed()
     screenshot(page, "06-broken-data")
+    reason.scroll_into_view_if_needed()
+    screenshot(page, "07-broken-data-submit-disabled")
