@@ -53,15 +53,28 @@ class RedisServer:
     dir: Path
     password: str | None = None
     appendonly: bool = False
+    tls: bool = False  # serve TLS only, with a self-signed certificate made in ``dir``
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.dir / 'cert.pem'}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        port = ["--port", str(self.port)]
+        if self.tls:
+            if not (self.dir / "cert.pem").exists():
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                                "-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem"),
+                                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                               check=True, capture_output=True)
+            port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.dir / "cert.pem"),
+                    "--tls-key-file", str(self.dir / "key.pem"), "--tls-ca-cert-file", str(self.dir / "cert.pem"),
+                    "--tls-auth-clients", "no"]
+        args = ["redis-server", *port, "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no"]
         if self.password:
             args += ["--requirepass", self.password]

@@ -190,11 +190,12 @@ def start_worker_for(tmp_path):
         w.stop(timeout=30)
 
 
-def test_redis_urls_with_a_password_work_and_the_password_never_leaks(tmp_path, tiny_model, start_worker_for):
+def test_a_tls_redis_url_with_a_password_works_and_the_password_never_leaks(tmp_path, tiny_model, start_worker_for):
     password = "s3cret-Redis-pw"
-    server = RedisServer(port=free_port(), dir=tmp_path, password=password)
+    server = RedisServer(port=free_port(), dir=tmp_path, password=password, tls=True)
     server.start()
     try:
+        assert server.url.startswith("rediss://")
         client = start_worker_for.client(server.url)
         start_worker_for.worker()
         job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), max_steps=2, max_seq_length=128)
