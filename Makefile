@@ -35,8 +35,8 @@ test-fast: install redis
 
 check: install
 	$(VENV)/bin/ruff check ftkit tests bench
-	$(VENV)/bin/ruff format --check ftkit
-	$(VENV)/bin/mypy ftkit
+	$(VENV)/bin/ruff format --check ftkit tests bench scripts
+	$(VENV)/bin/mypy --ignore-missing-imports ftkit
 
 bench: install redis
 	$(PY) bench/run_all.py

@@ -1,6 +1,6 @@
 """The baseline: the same LoRA training as an ftkit job, as a plain script (no queue, no notebook).
 
-    python bench/bare_train.py MODEL_DIR DATA.jsonl OUT_DIR MAX_STEPS
+python bench/bare_train.py MODEL_DIR DATA.jsonl OUT_DIR MAX_STEPS
 """
 
 import sys
@@ -18,12 +18,26 @@ set_seed(3407)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = get_peft_model(
     AutoModelForCausalLM.from_pretrained(model_dir),
-    LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    LoraConfig(
+        r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    ),
 )
 train = build_dataset(data, format="chat", tokenizer=tokenizer, max_seq_length=256)
-args = SFTConfig(output_dir=f"{out}/checkpoints", max_steps=max_steps, per_device_train_batch_size=4,
-                 learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no", seed=3407,
-                 max_length=256, use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+args = SFTConfig(
+    output_dir=f"{out}/checkpoints",
+    max_steps=max_steps,
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    lr_scheduler_type="linear",
+    logging_steps=1,
+    save_strategy="no",
+    seed=3407,
+    max_length=256,
+    use_cpu=True,
+    report_to="none",
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
 trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
 t0 = time.perf_counter()
 trainer.train()

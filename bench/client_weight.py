@@ -14,8 +14,10 @@ import sys
 
 from common import REPO
 
-PROBE = ("import resource, sys, time; t = time.perf_counter(); {imports}; "
-         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'torch' in sys.modules)")
+PROBE = (
+    "import resource, sys, time; t = time.perf_counter(); {imports}; "
+    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'torch' in sys.modules)"
+)
 
 
 def run(imports: str, repeat: int) -> tuple[float, float, float, bool]:
@@ -24,8 +26,13 @@ def run(imports: str, repeat: int) -> tuple[float, float, float, bool]:
         import time
 
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports)], capture_output=True, text=True,
-                             check=True, cwd=REPO).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE.format(imports=imports)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        ).stdout.split()
         walls.append(time.perf_counter() - t)
         imports_s.append(float(out[0]))
         peaks.append(float(out[1]))
@@ -40,10 +47,18 @@ def main() -> None:
     ft = run("import ftkit", args.repeat)
     base = run("import huey, redis, fsspec, ipywidgets", args.repeat)
     for name, r in (("import ftkit", ft), ("import huey, redis, fsspec, ipywidgets", base)):
-        print(f"  {name:40} wall {r[0] * 1000:6.0f} ms (imports {r[1] * 1000:5.0f} ms), peak {r[2]:5.1f} MB, torch: {r[3]}")
+        print(
+            f"  {name:40} wall {r[0] * 1000:6.0f} ms (imports {r[1] * 1000:5.0f} ms), peak {r[2]:5.1f} MB, torch: {r[3]}"
+        )
     print(f"  ratio: wall {ft[0] / base[0]:.2f}, memory {ft[2] / base[2]:.2f}")
-    print("RESULT " + json.dumps({"client import (ftkit / huey+redis+fsspec+ipywidgets)":
-                                  f"wall {ft[0] / base[0]:.2f}, memory {ft[2] / base[2]:.2f}, torch loaded: {ft[3]}"}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "client import (ftkit / huey+redis+fsspec+ipywidgets)": f"wall {ft[0] / base[0]:.2f}, memory {ft[2] / base[2]:.2f}, torch loaded: {ft[3]}"
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def free_port() -> int:
 def redis_server():
     """A throw-away redis-server on a free port; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
@@ -50,8 +52,13 @@ def redis_server():
 def settings_in(work: Path, redis_url: str | None = None):
     from ftkit.config import Settings
 
-    return Settings.from_env({}, redis_url=redis_url, storage=str(work / "storage"), queue_db=str(work / "queue.db"),
-                             scratch_dir=str(work / "scratch"))
+    return Settings.from_env(
+        {},
+        redis_url=redis_url,
+        storage=str(work / "storage"),
+        queue_db=str(work / "queue.db"),
+        scratch_dir=str(work / "scratch"),
+    )
 
 
 @contextlib.contextmanager
@@ -60,10 +67,17 @@ def worker(settings, wait_warm: bool = True):
     from ftkit.client import Client
 
     client = Client(settings)
-    proc = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], env={**os.environ, **settings.to_env()},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftkit.cli", "worker"],
+        env={**os.environ, **settings.to_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: client.workers() and (not wait_warm or client.workers()[0].get("warm_kernel")), 180)
+        wait_until(
+            lambda: client.workers() and (not wait_warm or client.workers()[0].get("warm_kernel")),
+            180,
+        )
         yield client
     finally:
         proc.send_signal(signal.SIGINT)

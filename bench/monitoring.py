@@ -58,27 +58,55 @@ def main() -> None:
             pipe = client.store.r.pipeline()
             for i in range(args.jobs):
                 status = jobstore.TRAINING if i < args.running else jobstore.COMPLETED
-                record = {"job_id": f"j{i:06d}", "status": status, "created_at": now - i, "progress": 50.0,
-                          "current_step": 30, "total_steps": 60, "loss": 1.5, "config": {"base_model": "m"},
-                          "dataset": {"name": "d.jsonl"}, "started_at": now - i, "finished_at": None, "worker": "w"}
-                pipe.hset(f"ftkit:job:{record['job_id']}", mapping={k: json.dumps(v) for k, v in record.items()})
+                record = {
+                    "job_id": f"j{i:06d}",
+                    "status": status,
+                    "created_at": now - i,
+                    "progress": 50.0,
+                    "current_step": 30,
+                    "total_steps": 60,
+                    "loss": 1.5,
+                    "config": {"base_model": "m"},
+                    "dataset": {"name": "d.jsonl"},
+                    "started_at": now - i,
+                    "finished_at": None,
+                    "worker": "w",
+                }
+                pipe.hset(
+                    f"ftkit:job:{record['job_id']}",
+                    mapping={k: json.dumps(v) for k, v in record.items()},
+                )
                 pipe.zadd("ftkit:jobs", {record["job_id"]: record["created_at"]})
                 pipe.sadd(f"ftkit:status:{status}", record["job_id"])
             pipe.execute()
             client.store.heartbeat("w", {"host": "h"}, ttl=600)
             counter = count_round_trips()
             jobs_t, jobs_trips = timed(lambda: client.jobs(), counter)
-            filtered_t, filtered_trips = timed(lambda: client.jobs(status="training", limit=args.running), counter)
+            filtered_t, filtered_trips = timed(
+                lambda: client.jobs(status="training", limit=args.running), counter
+            )
             dash = Dashboard(client, autostart=False)
             dash.filter.value = "training"
             dash.limit = args.running
             dash_t, dash_trips = timed(dash.refresh, counter)
-        print(f"  ftkit.jobs() over {args.jobs:,} records          {jobs_t * 1000:6.1f} ms, {jobs_trips} round trips")
-        print(f"  ftkit.jobs(status='training') ({args.running} rows)  {filtered_t * 1000:6.1f} ms, {filtered_trips} round trips")
-        print(f"  dashboard refresh, {args.running} running jobs       {dash_t * 1000:6.1f} ms, {dash_trips} round trips")
-        print("RESULT " + json.dumps({
-            f"ftkit.jobs() over {args.jobs:,} records": f"{jobs_t * 1000:.1f} ms, {jobs_trips} round trips",
-            f"dashboard refresh, {args.running} running": f"{dash_t * 1000:.1f} ms, {dash_trips} round trips"}))
+        print(
+            f"  ftkit.jobs() over {args.jobs:,} records          {jobs_t * 1000:6.1f} ms, {jobs_trips} round trips"
+        )
+        print(
+            f"  ftkit.jobs(status='training') ({args.running} rows)  {filtered_t * 1000:6.1f} ms, {filtered_trips} round trips"
+        )
+        print(
+            f"  dashboard refresh, {args.running} running jobs       {dash_t * 1000:6.1f} ms, {dash_trips} round trips"
+        )
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    f"ftkit.jobs() over {args.jobs:,} records": f"{jobs_t * 1000:.1f} ms, {jobs_trips} round trips",
+                    f"dashboard refresh, {args.running} running": f"{dash_t * 1000:.1f} ms, {dash_trips} round trips",
+                }
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

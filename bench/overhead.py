@@ -19,8 +19,19 @@ from common import DATA, REPO, redis_server, settings_in, tiny_model, workdir, w
 
 def bare_run(model, out, steps: int) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "bench" / "bare_train.py"), str(model), str(DATA), str(out), str(steps)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bare_train.py"),
+            str(model),
+            str(DATA),
+            str(out),
+            str(steps),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - started
 
 
@@ -44,17 +55,30 @@ def main() -> None:
 
                     wait_until(lambda: client.workers()[0].get("warm_kernel"), 180)
                     started = time.perf_counter()
-                    job = client.submit(ds, base_model=str(model), max_steps=args.steps, batch_size=4,
-                                        learning_rate=1e-3, max_seq_length=256)
+                    job = client.submit(
+                        ds,
+                        base_model=str(model),
+                        max_steps=args.steps,
+                        batch_size=4,
+                        learning_rate=1e-3,
+                        max_seq_length=256,
+                    )
                     status = job.wait(progress=False, poll=0.02)
                     jobs.append(time.perf_counter() - started)
                     assert status["status"] == "completed", status["error"]
         b, j = statistics.median(bare), statistics.median(jobs)
-        print(f"{args.steps}-step tiny-model job on {'redis' if args.redis else 'sqlite'}, median of {args.repeat}:")
+        print(
+            f"{args.steps}-step tiny-model job on {'redis' if args.redis else 'sqlite'}, median of {args.repeat}:"
+        )
         print(f"  bare script        {b:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in bare)})")
         print(f"  ftkit job          {j:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in jobs)})")
         print(f"  ratio ftkit/bare   {j / b:7.2f}    extra {j - b:+.2f} s")
-        print("RESULT " + json.dumps({"job overhead (ftkit/bare, 60-step job)": f"{j / b:.2f} ({j - b:+.2f} s)"}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {"job overhead (ftkit/bare, 60-step job)": f"{j / b:.2f} ({j - b:+.2f} s)"}
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,11 +19,21 @@ def tokens_per_second(model_dir, work, steps: int, packing: bool) -> float:
     from ftkit import train
     from ftkit.config import TrainConfig
 
-    config = TrainConfig(base_model=str(model_dir), max_steps=steps, batch_size=8, max_seq_length=512,
-                         learning_rate=1e-3, packing=packing)
+    config = TrainConfig(
+        base_model=str(model_dir),
+        max_steps=steps,
+        batch_size=8,
+        max_seq_length=512,
+        learning_rate=1e-3,
+        packing=packing,
+    )
     model, tokenizer, _ = train.load_model(config)
-    data, _, _ = train.prepare_data(str(SHARED_DATA / "alpaca_en_demo.json"), "alpaca", tokenizer, config)
-    trainer = train.make_trainer(model, tokenizer, data, None, config, str(work), train.Reporter(None))
+    data, _, _ = train.prepare_data(
+        str(SHARED_DATA / "alpaca_en_demo.json"), "alpaca", tokenizer, config
+    )
+    trainer = train.make_trainer(
+        model, tokenizer, data, None, config, str(work), train.Reporter(None)
+    )
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

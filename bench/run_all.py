@@ -1,6 +1,6 @@
 """Every benchmark, one after another, and one table of their figures and ratios (`make bench`).
 
-    python bench/run_all.py [--quick]
+python bench/run_all.py [--quick]
 """
 
 from __future__ import annotations
@@ -36,8 +36,13 @@ def main() -> None:
     started = time.perf_counter()
     for script, full, quick in BENCHES:
         print(f"== {script}", flush=True)
-        out = subprocess.run([sys.executable, str(HERE / script), *(quick if args.quick else full)], cwd=HERE,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out = subprocess.run(
+            [sys.executable, str(HERE / script), *(quick if args.quick else full)],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         lines = out.stdout.splitlines()
         print("\n".join(line for line in lines if not line.startswith("RESULT ")), flush=True)
         if out.returncode != 0:
@@ -47,8 +52,10 @@ def main() -> None:
             if line.startswith("RESULT "):
                 rows.update(json.loads(line[7:]))
     width = max(len(k) for k in rows)
-    print(f"\nftkit benchmarks, {dt.date.today()}, {platform.machine()} {os.cpu_count()} cores, "
-          f"Python {platform.python_version()} ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"\nftkit benchmarks, {dt.date.today()}, {platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()} ({time.perf_counter() - started:.0f} s)"
+    )
     print(f"| {'measure':{width}} | figure |")
     print(f"| {'-' * width} | --- |")
     for key, value in rows.items():

@@ -44,8 +44,12 @@ print(json.dumps({"seconds": elapsed, "peak_mb": resource.getrusage(resource.RUS
 
 
 def run(mode: str, endpoint: str, src: Path, dest: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), mode, endpoint, str(src), str(dest)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(REPO), mode, endpoint, str(src), str(dest)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -60,8 +64,11 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     work = Path(tempfile.mkdtemp(prefix="ftkit-storage-bench-"))
     try:
         time.sleep(2)
@@ -84,10 +91,13 @@ def main() -> None:
         figures = {}
         for op in ("put", "get"):
             f, p = rows[f"ftkit-{op}"], rows[f"s3fs-{op}"]
-            print(f"  {op}: throughput ftkit/s3fs {p['seconds'] / f['seconds']:.2f}, peak memory ftkit/s3fs "
-                  f"{f['peak_mb'] / p['peak_mb']:.2f}")
+            print(
+                f"  {op}: throughput ftkit/s3fs {p['seconds'] / f['seconds']:.2f}, peak memory ftkit/s3fs "
+                f"{f['peak_mb'] / p['peak_mb']:.2f}"
+            )
             figures[f"S3 {op} of {args.mb} MB (ftkit / plain s3fs)"] = (
-                f"throughput {p['seconds'] / f['seconds']:.2f}, peak memory {f['peak_mb']:.0f} / {p['peak_mb']:.0f} MB")
+                f"throughput {p['seconds'] / f['seconds']:.2f}, peak memory {f['peak_mb']:.0f} / {p['peak_mb']:.0f} MB"
+            )
         print("RESULT " + json.dumps(figures))
     finally:
         server.terminate()

@@ -19,14 +19,22 @@ def run(model_dir, work, steps: int, reporter) -> float:
     from ftkit import train
     from ftkit.config import TrainConfig
 
-    config = TrainConfig(base_model=str(model_dir), max_steps=steps, batch_size=4, max_seq_length=128,
-                         learning_rate=1e-3)
+    config = TrainConfig(
+        base_model=str(model_dir),
+        max_steps=steps,
+        batch_size=4,
+        max_seq_length=128,
+        learning_rate=1e-3,
+    )
     model, tokenizer, _ = train.load_model(config)
     data, _, _ = train.prepare_data(str(DATA), "chat", tokenizer, config)
-    trainer = train.make_trainer(model, tokenizer, data, None, config, str(work), reporter or train.Reporter(None))
+    trainer = train.make_trainer(
+        model, tokenizer, data, None, config, str(work), reporter or train.Reporter(None)
+    )
     if reporter is None:
-        trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks
-                                              if type(c).__name__ != "FtkitProgress"]
+        trainer.callback_handler.callbacks = [
+            c for c in trainer.callback_handler.callbacks if type(c).__name__ != "FtkitProgress"
+        ]
     started = time.perf_counter()
     trainer.train()
     return steps / (time.perf_counter() - started)
@@ -45,17 +53,28 @@ def main() -> None:
 
         with redis_server() as url:
             store = open_store(settings_in(work, url))
-            store.create({"job_id": "bench", "status": "training", "created_at": time.time(), "worker": None})
+            store.create(
+                {"job_id": "bench", "status": "training", "created_at": time.time(), "worker": None}
+            )
             with_cb, without = [], []
             for _ in range(args.repeat):
                 without.append(run(model, work, args.steps, None))
                 with_cb.append(run(model, work, args.steps, train.Reporter("bench", store)))
-            assert len(store.metrics("bench")) == args.steps * args.repeat, "every step was reported"
+            assert len(store.metrics("bench")) == args.steps * args.repeat, (
+                "every step was reported"
+            )
         w, wo = statistics.median(with_cb), statistics.median(without)
-        print(f"  with ftkit callback (Redis store)  {w:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in with_cb)})")
-        print(f"  without                            {wo:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in without)})")
+        print(
+            f"  with ftkit callback (Redis store)  {w:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in with_cb)})"
+        )
+        print(
+            f"  without                            {wo:7.1f} steps/s  (runs: {', '.join(f'{x:.1f}' for x in without)})"
+        )
         print(f"  ratio {w / wo:.3f}")
-        print("RESULT " + json.dumps({"training loop steps/s (ftkit callback / none)": f"{w / wo:.3f}"}))
+        print(
+            "RESULT "
+            + json.dumps({"training loop steps/s (ftkit callback / none)": f"{w / wo:.3f}"})
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -46,13 +46,23 @@ def client() -> Client:
     return _client
 
 
-def upload_dataset(path: str | os.PathLike, *, name: str | None = None, format: str | None = None,
-                   columns: dict[str, str] | None = None, max_seq_length: int = 2048) -> Dataset:
+def upload_dataset(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    max_seq_length: int = 2048,
+) -> Dataset:
     """Validate a data set line by line and store it; its profile counts examples over max_seq_length."""
-    return client().upload_dataset(path, name=name, format=format, columns=columns, max_seq_length=max_seq_length)
+    return client().upload_dataset(
+        path, name=name, format=format, columns=columns, max_seq_length=max_seq_length
+    )
 
 
-def submit(dataset: Dataset | str | os.PathLike, config: TrainConfig | dict | None = None, **fields: Any) -> Job:
+def submit(
+    dataset: Dataset | str | os.PathLike, config: TrainConfig | dict | None = None, **fields: Any
+) -> Job:
     return client().submit(dataset, config, **fields)
 
 
@@ -110,8 +120,31 @@ def dashboard(**kwargs: Any):
 
 
 __all__ = [
-    "BrokerUnavailable", "Client", "ConfigError", "Dataset", "DatasetError", "FtkitError", "Job",
-    "JobFailed", "JobNotFound", "MissingExtra", "Settings", "StorageError", "TrainConfig",
-    "cancel", "client", "compare", "connect", "dashboard", "download", "get_job", "health", "jobs", "monitor",
-    "panel", "submit", "upload_dataset", "workers",
+    "BrokerUnavailable",
+    "Client",
+    "ConfigError",
+    "Dataset",
+    "DatasetError",
+    "FtkitError",
+    "Job",
+    "JobFailed",
+    "JobNotFound",
+    "MissingExtra",
+    "Settings",
+    "StorageError",
+    "TrainConfig",
+    "cancel",
+    "client",
+    "compare",
+    "connect",
+    "dashboard",
+    "download",
+    "get_job",
+    "health",
+    "jobs",
+    "monitor",
+    "panel",
+    "submit",
+    "upload_dataset",
+    "workers",
 ]

@@ -35,10 +35,21 @@ def _prompts(text: str) -> list[str]:
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, typed like the field."""
     for f in dataclasses.fields(TrainConfig):
-        kind = next((t for name, t in (("list", _prompts), ("bool", _bool), ("int", int), ("float", float))
-                     if name in str(f.type)), str)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                            help=f"TrainConfig.{f.name} ({f.type})")
+        kind = next(
+            (
+                t
+                for name, t in (("list", _prompts), ("bool", _bool), ("int", int), ("float", float))
+                if name in str(f.type)
+            ),
+            str,
+        )
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=kind,
+            default=None,
+            help=f"TrainConfig.{f.name} ({f.type})",
+        )
 
 
 def _print(value: Any, as_json: bool) -> None:
@@ -47,14 +58,31 @@ def _print(value: Any, as_json: bool) -> None:
     elif isinstance(value, dict):
         width = max((len(k) for k in value), default=0)
         for k, v in value.items():
-            print(f"{k:<{width}}  {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+            print(
+                f"{k:<{width}}  {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}"
+            )
     else:
         _print_table(value)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["job_id", "status", "progress", "current_step", "total_steps", "loss", "created_at", "worker"]
-    cells = [[("" if r.get(c) is None else f"{r[c]:.4f}" if c == "loss" else str(r.get(c))) for c in cols] for r in rows]
+    cols = [
+        "job_id",
+        "status",
+        "progress",
+        "current_step",
+        "total_steps",
+        "loss",
+        "created_at",
+        "worker",
+    ]
+    cells = [
+        [
+            ("" if r.get(c) is None else f"{r[c]:.4f}" if c == "loss" else str(r.get(c)))
+            for c in cols
+        ]
+        for r in rows
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
     for row in cells:
@@ -75,8 +103,12 @@ def _run_worker_per_gpu(gpus: list[str], drain: bool) -> int:
     procs = []
     for gpu in gpus:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu.strip()}
-        procs.append(subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker", *(["--drain"] if drain else [])],
-                                      env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ftkit.cli", "worker", *(["--drain"] if drain else [])],
+                env=env,
+            )
+        )
 
     def forward(signum, _frame):
         for p in procs:
@@ -90,7 +122,9 @@ def _run_worker_per_gpu(gpus: list[str], drain: bool) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import ftkit
 
-    fields = {f: getattr(args, f) for f in TrainConfig.field_names() if getattr(args, f) is not None}
+    fields = {
+        f: getattr(args, f) for f in TrainConfig.field_names() if getattr(args, f) is not None
+    }
     job = ftkit.submit(args.data, idempotency_key=args.idempotency_key, **fields)
     if args.wait:
         status = job.wait()
@@ -140,7 +174,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .data import inspect_dataset
 
     columns = json.loads(args.columns) if args.columns else None
-    profile = inspect_dataset(args.file, format=args.format, columns=columns, max_seq_length=args.max_seq_length)
+    profile = inspect_dataset(
+        args.file, format=args.format, columns=columns, max_seq_length=args.max_seq_length
+    )
     print(json.dumps(profile.to_dict(), indent=2, default=str) if args.json else profile.summary())
     return 0 if profile.ok else 1
 
@@ -167,22 +203,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"queue: {client.settings.broker}, storage: {client.settings.storage}")
     log_path = Path(client.settings.scratch_dir).expanduser() / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    worker = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker"], stdout=open(log_path, "wb"),
-                              stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ftkit.cli", "worker"],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     print(f"started a local worker (log: {log_path})")
     try:
         ds = ftkit.upload_dataset(EXAMPLE_DATA)
         print(f"uploaded {ds.name}: {ds.rows} rows, format {ds.format}")
-        job = ftkit.submit(ds, base_model=str(model_dir), max_steps=args.max_steps, learning_rate=1e-3,
-                           batch_size=4, max_seq_length=256)
+        job = ftkit.submit(
+            ds,
+            base_model=str(model_dir),
+            max_steps=args.max_steps,
+            learning_rate=1e-3,
+            batch_size=4,
+            max_seq_length=256,
+        )
         print(f"submitted job {job.id}")
         status = job.wait()
-        print(f"job {job.id}: {status['status']}" + (f" ({status['error']})" if status["error"] else ""))
+        print(
+            f"job {job.id}: {status['status']}"
+            + (f" ({status['error']})" if status["error"] else "")
+        )
         if status["status"] != "completed":
             print(f"report: {status.get('report')}\nworker log: {log_path}")
         if status["status"] == "completed":
             result = status["result"]
-            print(f"loss {result['first_loss']:.3f} -> {result['final_loss']:.3f} in {result['training_duration_seconds']:.1f} s")
+            print(
+                f"loss {result['first_loss']:.3f} -> {result['final_loss']:.3f} in {result['training_duration_seconds']:.1f} s"
+            )
             print(f"report:  {result['report']}")
             print(f"adapter: {result['adapter_dir']}")
         return 0 if status["status"] == "completed" else 1
@@ -202,12 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker (one per GPU)")
     p.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
-    p.add_argument("--drain", action="store_true", help="on SIGINT/SIGTERM finish the running job instead of handing it back")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="on SIGINT/SIGTERM finish the running job instead of handing it back",
+    )
     p.set_defaults(fn=cmd_worker)
 
     p = sub.add_parser("submit", help="upload a data set (if a path) and queue a job")
     p.add_argument("data", help="a data set file or an uploaded data set's id")
-    p.add_argument("--wait", action="store_true", help="wait for the job and print its final status")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the job and print its final status"
+    )
     p.add_argument("--idempotency-key", default=None)
     _add_config_options(p)
     p.set_defaults(fn=cmd_submit)
@@ -240,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=2048)
     p.set_defaults(fn=cmd_validate)
 
-    p = sub.add_parser("tiny-model", help="save a tiny random Llama model + tokenizer for tests and demos")
+    p = sub.add_parser(
+        "tiny-model", help="save a tiny random Llama model + tokenizer for tests and demos"
+    )
     p.add_argument("dir")
     p.set_defaults(fn=cmd_tiny_model)
 
@@ -253,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command != "worker":
         logging.getLogger("huey").setLevel(logging.WARNING)
     try:

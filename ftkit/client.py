@@ -69,8 +69,15 @@ class Client:
         return make_huey(self.settings)
 
     # -- data sets --------------------------------------------------------------------------------
-    def upload_dataset(self, path: str | os.PathLike, *, name: str | None = None, format: str | None = None,
-                       columns: dict[str, str] | None = None, max_seq_length: int = 2048) -> Dataset:
+    def upload_dataset(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        format: str | None = None,
+        columns: dict[str, str] | None = None,
+        max_seq_length: int = 2048,
+    ) -> Dataset:
         """Validate (line by line, before any GPU is spent), then store under its sha256."""
         from .data import validate_dataset
 
@@ -78,15 +85,28 @@ class Client:
         if not path.is_file():
             raise DatasetError(f"data set file not found: {path}")
         name = safe_name(name or path.name)
-        profile = validate_dataset(path, format=format, columns=columns, max_seq_length=max_seq_length)
+        profile = validate_dataset(
+            path, format=format, columns=columns, max_seq_length=max_seq_length
+        )
         sha256, size = file_digest(path)
         existing = self._find_dataset(sha256)
-        if existing is not None and existing.format == profile.format and existing.columns == columns:
+        if (
+            existing is not None
+            and existing.format == profile.format
+            and existing.columns == columns
+        ):
             return existing
         meta = {
-            "id": sha256, "name": name, "format": profile.format, "rows": profile.rows, "sha256": sha256,
-            "uploaded_at": _iso(time.time()), "size_bytes": size, "columns": columns,
-            "url": self.storage.full_url(*Storage.dataset_parts(sha256, name)), "profile": profile.to_dict(),
+            "id": sha256,
+            "name": name,
+            "format": profile.format,
+            "rows": profile.rows,
+            "sha256": sha256,
+            "uploaded_at": _iso(time.time()),
+            "size_bytes": size,
+            "columns": columns,
+            "url": self.storage.full_url(*Storage.dataset_parts(sha256, name)),
+            "profile": profile.to_dict(),
         }
         self.storage.put_file(path, *Storage.dataset_parts(sha256, name))
         self.storage.save_dataset_meta(meta)
@@ -108,26 +128,60 @@ class Client:
             return self.upload_dataset(dataset)
         if isinstance(dataset, str):
             return self.get_dataset(dataset)
-        raise DatasetError(f"dataset must be a Dataset, an uploaded data set's id or a file path, not {type(dataset).__name__}")
+        raise DatasetError(
+            f"dataset must be a Dataset, an uploaded data set's id or a file path, not {type(dataset).__name__}"
+        )
 
     # -- jobs -------------------------------------------------------------------------------------
-    def submit(self, dataset: Dataset | str | os.PathLike, config: TrainConfig | dict | None = None, *,
-               idempotency_key: str | None = None, priority: int = 0, **fields: Any) -> Job:
+    def submit(
+        self,
+        dataset: Dataset | str | os.PathLike,
+        config: TrainConfig | dict | None = None,
+        *,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        **fields: Any,
+    ) -> Job:
         """Validate everything, record the job, queue it. Nothing is queued when anything is wrong."""
         cfg = resolve_config(config, fields)
         self._check_model_allowed(cfg.base_model)
         ds = self._resolve_dataset(dataset)
         job_id = uuid.uuid4().hex[:12]
         record = {
-            "job_id": job_id, "status": jobs.QUEUED, "created_at": time.time(), "started_at": None,
-            "finished_at": None, "progress": 0.0, "current_step": 0, "total_steps": cfg.max_steps,
-            "loss": None, "error": None, "attempt": 1, "worker": None, "result": None,
-            "cancel_requested": False, "priority": priority, "idempotency_key": idempotency_key,
-            "submitted_by": getpass.getuser(), "config": cfg.to_dict(),
+            "job_id": job_id,
+            "status": jobs.QUEUED,
+            "created_at": time.time(),
+            "started_at": None,
+            "finished_at": None,
+            "progress": 0.0,
+            "current_step": 0,
+            "total_steps": cfg.max_steps,
+            "loss": None,
+            "error": None,
+            "attempt": 1,
+            "worker": None,
+            "result": None,
+            "cancel_requested": False,
+            "priority": priority,
+            "idempotency_key": idempotency_key,
+            "submitted_by": getpass.getuser(),
+            "config": cfg.to_dict(),
             "dataset": {k: v for k, v in ds.to_dict().items() if k != "profile"},
-            "dataset_profile": {**{k: ds.profile.get(k) for k in ("rows", "format", "tokens", "over_max_seq_length",
-                                                                   "tokens_per_epoch", "problem_counts")},
-                                "warnings": ds.profile.get("warnings", [])[:20], "sha256": ds.sha256},
+            "dataset_profile": {
+                **{
+                    k: ds.profile.get(k)
+                    for k in (
+                        "rows",
+                        "format",
+                        "tokens",
+                        "over_max_seq_length",
+                        "tokens_per_epoch",
+                        "problem_counts",
+                    )
+                },
+                "warnings": ds.profile.get("warnings", [])[:20],
+                "sha256": ds.sha256,
+            },
             "warnings": [w.get("message") for w in ds.profile.get("warnings", [])][:20],
         }
         stored_id = self.store.create(record)
@@ -143,7 +197,9 @@ class Client:
             return
         real = Path(base_model).expanduser().resolve()
         if not any(real.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
-            raise ConfigError(f"base_model {base_model!r} is outside FTKIT_ALLOWED_MODEL_DIRS ({', '.join(roots)})")
+            raise ConfigError(
+                f"base_model {base_model!r} is outside FTKIT_ALLOWED_MODEL_DIRS ({', '.join(roots)})"
+            )
 
     def get_job(self, job_id: str) -> Job:
         self.store.get(job_id)  # JobNotFound early
@@ -152,7 +208,7 @@ class Client:
     def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if status is not None and status not in jobs.STATUSES:
             raise ConfigError(f"unknown status {status!r}; one of {', '.join(jobs.STATUSES)}")
-        return [public_status(r) for r in self.store.list(status=status, limit=limit)]
+        return [public_status(r) for r in self.store.list_jobs(status=status, limit=limit)]
 
     def cancel(self, job_id: str) -> str:
         return self.store.request_cancel(job_id)
@@ -185,8 +241,13 @@ class Client:
             except Exception:
                 connected = False
         status = "unhealthy" if not connected else ("healthy" if workers else "degraded")
-        return {"status": status, "broker": self.settings.broker, "broker_connected": connected,
-                "workers": workers, "queue_depth": queue_depth}
+        return {
+            "status": status,
+            "broker": self.settings.broker,
+            "broker_connected": connected,
+            "workers": workers,
+            "queue_depth": queue_depth,
+        }
 
 
 class Job:
@@ -231,8 +292,10 @@ class Job:
         from IPython.display import HTML
 
         body = self._client.storage.read_text(*Storage.run_parts(self.id, "report.html"))
-        return HTML(f"<iframe srcdoc=\"{html.escape(body, quote=True)}\" style='width:100%;height:800px;border:1px "
-                    f"solid #ddd'></iframe>")
+        return HTML(
+            f'<iframe srcdoc="{html.escape(body, quote=True)}" style=\'width:100%;height:800px;border:1px '
+            f"solid #ddd'></iframe>"
+        )
 
     def load(self, *, device: str | None = None):
         """(model, tokenizer): the base model with this job's adapter applied (PEFT), ready to generate
@@ -257,7 +320,9 @@ class Job:
         if not hasattr(self, "_loaded"):
             self._loaded = self.load()
         model, tokenizer = self._loaded
-        return generate(model, tokenizer, {"messages": [{"role": "user", "content": prompt}]}, max_new_tokens)
+        return generate(
+            model, tokenizer, {"messages": [{"role": "user", "content": prompt}]}, max_new_tokens
+        )
 
     def merge(self, dest: str | os.PathLike) -> Path:
         """Save the base model with the adapter merged in, as a full model (save_pretrained)."""
@@ -278,8 +343,14 @@ class Job:
         """The executed notebook's URL (or local path), once the job has ended."""
         return self._client.store.get_field(self.id, "report")
 
-    def wait(self, timeout: float | None = None, *, progress: bool = True, poll: float = 0.5,
-             raise_on_failure: bool = False) -> dict[str, Any]:
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: bool = True,
+        poll: float = 0.5,
+        raise_on_failure: bool = False,
+    ) -> dict[str, Any]:
         """Block until the job ends (with a progress bar); the final status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
@@ -311,7 +382,9 @@ def _update_bar(bar, status: dict[str, Any]):
         bar.total = total
     bar.n = status.get("current_step") or 0
     loss = status.get("loss")
-    bar.set_postfix_str(f"{status['status']}" + (f" loss={loss:.4f}" if loss is not None else ""), refresh=False)
+    bar.set_postfix_str(
+        f"{status['status']}" + (f" loss={loss:.4f}" if loss is not None else ""), refresh=False
+    )
     bar.refresh()
     return bar
 
@@ -341,13 +414,26 @@ def public_status(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+    return (
+        None
+        if ts is None
+        else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
 
 def safe_name(name: str) -> str:
     """A data set's stored file name: a plain file name, nothing that climbs folders."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or len(name) > 200:
-        raise DatasetError(f"invalid data set name {name!r}: use a plain file name such as 'train.jsonl'")
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or len(name) > 200
+    ):
+        raise DatasetError(
+            f"invalid data set name {name!r}: use a plain file name such as 'train.jsonl'"
+        )
     return name
 
 

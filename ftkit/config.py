@@ -83,7 +83,9 @@ class Settings:
             if kind == "s3":
                 bucket = _first(e, "S3_BUCKET")
                 if not bucket:
-                    raise ConfigError("STORAGE_TYPE=s3 needs S3_BUCKET (or set FTKIT_STORAGE=s3://bucket/prefix)")
+                    raise ConfigError(
+                        "STORAGE_TYPE=s3 needs S3_BUCKET (or set FTKIT_STORAGE=s3://bucket/prefix)"
+                    )
                 prefix = (_first(e, "S3_PREFIX") or "").strip("/")
                 storage = f"s3://{bucket}/{prefix}".rstrip("/")
             elif kind == "local":
@@ -91,13 +93,19 @@ class Settings:
             else:
                 raise ConfigError(f"STORAGE_TYPE={kind!r} is not known; use 'local' or 's3'")
         local_storage = "://" not in storage or storage.startswith("file://")
-        default_db = str(Path(storage.removeprefix("file://")) / "queue.db") if local_storage else "./storage/queue.db"
+        default_db = (
+            str(Path(storage.removeprefix("file://")) / "queue.db")
+            if local_storage
+            else "./storage/queue.db"
+        )
         allowed = _first(e, "FTKIT_ALLOWED_MODEL_DIRS")
         values: dict[str, Any] = dict(
             redis_url=redis_url,
             storage=storage,
             queue_db=_first(e, "FTKIT_QUEUE_DB") or default_db,
-            s3_endpoint_url=_first(e, "FTKIT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            s3_endpoint_url=_first(
+                e, "FTKIT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
+            ),
             scratch_dir=_first(e, "FTKIT_SCRATCH_DIR") or "~/.cache/ftkit",
             heartbeat_seconds=float(_first(e, "FTKIT_HEARTBEAT_SECONDS") or 5.0),
             worker_grace_seconds=float(_first(e, "FTKIT_WORKER_GRACE_SECONDS") or 60.0),
@@ -108,8 +116,12 @@ class Settings:
         if "://" not in values["storage"]:
             values["storage"] = str(Path(values["storage"]).expanduser().resolve())
         values["queue_db"] = str(Path(values["queue_db"]).expanduser().resolve())
-        if values["redis_url"] and not str(values["redis_url"]).startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"Redis URL must start with redis://, rediss:// or unix:// (got {values['redis_url']!r})")
+        if values["redis_url"] and not str(values["redis_url"]).startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                f"Redis URL must start with redis://, rediss:// or unix:// (got {values['redis_url']!r})"
+            )
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -138,15 +150,21 @@ def _env_default(name: str, fallback: Any) -> Any:
     try:
         return type(fallback)(raw)
     except ValueError as exc:
-        raise ConfigError(f"DEFAULT_{name}={raw!r} is not a valid {type(fallback).__name__}") from exc
+        raise ConfigError(
+            f"DEFAULT_{name}={raw!r} is not a valid {type(fallback).__name__}"
+        ) from exc
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One fine-tune's knobs. Validated on creation: a bad value never reaches the queue."""
 
-    base_model: str = field(default_factory=lambda: _env_default("MODEL", "unsloth/llama-3-8b-bnb-4bit"))
-    max_steps: int | None = field(default_factory=lambda: _env_default("MAX_STEPS", 60))  # None: train num_epochs
+    base_model: str = field(
+        default_factory=lambda: _env_default("MODEL", "unsloth/llama-3-8b-bnb-4bit")
+    )
+    max_steps: int | None = field(
+        default_factory=lambda: _env_default("MAX_STEPS", 60)
+    )  # None: train num_epochs
     num_epochs: float = 1.0  # used when max_steps is None
     batch_size: int = field(default_factory=lambda: _env_default("BATCH_SIZE", 2))
     gradient_accumulation_steps: int = 1
@@ -195,24 +213,42 @@ class TrainConfig:
                 fail(name, f"must be >= {low}")
             if value > 10**9:
                 fail(name, "is absurdly large")
-        for name, low, high in (("learning_rate", 0.0, 1.0), ("num_epochs", 0.0, 1e6)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        bounds: tuple[tuple[str, float, float], ...] = (
+            ("learning_rate", 0.0, 1.0),
+            ("num_epochs", 0.0, 1e6),
+        )
+        for name, lowest, high in bounds:
+            number = getattr(self, name)
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, (int, float))
+                or math.isnan(number)
+            ):
                 fail(name, "must be a number")
-            if not low < value <= high:
-                fail(name, f"must be > {low} and <= {high:g}")
+            if not lowest < number <= high:
+                fail(name, f"must be > {lowest} and <= {high:g}")
         if self.timeout_minutes is not None and (
-            isinstance(self.timeout_minutes, bool) or not isinstance(self.timeout_minutes, (int, float))
+            isinstance(self.timeout_minutes, bool)
+            or not isinstance(self.timeout_minutes, (int, float))
             or not 0 < self.timeout_minutes <= 60 * 24 * 30
         ):
             fail("timeout_minutes", "must be a number of minutes > 0 (at most 30 days), or None")
-        if not isinstance(self.sample_prompts, (list, tuple)) or len(self.sample_prompts) > 20 or not all(
-            isinstance(p, str) and 0 < len(p) <= 4000 for p in self.sample_prompts
+        if (
+            not isinstance(self.sample_prompts, (list, tuple))
+            or len(self.sample_prompts) > 20
+            or not all(isinstance(p, str) and 0 < len(p) <= 4000 for p in self.sample_prompts)
         ):
-            fail("sample_prompts", "must be a list of at most 20 prompt strings (each 1-4000 characters)")
+            fail(
+                "sample_prompts",
+                "must be a list of at most 20 prompt strings (each 1-4000 characters)",
+            )
         for name in ("lora_dropout", "validation_split"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0.0 <= value < 1.0
+            ):
                 fail(name, "must be a number in [0, 1)")
         for name in ("load_in_4bit", "train_on_inputs", "packing"):
             if not isinstance(getattr(self, name), bool):
@@ -231,7 +267,11 @@ class TrainConfig:
         for key in values:
             if key not in names:
                 close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+                hint = (
+                    f"; did you mean {close[0]!r}?"
+                    if close
+                    else f"; valid keys: {', '.join(names)}"
+                )
                 raise ConfigError(f"unknown TrainConfig key {key!r}{hint}")
         return cls(**values)
 

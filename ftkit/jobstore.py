@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import BrokerUnavailable, JobNotFound
 
@@ -54,13 +54,15 @@ class JobStore:
         """Set fields (never ``status``: use transition)."""
         raise NotImplementedError
 
-    def transition(self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any) -> bool:
+    def transition(
+        self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any
+    ) -> bool:
         """Atomically move to status ``to`` (and set fields) if the current status is in
         ``allowed`` (any when empty), and when ``fields`` has ``expect_worker``, only if the record's
         worker is that one. False when the record was not in an allowed state."""
         raise NotImplementedError
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first."""
         raise NotImplementedError
 
@@ -102,8 +104,13 @@ class JobStore:
         if self.get(job_id)["status"] in FINAL:
             return self.get_field(job_id, "status")
         self.update(job_id, cancel_requested=True, stop=STOP_CANCEL)
-        if self.transition(job_id, CANCELLED, allowed=(QUEUED,), finished_at=time.time(),
-                           error="cancelled before it started"):
+        if self.transition(
+            job_id,
+            CANCELLED,
+            allowed=(QUEUED,),
+            finished_at=time.time(),
+            error="cancelled before it started",
+        ):
             self.add_event(job_id, "cancelled while queued")
         return self.get_field(job_id, "status")
 
@@ -116,7 +123,11 @@ class JobStore:
         live = {w["worker_id"] for w in self.workers()}
         found = []
         for status in ACTIVE:
-            found += [r for r in self.list(status=status, limit=10_000) if r.get("worker") not in live]
+            found += [
+                r
+                for r in self.list_jobs(status=status, limit=10_000)
+                if r.get("worker") not in live
+            ]
         return found
 
 
@@ -155,7 +166,10 @@ class RedisJobStore(JobStore):
         self.url = url
         self._redis = redis
         self.r = redis.Redis.from_url(
-            url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
+            url,
+            socket_connect_timeout=3,
+            socket_timeout=10,
+            health_check_interval=30,
             retry_on_timeout=True,
         )
         self._transition = self.r.register_script(self._TRANSITION)
@@ -213,19 +227,25 @@ class RedisJobStore(JobStore):
     def update(self, job_id: str, **fields: Any) -> None:
         if "status" in fields:
             raise ValueError("use transition() to change a job's status")
-        self._call(self.r.hset, self._k("job", job_id), mapping={k: _dumps(v) for k, v in fields.items()})
+        self._call(
+            self.r.hset, self._k("job", job_id), mapping={k: _dumps(v) for k, v in fields.items()}
+        )
 
-    def transition(self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any) -> bool:
+    def transition(
+        self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any
+    ) -> bool:
         expect = fields.pop("expect_worker", None)
         args: list[str] = [_dumps(list(allowed)), _dumps(to), _dumps(expect) if expect else ""]
         for k, v in fields.items():
             args += [k, _dumps(v)]
-        done = self._call(self._transition, keys=[self._k("job", job_id), self._k("status", "")], args=args)
+        done = self._call(
+            self._transition, keys=[self._k("job", job_id), self._k("status", "")], args=args
+        )
         if done == -1:
             raise JobNotFound(f"no job with id {job_id!r}")
         return done == 1
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if status is None:
             ids = self._call(self.r.zrevrange, self._k("jobs"), 0, limit - 1)
         else:
@@ -252,7 +272,9 @@ class RedisJobStore(JobStore):
             self._call(self.r.rpush, self._k("metrics", job_id), *[_dumps(r) for r in rows])
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self._call(self.r.lrange, self._k("metrics", job_id), start, -1)]
+        return [
+            json.loads(r) for r in self._call(self.r.lrange, self._k("metrics", job_id), start, -1)
+        ]
 
     def trim_metrics(self, job_id: str, after_step: int) -> None:
         key = self._k("metrics", job_id)
@@ -260,7 +282,11 @@ class RedisJobStore(JobStore):
             while True:
                 try:
                     pipe.watch(key)
-                    keep = [r for r in pipe.lrange(key, 0, -1) if json.loads(r).get("step", 0) <= after_step]
+                    keep = [
+                        r
+                        for r in pipe.lrange(key, 0, -1)
+                        if json.loads(r).get("step", 0) <= after_step
+                    ]
                     pipe.multi()
                     pipe.delete(key)
                     if keep:
@@ -282,8 +308,11 @@ class RedisJobStore(JobStore):
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         pipe = self.r.pipeline()
-        pipe.set(self._k("worker", worker_id), _dumps({**info, "worker_id": worker_id, "last_seen": time.time()}),
-                 px=int(ttl * 1000))
+        pipe.set(
+            self._k("worker", worker_id),
+            _dumps({**info, "worker_id": worker_id, "last_seen": time.time()}),
+            px=int(ttl * 1000),
+        )
         pipe.sadd(self._k("workers"), worker_id)
         self._call(pipe.execute)
 
@@ -335,7 +364,9 @@ class SqliteJobStore(JobStore):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
-                raise BrokerUnavailable(f"cannot open the SQLite queue at {self.path}: {exc}") from exc
+                raise BrokerUnavailable(
+                    f"cannot open the SQLite queue at {self.path}: {exc}"
+                ) from exc
             self._local.conn = conn
         return conn
 
@@ -365,7 +396,9 @@ class SqliteJobStore(JobStore):
         with self._db() as db:
             key = record.get("idempotency_key")
             if key:
-                row = db.execute("SELECT job_id FROM ftkit_jobs WHERE idempotency_key=?", (key,)).fetchone()
+                row = db.execute(
+                    "SELECT job_id FROM ftkit_jobs WHERE idempotency_key=?", (key,)
+                ).fetchone()
                 if row:
                     return row[0]
             db.execute(
@@ -386,8 +419,11 @@ class SqliteJobStore(JobStore):
             return self._row(db, job_id)
 
     def get_field(self, job_id: str, name: str) -> Any:
-        row = self._conn().execute(
-            "SELECT data -> ? FROM ftkit_jobs WHERE job_id=?", (f'$."{name}"', job_id)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT data -> ? FROM ftkit_jobs WHERE job_id=?", (f'$."{name}"', job_id))
+            .fetchone()
+        )
         return None if row is None or row[0] is None else json.loads(row[0])
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -397,7 +433,9 @@ class SqliteJobStore(JobStore):
             record = {**self._row(db, job_id), **fields}
             db.execute("UPDATE ftkit_jobs SET data=? WHERE job_id=?", (_dumps(record), job_id))
 
-    def transition(self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any) -> bool:
+    def transition(
+        self, job_id: str, to: str, *, allowed: Iterable[str] = (), **fields: Any
+    ) -> bool:
         expect = fields.pop("expect_worker", None)
         allowed = tuple(allowed)
         with self._db() as db:
@@ -407,62 +445,99 @@ class SqliteJobStore(JobStore):
             if expect and record.get("worker") != expect:
                 return False
             record.update(fields, status=to)
-            db.execute("UPDATE ftkit_jobs SET status=?, data=? WHERE job_id=?", (to, _dumps(record), job_id))
+            db.execute(
+                "UPDATE ftkit_jobs SET status=?, data=? WHERE job_id=?",
+                (to, _dumps(record), job_id),
+            )
         return True
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        sql, args = "SELECT data FROM ftkit_jobs", ()
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        sql, args = "SELECT data FROM ftkit_jobs", cast(tuple[str, ...], ())
         if status is not None:
             sql, args = sql + " WHERE status=?", (status,)
-        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = (
+            self._conn()
+            .execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
+            .fetchall()
+        )
         return [json.loads(r[0]) for r in rows]
 
     def count(self, status: str | None = None) -> int:
         if status is None:
             return self._conn().execute("SELECT COUNT(*) FROM ftkit_jobs").fetchone()[0]
-        return self._conn().execute("SELECT COUNT(*) FROM ftkit_jobs WHERE status=?", (status,)).fetchone()[0]
+        return (
+            self._conn()
+            .execute("SELECT COUNT(*) FROM ftkit_jobs WHERE status=?", (status,))
+            .fetchone()[0]
+        )
 
     def add_metrics(self, job_id: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self._db() as db:
-                db.executemany("INSERT INTO ftkit_metrics (job_id, data) VALUES (?,?)", [(job_id, _dumps(r)) for r in rows])
+                db.executemany(
+                    "INSERT INTO ftkit_metrics (job_id, data) VALUES (?,?)",
+                    [(job_id, _dumps(r)) for r in rows],
+                )
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid LIMIT -1 OFFSET ?", (job_id, start))
+            "SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid LIMIT -1 OFFSET ?",
+            (job_id, start),
+        )
         return [json.loads(r[0]) for r in rows.fetchall()]
 
     def trim_metrics(self, job_id: str, after_step: int) -> None:
         with self._db() as db:
-            db.execute("DELETE FROM ftkit_metrics WHERE job_id=? AND json_extract(data, '$.step') > ?", (job_id, after_step))
+            db.execute(
+                "DELETE FROM ftkit_metrics WHERE job_id=? AND json_extract(data, '$.step') > ?",
+                (job_id, after_step),
+            )
 
     def add_logs(self, job_id: str, lines: list[str]) -> None:
         if lines:
             with self._db() as db:
-                db.executemany("INSERT INTO ftkit_logs (job_id, line) VALUES (?,?)", [(job_id, s) for s in lines])
+                db.executemany(
+                    "INSERT INTO ftkit_logs (job_id, line) VALUES (?,?)",
+                    [(job_id, s) for s in lines],
+                )
                 db.execute(
                     "DELETE FROM ftkit_logs WHERE job_id=? AND id <= (SELECT id FROM ftkit_logs WHERE job_id=? "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?)", (job_id, job_id, LOG_LINES_KEPT))
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (job_id, job_id, LOG_LINES_KEPT),
+                )
 
     def logs(self, job_id: str, n: int = 50) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT line FROM ftkit_logs WHERE job_id=? ORDER BY id DESC LIMIT ?", (job_id, n)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT line FROM ftkit_logs WHERE job_id=? ORDER BY id DESC LIMIT ?", (job_id, n)
+            )
+            .fetchall()
+        )
         return [r[0] for r in reversed(rows)]
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl: float) -> None:
         now = time.time()
         data = _dumps({**info, "worker_id": worker_id, "last_seen": now})
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO ftkit_workers (worker_id, expires, data) VALUES (?,?,?)",
-                       (worker_id, now + ttl, data))
+            db.execute(
+                "INSERT OR REPLACE INTO ftkit_workers (worker_id, expires, data) VALUES (?,?,?)",
+                (worker_id, now + ttl, data),
+            )
 
     def forget_worker(self, worker_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM ftkit_workers WHERE worker_id=?", (worker_id,))
 
     def workers(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            "SELECT data FROM ftkit_workers WHERE expires > ? ORDER BY worker_id", (time.time(),)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT data FROM ftkit_workers WHERE expires > ? ORDER BY worker_id",
+                (time.time(),),
+            )
+            .fetchall()
+        )
         return [json.loads(r[0]) for r in rows]
 
 

@@ -47,7 +47,9 @@ class JsonSerializer(Serializer):
             signature, _, data = data.partition(b":")
             expected = hmac.new(self.secret, data, hashlib.sha256).hexdigest().encode()
             if not hmac.compare_digest(signature, expected):
-                raise ValueError("refusing a queue message with a bad signature (FTKIT_QUEUE_SECRET differs?)")
+                raise ValueError(
+                    "refusing a queue message with a bad signature (FTKIT_QUEUE_SECRET differs?)"
+                )
         return _decode(json.loads(data))
 
 
@@ -68,7 +70,9 @@ def _encode(value: Any) -> Any:
 def _decode(value: Any) -> Any:
     if isinstance(value, dict):
         if "__message__" in value:
-            return Message(**{k: _decode(v) for k, v in value["__message__"].items() if k in Message._fields})
+            return Message(
+                **{k: _decode(v) for k, v in value["__message__"].items() if k in Message._fields}
+            )
         if "__datetime__" in value:
             return dt.datetime.fromisoformat(value["__datetime__"])
         return {k: _decode(v) for k, v in value.items()}
@@ -80,7 +84,9 @@ def _decode(value: Any) -> Any:
 def make_huey(settings: Settings):
     """PriorityRedisHuey on Redis (many machines, one queue), SqliteHuey embedded."""
     common: dict[str, Any] = dict(
-        name=QUEUE_NAME, results=False, utc=True,
+        name=QUEUE_NAME,
+        results=False,
+        utc=True,
         serializer=JsonSerializer(os.environ.get("FTKIT_QUEUE_SECRET")),
     )
     if settings.redis_url:
@@ -112,25 +118,48 @@ def pending_count(huey) -> int:
     return huey.pending_count()
 
 
-def requeue_orphans(store: jobs.JobStore, huey, *, max_attempts: int | None = None, only: str | None = None) -> list[str]:
+def requeue_orphans(
+    store: jobs.JobStore, huey, *, max_attempts: int | None = None, only: str | None = None
+) -> list[str]:
     """Send active jobs whose worker stopped heart-beating back to the queue (or fail them after
     ``max_attempts``); the ids moved or failed. Safe to run from every worker and client at once:
     each move is a compare-and-set."""
     if max_attempts is None:
         max_attempts = int(os.environ.get("FTKIT_MAX_ATTEMPTS", "3"))
     moved = []
-    orphans = store.orphans() if only is None else [r for r in [store.get(only)] if r["status"] in jobs.ACTIVE]
+    orphans = (
+        store.orphans()
+        if only is None
+        else [r for r in [store.get(only)] if r["status"] in jobs.ACTIVE]
+    )
     for record in orphans:
-        job_id, worker, attempt = record["job_id"], record.get("worker"), int(record.get("attempt", 1))
+        job_id, worker, attempt = (
+            record["job_id"],
+            record.get("worker"),
+            int(record.get("attempt", 1)),
+        )
         why = f"worker {worker} stopped heart-beating during {record['status']}"
         if attempt >= max_attempts:
-            if store.transition(job_id, jobs.FAILED, allowed=jobs.ACTIVE, expect_worker=worker,
-                                finished_at=time.time(), error=f"{why}; gave up after {attempt} attempts"):
+            if store.transition(
+                job_id,
+                jobs.FAILED,
+                allowed=jobs.ACTIVE,
+                expect_worker=worker,
+                finished_at=time.time(),
+                error=f"{why}; gave up after {attempt} attempts",
+            ):
                 store.add_event(job_id, f"{why}; failed after {attempt} attempts")
                 moved.append(job_id)
             continue
-        if store.transition(job_id, jobs.QUEUED, allowed=jobs.ACTIVE, expect_worker=worker,
-                            attempt=attempt + 1, worker=None, stop=None):
+        if store.transition(
+            job_id,
+            jobs.QUEUED,
+            allowed=jobs.ACTIVE,
+            expect_worker=worker,
+            attempt=attempt + 1,
+            worker=None,
+            stop=None,
+        ):
             store.add_event(job_id, f"{why}; re-queued as attempt {attempt + 1}")
             enqueue(huey, job_id)
             moved.append(job_id)

@@ -19,34 +19,65 @@ def template_version() -> str:
 
     digest = hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:12]
     try:
-        commit = subprocess.run(["git", "-C", str(TEMPLATE.resolve().parent), "log", "-1", "--format=%h", "--",
-                                 TEMPLATE.resolve().name], capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(TEMPLATE.resolve().parent),
+                "log",
+                "-1",
+                "--format=%h",
+                "--",
+                TEMPLATE.resolve().name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return f"ftkit {__version__}, template sha256 {digest}" + (f", git {commit}" if commit else "")
 
 
 def _when(ts: float | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        ""
+        if ts is None
+        else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 
 
 def header_html(record: dict[str, Any]) -> str:
     started, finished = record.get("started_at"), record.get("finished_at")
     status = record.get("status", "")
-    color = {"completed": "green", "failed": "crimson", "cancelled": "darkorange"}.get(status, "gray")
+    color = {"completed": "green", "failed": "crimson", "cancelled": "darkorange"}.get(
+        status, "gray"
+    )
     rows = {
-        "job": record.get("job_id"), "status": status, "error": record.get("error") or "",
-        "submitted by": record.get("submitted_by"), "submitted": _when(record.get("created_at")),
-        "started": _when(started), "finished": _when(finished),
+        "job": record.get("job_id"),
+        "status": status,
+        "error": record.get("error") or "",
+        "submitted by": record.get("submitted_by"),
+        "submitted": _when(record.get("created_at")),
+        "started": _when(started),
+        "finished": _when(finished),
         "duration": f"{finished - started:.1f} s" if started and finished else "",
-        "attempt": record.get("attempt"), "worker": record.get("worker") or record.get("host"),
-        "data set": (record.get("dataset") or {}).get("name"), "base model": (record.get("config") or {}).get("base_model"),
+        "attempt": record.get("attempt"),
+        "worker": record.get("worker") or record.get("host"),
+        "data set": (record.get("dataset") or {}).get("name"),
+        "base model": (record.get("config") or {}).get("base_model"),
         "version": template_version(),
     }
-    body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-                   f"{html.escape(str(v))}</td></tr>" for k, v in rows.items() if v not in (None, ""))
-    return (f"<div class='ftkit-header'><h2 style='color:{color}'>{html.escape(status.upper())}</h2>"
-            f"<table>{body}</table></div>")
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+        f"{html.escape(str(v))}</td></tr>"
+        for k, v in rows.items()
+        if v not in (None, "")
+    )
+    return (
+        f"<div class='ftkit-header'><h2 style='color:{color}'>{html.escape(status.upper())}</h2>"
+        f"<table>{body}</table></div>"
+    )
 
 
 def finalize_report(path: Path, record: dict[str, Any]) -> str:
@@ -57,8 +88,15 @@ def finalize_report(path: Path, record: dict[str, Any]) -> str:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if "header" in cell.get("metadata", {}).get("tags", []):
-            cell.outputs = [nbformat.v4.new_output("display_data", data={
-                "text/html": header_html(record), "text/plain": f"ftkit job {record.get('job_id')}: {record.get('status')}"})]
+            cell.outputs = [
+                nbformat.v4.new_output(
+                    "display_data",
+                    data={
+                        "text/html": header_html(record),
+                        "text/plain": f"ftkit job {record.get('job_id')}: {record.get('status')}",
+                    },
+                )
+            ]
     nbformat.write(nb, path)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     return body
@@ -78,9 +116,14 @@ class Comparison:
         self.rows = []
         for s, config in zip(statuses, configs):
             result = s.get("result") or {}
-            row = {"job_id": s["job_id"], "status": s["status"], "final_loss": result.get("final_loss", s.get("loss")),
-                   "eval_loss": s.get("eval_loss"), "global_step": result.get("global_step"),
-                   "training_duration_seconds": result.get("training_duration_seconds")}
+            row = {
+                "job_id": s["job_id"],
+                "status": s["status"],
+                "final_loss": result.get("final_loss", s.get("loss")),
+                "eval_loss": s.get("eval_loss"),
+                "global_step": result.get("global_step"),
+                "training_duration_seconds": result.get("training_duration_seconds"),
+            }
             row.update({k: config.get(k) for k in self.differing})
             self.rows.append(row)
 
@@ -89,19 +132,30 @@ class Comparison:
 
         columns = ["job_id", *self.differing, *self.METRICS]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                       for r in self.rows)
-        curves = "".join(f"<div style='display:inline-block;margin:4px'><small>{html.escape(s['job_id'])}</small><br>"
-                         f"{loss_svg(m, width=300, height=120)}</div>" for s, m in zip(self.statuses, self.metrics))
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns)
+            + "</tr>"
+            for r in self.rows
+        )
+        curves = "".join(
+            f"<div style='display:inline-block;margin:4px'><small>{html.escape(s['job_id'])}</small><br>"
+            f"{loss_svg(m, width=300, height=120)}</div>"
+            for s, m in zip(self.statuses, self.metrics)
+        )
         overlay = overlay_svg([s["job_id"] for s in self.statuses], self.metrics)
-        return (f"<div class='ftkit-compare'><table><tr>{head}</tr>{body}</table>{overlay}<details><summary>each curve"
-                f"</summary>{curves}</details></div>")
+        return (
+            f"<div class='ftkit-compare'><table><tr>{head}</tr>{body}</table>{overlay}<details><summary>each curve"
+            f"</summary>{curves}</details></div>"
+        )
 
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def overlay_svg(names: list[str], metrics: list[list[dict[str, Any]]], width: int = 560, height: int = 220) -> str:
+def overlay_svg(
+    names: list[str], metrics: list[list[dict[str, Any]]], width: int = 560, height: int = 220
+) -> str:
     """Loss curves of several jobs on shared axes, as inline SVG with a legend."""
     series = [[(m["step"], m["loss"]) for m in ms if m.get("loss") is not None] for ms in metrics]
     points = [p for s in series for p in s]
@@ -113,10 +167,19 @@ def overlay_svg(names: list[str], metrics: list[list[dict[str, Any]]], width: in
     lines, legend = [], []
     for i, (name, s) in enumerate(zip(names, series)):
         color = COLORS[i % len(COLORS)]
-        pts = " ".join(f"{pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad):.1f},"
-                       f"{height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad):.1f}" for x, y in s)
-        lines.append(f"<polyline class='ftkit-compare-loss' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>")
-        legend.append(f"<text x='{width - 150}' y='{16 + 14 * i}' font-size='11' fill='{color}'>{html.escape(name)}</text>")
-    return (f"<svg width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'><rect width='100%' height='100%' "
-            f"fill='white' stroke='#ddd'/>{''.join(lines)}{''.join(legend)}<text x='{pad}' y='{height - 10}' "
-            f"font-size='11'>loss {y0:.3f}–{y1:.3f}, steps {x0}–{x1}</text></svg>")
+        pts = " ".join(
+            f"{pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad):.1f},"
+            f"{height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad):.1f}"
+            for x, y in s
+        )
+        lines.append(
+            f"<polyline class='ftkit-compare-loss' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>"
+        )
+        legend.append(
+            f"<text x='{width - 150}' y='{16 + 14 * i}' font-size='11' fill='{color}'>{html.escape(name)}</text>"
+        )
+    return (
+        f"<svg width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'><rect width='100%' height='100%' "
+        f"fill='white' stroke='#ddd'/>{''.join(lines)}{''.join(legend)}<text x='{pad}' y='{height - 10}' "
+        f"font-size='11'>loss {y0:.3f}–{y1:.3f}, steps {x0}–{x1}</text></svg>"
+    )

@@ -48,7 +48,9 @@ def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                     if type(exc).__name__ in PERMANENT_NAMES:
                         raise StorageError(f"cannot {what} at {self.url}: {exc}") from exc
                     if attempt == RETRIES - 1:
-                        raise StorageError(f"cannot {what} at {self.url} after {RETRIES} tries: {exc}") from exc
+                        raise StorageError(
+                            f"cannot {what} at {self.url} after {RETRIES} tries: {exc}"
+                        ) from exc
                     time.sleep(0.2 * 2**attempt)
             raise AssertionError("unreachable")
 
@@ -72,7 +74,10 @@ class Storage:
             options["use_listings_cache"] = False
             # A Storage sees the credentials of its moment, and ftkit retries on top of botocore.
             options["skip_instance_cache"] = True
-            options["config_kwargs"] = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5}
+            options["config_kwargs"] = {
+                "retries": {"max_attempts": 2, "mode": "standard"},
+                "connect_timeout": 5,
+            }
             if endpoint_url:
                 options["endpoint_url"] = endpoint_url
         elif "://" not in url:
@@ -159,7 +164,10 @@ class Storage:
             if self.is_local:
                 self.fs.get_file(self.path(*parts), str(partial))
             else:  # ranged reads of one chunk at a time: a multi-GB checkpoint never sits in memory
-                with self.fs.open(self.path(*parts), "rb", block_size=CHUNK) as src, open(partial, "wb") as dst:
+                with (
+                    self.fs.open(self.path(*parts), "rb", block_size=CHUNK) as src,
+                    open(partial, "wb") as dst,
+                ):
                     shutil.copyfileobj(src, dst, CHUNK)
             os.replace(partial, local)
         finally:
@@ -210,12 +218,16 @@ class Storage:
 
     # -- data sets -----------------------------------------------------------------------------
     def save_dataset_meta(self, meta: dict[str, Any]) -> None:
-        self.write_text(json.dumps(meta, indent=2), *self.dataset_parts(meta["sha256"], "dataset.json"))
+        self.write_text(
+            json.dumps(meta, indent=2), *self.dataset_parts(meta["sha256"], "dataset.json")
+        )
 
     def dataset_meta(self, dataset_id: str) -> dict[str, Any]:
         """Metadata of an uploaded data set, by its id (the sha256) or a unique prefix of 8+ chars."""
         if not (8 <= len(dataset_id) <= 64) or not all(c in "0123456789abcdef" for c in dataset_id):
-            raise JobNotFound(f"no data set with id {dataset_id!r}: ids are sha256 hex digests (8+ leading characters)")
+            raise JobNotFound(
+                f"no data set with id {dataset_id!r}: ids are sha256 hex digests (8+ leading characters)"
+            )
         matches = [d for d in self.listdir("datasets") if d.startswith(dataset_id)]
         if len(matches) != 1:
             why = "no data set" if not matches else f"{len(matches)} data sets"

@@ -60,7 +60,9 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(dest: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(
+    dest: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
     """Save a tiny Llama model + tokenizer under ``dest`` and return the folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -24,8 +24,16 @@ class Reporter:
     one batched write of progress, metrics and log lines. A broker outage never fails training:
     writes stay buffered and go out when the broker answers again."""
 
-    def __init__(self, job_id: str | None, store: Any = None, storage: Any = None, *, worker: str | None = None,
-                 flush_seconds: float = 1.0, poll_seconds: float = 0.5):
+    def __init__(
+        self,
+        job_id: str | None,
+        store: Any = None,
+        storage: Any = None,
+        *,
+        worker: str | None = None,
+        flush_seconds: float = 1.0,
+        poll_seconds: float = 0.5,
+    ):
         self.job_id, self.store, self.storage, self.worker = job_id, store, storage, worker
         self.flush_seconds, self.poll_seconds = flush_seconds, poll_seconds
         self._metrics: list[dict[str, Any]] = []
@@ -48,8 +56,12 @@ class Reporter:
 
         settings = Settings.from_env()
         store = open_store(settings)
-        return cls(job_id, store, Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
-                   worker=store.get_field(job_id, "worker"))
+        return cls(
+            job_id,
+            store,
+            Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
+            worker=store.get_field(job_id, "worker"),
+        )
 
     def _safely(self, fn, *args: Any, **kwargs: Any) -> Any:
         from .errors import BrokerUnavailable
@@ -64,7 +76,14 @@ class Reporter:
         if self.store is not None:
             from .jobstore import ACTIVE
 
-            self._safely(self.store.transition, self.job_id, status, allowed=ACTIVE, expect_worker=self.worker, **fields)
+            self._safely(
+                self.store.transition,
+                self.job_id,
+                status,
+                allowed=ACTIVE,
+                expect_worker=self.worker,
+                **fields,
+            )
 
     def log(self, line: str) -> None:
         print(line, flush=True)
@@ -80,7 +99,9 @@ class Reporter:
         self.flush(force=False)
 
     def flush(self, force: bool = True) -> None:
-        if self.store is None or not (force or time.monotonic() - self._last_flush >= self.flush_seconds):
+        if self.store is None or not (
+            force or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             return
         self._last_flush = time.monotonic()
         metrics, logs, progress = self._metrics, self._logs, self._progress
@@ -114,7 +135,7 @@ class Reporter:
         from .storage import Storage
 
         name = Path(folder).name
-        parts = Storage.run_parts(self.job_id, "checkpoints")
+        parts = Storage.run_parts(str(self.job_id), "checkpoints")
         self.storage.put_dir(folder, *parts, name)
         self.storage.write_text(str(time.time()), *parts, name, "complete")
         for old in self.storage.listdir(*parts):
@@ -135,9 +156,13 @@ def progress_callback(reporter: Reporter):
 
         def on_step_end(self, args, state, control, **kwargs):
             if reporter.should_stop():
-                reporter.log(f"stop requested ({reporter.stop_reason}): stopping after step {state.global_step}")
+                reporter.log(
+                    f"stop requested ({reporter.stop_reason}): stopping after step {state.global_step}"
+                )
                 control.should_training_stop = True
-                control.should_save = reporter.stop_reason == "handoff"  # another worker resumes from here
+                control.should_save = (
+                    reporter.stop_reason == "handoff"
+                )  # another worker resumes from here
             return control
 
         def on_substep_end(self, args, state, control, **kwargs):
@@ -161,8 +186,12 @@ def progress_callback(reporter: Reporter):
             for key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
                 if key in logs and logs[key] is not None and math.isfinite(float(logs[key])):
                     row[key] = float(logs[key])
-            progress = {"current_step": step, "total_steps": total, "progress": round(100.0 * step / total, 1),
-                        "eta_seconds": None if eta is None else round(eta, 1)}
+            progress = {
+                "current_step": step,
+                "total_steps": total,
+                "progress": round(100.0 * step / total, 1),
+                "eta_seconds": None if eta is None else round(eta, 1),
+            }
             if "loss" in row:
                 progress["loss"] = row["loss"]
             if "eval_loss" in row:
@@ -171,7 +200,9 @@ def progress_callback(reporter: Reporter):
                 reporter.metric_progress(**progress)
                 return
             reporter.metric(row, **progress)
-            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            shown = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
             reporter.log(f"step {step}/{total} {shown}")
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -192,7 +223,9 @@ def pick_backend(requested: str) -> str:
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if requested == "unsloth":
         if not (torch.cuda.is_available() and has_unsloth):
-            raise RuntimeError("backend='unsloth' needs a CUDA GPU and unsloth (pip install 'ftkit[unsloth]')")
+            raise RuntimeError(
+                "backend='unsloth' needs a CUDA GPU and unsloth (pip install 'ftkit[unsloth]')"
+            )
         return "unsloth"
     return "unsloth" if torch.cuda.is_available() and has_unsloth else "hf"
 
@@ -201,14 +234,17 @@ def check_base_model(name: str) -> None:
     """Fail early and clearly when the base model can be neither found on disk nor fetched."""
     looks_local = name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
     if looks_local and not (Path(name).expanduser() / "config.json").is_file():
-        raise FileNotFoundError(f"base model {name!r} not found: no folder with a config.json at that path")
+        raise FileNotFoundError(
+            f"base model {name!r} not found: no folder with a config.json at that path"
+        )
     if not looks_local and os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise FileNotFoundError(
                 f"base model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-                "download it on a machine with access or pass a local folder")
+                "download it on a machine with access or pass a local folder"
+            )
 
 
 def quiet_progress_bars() -> None:
@@ -238,11 +274,13 @@ def load_model(config: TrainConfig):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     info = {
-        "base_model": config.base_model, "backend": backend,
+        "base_model": config.base_model,
+        "backend": backend,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "quantization": "4-bit" if getattr(model, "is_loaded_in_4bit", False) else "none",
-        "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "trainable_share": trainable / total if total else 0.0,
     }
     return model, tokenizer, info
@@ -253,12 +291,19 @@ def _load_unsloth(config: TrainConfig):
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=config.base_model, max_seq_length=config.max_seq_length,
-        dtype=None, load_in_4bit=config.load_in_4bit,
+        model_name=config.base_model,
+        max_seq_length=config.max_seq_length,
+        dtype=None,
+        load_in_4bit=config.load_in_4bit,
     )
     model = FastLanguageModel.get_peft_model(
-        model, r=config.lora_r, target_modules=LORA_TARGETS, lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout, bias="none", use_gradient_checkpointing="unsloth",
+        model,
+        r=config.lora_r,
+        target_modules=LORA_TARGETS,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        use_gradient_checkpointing="unsloth",
         random_state=config.seed,
     )
     return model, tokenizer
@@ -276,12 +321,17 @@ def _load_hf(config: TrainConfig):
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
+            )
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
 
@@ -291,8 +341,13 @@ def prepare_data(dataset_path: str, dataset_format: str, tokenizer, config: Trai
     """Tokenized train (and eval) sets with label masks, and a summary for the report."""
     from .render import build_dataset
 
-    data = build_dataset(dataset_path, format=dataset_format, tokenizer=tokenizer,
-                         max_seq_length=config.max_seq_length, train_on_inputs=config.train_on_inputs)
+    data = build_dataset(
+        dataset_path,
+        format=dataset_format,
+        tokenizer=tokenizer,
+        max_seq_length=config.max_seq_length,
+        train_on_inputs=config.train_on_inputs,
+    )
     if len(data) == 0:
         raise ValueError(f"no usable training examples in {dataset_path} after tokenization")
     eval_data = None
@@ -301,14 +356,25 @@ def prepare_data(dataset_path: str, dataset_format: str, tokenizer, config: Trai
         data, eval_data = split["train"], split["test"]
     lengths = [len(ids) for ids in data["input_ids"]]
     summary = {
-        "examples": len(data), "eval_examples": len(eval_data) if eval_data is not None else 0,
-        "tokens": sum(lengths), "max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "examples": len(data),
+        "eval_examples": len(eval_data) if eval_data is not None else 0,
+        "tokens": sum(lengths),
+        "max_tokens": max(lengths),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "trained_tokens": sum(sum(1 for t in labels if t != -100) for labels in data["labels"]),
     }
     return data, eval_data, summary
 
 
-def make_trainer(model, tokenizer, train_data, eval_data, config: TrainConfig, output_dir: str, reporter: Reporter):
+def make_trainer(
+    model,
+    tokenizer,
+    train_data,
+    eval_data,
+    config: TrainConfig,
+    output_dir: str,
+    reporter: Reporter,
+):
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -343,8 +409,12 @@ def make_trainer(model, tokenizer, train_data, eval_data, config: TrainConfig, o
     from transformers.trainer_callback import PrinterCallback
 
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-        processing_class=tokenizer, callbacks=[progress_callback(reporter)],
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=[progress_callback(reporter)],
     )
     trainer.remove_callback(PrinterCallback)  # ftkit's callback prints one readable line per step
     return trainer
@@ -387,8 +457,11 @@ def show_table(mapping: dict[str, Any], title: str = "") -> None:
             return f"{v:,}"
         return str(v)
 
-    rows = "".join(f"<tr><th style='text-align:left'>{escape(str(k))}</th><td style='text-align:left'>"
-                   f"{escape(fmt(v))}</td></tr>" for k, v in mapping.items())
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{escape(str(k))}</th><td style='text-align:left'>"
+        f"{escape(fmt(v))}</td></tr>"
+        for k, v in mapping.items()
+    )
     caption = f"<caption style='text-align:left'><b>{escape(title)}</b></caption>" if title else ""
     display(HTML(f"<table>{caption}{rows}</table>"))
 
@@ -402,18 +475,28 @@ def write_result(output_dir: str, **parts: Any) -> Path:
     return path
 
 
-def show_dataset(dataset_path: str, dataset_format: str, profile: dict[str, Any], summary: dict[str, Any]) -> None:
+def show_dataset(
+    dataset_path: str, dataset_format: str, profile: dict[str, Any], summary: dict[str, Any]
+) -> None:
     """The data set's profile from upload (rows, tokens, warnings, sha256) beside what was trained."""
     tokens = profile.get("tokens") or {}
-    facts = {"file": Path(dataset_path).name, "format": dataset_format, "rows": profile.get("rows"),
-             "sha256": profile.get("sha256", ""), **{f"tokens {k}": v for k, v in tokens.items() if k != "estimated"},
-             "token counts": "estimated at upload" if tokens.get("estimated") else "tokenizer",
-             "over max_seq_length (truncated)": profile.get("over_max_seq_length"), **summary}
+    facts = {
+        "file": Path(dataset_path).name,
+        "format": dataset_format,
+        "rows": profile.get("rows"),
+        "sha256": profile.get("sha256", ""),
+        **{f"tokens {k}": v for k, v in tokens.items() if k != "estimated"},
+        "token counts": "estimated at upload" if tokens.get("estimated") else "tokenizer",
+        "over max_seq_length (truncated)": profile.get("over_max_seq_length"),
+        **summary,
+    }
     show_table({k: v for k, v in facts.items() if v not in (None, "")}, "Data set")
     warnings = profile.get("warnings") or []
     if warnings:
-        show_table({f"line {w.get('line')}": w.get("message") for w in warnings[:20]},
-                   f"Warnings ({sum((profile.get('problem_counts') or {}).get(k, 0) for k in {w.get('kind') for w in warnings})})")
+        show_table(
+            {f"line {w.get('line')}": w.get("message") for w in warnings[:20]},
+            f"Warnings ({sum((profile.get('problem_counts') or {}).get(k, 0) for k in {w.get('kind') for w in warnings})})",
+        )
 
 
 def plot_training(log_history: list[dict[str, Any]]):
@@ -431,10 +514,16 @@ def plot_training(log_history: list[dict[str, Any]]):
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.6))
     ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
     if eval_rows:
-        ax_loss.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="eval")
+        ax_loss.plot(
+            [r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="eval"
+        )
     ax_loss.set(title="Loss", xlabel="step", ylabel="loss")
     ax_loss.legend()
-    ax_lr.plot([r["step"] for r in train_rows], [r.get("learning_rate", 0) for r in train_rows], color="tab:green")
+    ax_lr.plot(
+        [r["step"] for r in train_rows],
+        [r.get("learning_rate", 0) for r in train_rows],
+        color="tab:green",
+    )
     ax_lr.set(title="Learning rate", xlabel="step")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -443,7 +532,9 @@ def plot_training(log_history: list[dict[str, Any]]):
     display(Image(data=buffer.getvalue(), format="png"))
 
 
-def throughput(result: dict[str, Any], summary: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+def throughput(
+    result: dict[str, Any], summary: dict[str, Any], config: TrainConfig
+) -> dict[str, Any]:
     """Tokens/s and steps/s of this run, and its peak memory (GPU where present, else process RSS)."""
     import resource
 
@@ -453,24 +544,35 @@ def throughput(result: dict[str, Any], summary: dict[str, Any], config: TrainCon
     steps = result["global_step"]
     sequences = steps * config.batch_size * config.gradient_accumulation_steps
     mean_tokens = summary["tokens"] / max(summary["examples"], 1)
-    out = {"steps/s": round(steps / seconds, 3), "tokens/s (approx.)": round(sequences * mean_tokens / seconds, 1)}
+    out = {
+        "steps/s": round(steps / seconds, 3),
+        "tokens/s (approx.)": round(sequences * mean_tokens / seconds, 1),
+    }
     if torch.cuda.is_available():
         out["peak GPU memory (MiB)"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    out["peak process RSS (MiB)"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak process RSS (MiB)"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
     return out
 
 
-def sample_prompts(dataset_path: str, dataset_format: str, eval_data, tokenizer, prompts: list[str], n: int = 3) -> list[dict]:
+def sample_prompts(
+    dataset_path: str, dataset_format: str, eval_data, tokenizer, prompts: list[str], n: int = 3
+) -> list[dict]:
     """Prompts to compare base and fine-tuned answers on: given ones, else held-out (eval) examples,
     else the first examples of the data set (marked as seen in training)."""
     from .data import read_examples
 
     if prompts:
-        return [{"messages": [{"role": "user", "content": p}], "source": "given"} for p in prompts[:n]]
+        return [
+            {"messages": [{"role": "user", "content": p}], "source": "given"} for p in prompts[:n]
+        ]
     found = []
     for example in read_examples(dataset_path, format=dataset_format):
         if "messages" in example:
-            upto = next((i for i, m in enumerate(example["messages"]) if m["role"] == "assistant"), None)
+            upto = next(
+                (i for i, m in enumerate(example["messages"]) if m["role"] == "assistant"), None
+            )
             if upto:
                 found.append({"messages": example["messages"][:upto]})
         elif "prompt" in example:
@@ -479,7 +581,14 @@ def sample_prompts(dataset_path: str, dataset_format: str, eval_data, tokenizer,
             break
     if eval_data is not None and len(eval_data):
         decoded = {tokenizer.decode(ids) for ids in eval_data["input_ids"][:200]}
-        held = [f for f in found if any((f.get("messages") or [{}])[-1].get("content", f.get("prompt", "")) in d for d in decoded)]
+        held = [
+            f
+            for f in found
+            if any(
+                (f.get("messages") or [{}])[-1].get("content", f.get("prompt", "")) in d
+                for d in decoded
+            )
+        ]
         if held:
             return [{**f, "source": "held out"} for f in held[:n]]
     return [{**f, "source": "seen in training"} for f in found[:n]]
@@ -489,15 +598,22 @@ def generate(model, tokenizer, sample: dict[str, Any], max_new_tokens: int = 48)
     import torch
 
     if "messages" in sample:
-        inputs = tokenizer.apply_chat_template(sample["messages"], add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            sample["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:
         inputs = tokenizer(sample["prompt"], return_tensors="pt")
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(
+        out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    ).strip()
 
 
 def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -513,13 +629,30 @@ def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[s
         with model.disable_adapter():
             before = generate(model, tokenizer, sample)
         after = generate(model, tokenizer, sample)
-        rows.append({"prompt": prompt, "source": sample.get("source", ""), "base model": before, "fine-tuned": after})
+        rows.append(
+            {
+                "prompt": prompt,
+                "source": sample.get("source", ""),
+                "base model": before,
+                "fine-tuned": after,
+            }
+        )
     cells = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left;vertical-align:top'>{escape(r[k])}</td>" for k in
-                         ("prompt", "source", "base model", "fine-tuned")) + "</tr>" for r in rows)
-    display(HTML("<table class='ftkit-samples'><caption style='text-align:left'><b>Sample generations</b></caption>"
-                 "<tr><th>prompt</th><th>source</th><th>base model (before)</th><th>fine-tuned (after)</th></tr>"
-                 f"{cells}</table>"))
+        "<tr>"
+        + "".join(
+            f"<td style='text-align:left;vertical-align:top'>{escape(r[k])}</td>"
+            for k in ("prompt", "source", "base model", "fine-tuned")
+        )
+        + "</tr>"
+        for r in rows
+    )
+    display(
+        HTML(
+            "<table class='ftkit-samples'><caption style='text-align:left'><b>Sample generations</b></caption>"
+            "<tr><th>prompt</th><th>source</th><th>base model (before)</th><th>fine-tuned (after)</th></tr>"
+            f"{cells}</table>"
+        )
+    )
     return rows
 
 
@@ -537,12 +670,23 @@ def environment() -> dict[str, Any]:
         except md.PackageNotFoundError:
             return "not installed"
 
-    env = {"python": platform.python_version(), **{n: version(n) for n in
-           ("ftkit", "torch", "transformers", "trl", "peft", "unsloth", "papermill")}}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        **{
+            n: version(n)
+            for n in ("ftkit", "torch", "transformers", "trl", "peft", "unsloth", "papermill")
+        },
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update({"gpu": props.name, "gpu memory (GiB)": round(props.total_memory / 2**30, 1),
-                    "cuda": torch.version.cuda, "driver": _nvidia_driver()})
+        env.update(
+            {
+                "gpu": props.name,
+                "gpu memory (GiB)": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+                "driver": _nvidia_driver(),
+            }
+        )
     else:
         env["gpu"] = "CPU"
     env["host"] = socket.gethostname()
@@ -553,7 +697,11 @@ def _nvidia_driver() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except OSError:
         return "unknown"

@@ -22,7 +22,12 @@ from .config import TrainConfig
 from .errors import DatasetError, FtkitError
 
 FINAL = ("completed", "failed", "cancelled")
-STATUS_STYLE = {"completed": "success", "failed": "danger", "cancelled": "warning", "training": "info"}
+STATUS_STYLE = {
+    "completed": "success",
+    "failed": "danger",
+    "cancelled": "warning",
+    "training": "info",
+}
 
 # field -> (group, help). Every TrainConfig field appears exactly once.
 FIELD_HELP: dict[str, tuple[str, str]] = {
@@ -47,7 +52,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "validation_split": ("Advanced", "Fraction held out to measure eval loss"),
     "eval_steps": ("Advanced", "Evaluate every N steps (0: at the end)"),
     "timeout_minutes": ("Advanced", "Stop the job after this many minutes (0: no limit)"),
-    "sample_prompts": ("Advanced", "Prompts (one per line) answered before and after training in the report"),
+    "sample_prompts": (
+        "Advanced",
+        "Prompts (one per line) answered before and after training in the report",
+    ),
 }
 
 
@@ -60,7 +68,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str], empty: str = "nothing
         return f"<i>{_esc(empty)}</i>"
     head = "".join(f"<th style='text-align:left;padding:2px 8px'>{_esc(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td style='padding:2px 8px'>{_esc(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows
+        "<tr>"
+        + "".join(f"<td style='padding:2px 8px'>{_esc(r.get(c))}</td>" for c in columns)
+        + "</tr>"
+        for r in rows
     )
     return f"<table class='ftkit-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -69,7 +80,9 @@ def loss_svg(metrics: list[dict[str, Any]], width: int = 460, height: int = 160)
     """The loss curve (train, and eval where logged) as inline SVG: no plotting library in the client."""
     series = {
         "loss": [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None],
-        "eval_loss": [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None],
+        "eval_loss": [
+            (m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None
+        ],
     }
     points = series["loss"] + series["eval_loss"]
     if not points:
@@ -87,7 +100,9 @@ def loss_svg(metrics: list[dict[str, Any]], width: int = 460, height: int = 160)
     for name, color in (("loss", "#1f77b4"), ("eval_loss", "#d62728")):
         if series[name]:
             pts = " ".join(xy(s, v) for s, v in series[name])
-            lines.append(f"<polyline class='ftkit-{name}' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>")
+            lines.append(
+                f"<polyline class='ftkit-{name}' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>"
+            )
     return (
         f"<svg class='ftkit-loss' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
         f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{''.join(lines)}"
@@ -144,21 +159,35 @@ class MonitorPanel:
         self.job, self.on_end, self.done = job, on_end, False
         self.title = w.HTML(f"<b>Job {_esc(job.id)}</b>")
         self.status = w.HTML()
-        self.bar = w.FloatProgress(min=0, max=100, value=0, description="progress", layout=w.Layout(width="460px"))
+        self.bar = w.FloatProgress(
+            min=0, max=100, value=0, description="progress", layout=w.Layout(width="460px")
+        )
         self.step = w.Label()
         self.curve = w.HTML(loss_svg([]))
         self.logs = w.HTML(layout=w.Layout(max_height="180px", overflow="auto"))
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning")
         self.cancel_button.on_click(lambda _: self.cancel())
         self.dest = w.Text(value=f"./adapter-{job.id}", description="to folder")
-        self.download_button = w.Button(description="Download adapter", icon="download", disabled=True,
-                                        layout=w.Layout(width="auto"))
+        self.download_button = w.Button(
+            description="Download adapter",
+            icon="download",
+            disabled=True,
+            layout=w.Layout(width="auto"),
+        )
         self.download_button.on_click(lambda _: self.download())
         self.outputs = w.HTML()
         self.error = w.HTML()
         self.widget = w.VBox(
-            [self.title, self.status, w.HBox([self.bar, self.step]), self.curve, self.logs,
-             w.HBox([self.cancel_button, self.download_button, self.dest]), self.outputs, self.error],
+            [
+                self.title,
+                self.status,
+                w.HBox([self.bar, self.step]),
+                self.curve,
+                self.logs,
+                w.HBox([self.cancel_button, self.download_button, self.dest]),
+                self.outputs,
+                self.error,
+            ],
             layout=w.Layout(border="1px solid #ddd", padding="8px"),
         )
         self.widget.add_class("ftkit-monitor")
@@ -174,21 +203,32 @@ class MonitorPanel:
         s = self.job.status()
         self._metrics += self.job.metrics(start=len(self._metrics))
         style = STATUS_STYLE.get(s["status"], "")
-        color = {"success": "green", "danger": "crimson", "warning": "darkorange", "info": "steelblue"}.get(style, "gray")
+        color = {
+            "success": "green",
+            "danger": "crimson",
+            "warning": "darkorange",
+            "info": "steelblue",
+        }.get(style, "gray")
         loss = f" · loss {s['loss']:.4f}" if s.get("loss") is not None else ""
         attempt = f" · attempt {s['attempt']}" if (s.get("attempt") or 1) > 1 else ""
-        self.status.value = (f"<span class='ftkit-status' data-status='{_esc(s['status'])}' style='color:{color}'>"
-                             f"<b>{_esc(s['status'])}</b></span>{_esc(loss)}{_esc(attempt)}"
-                             f" · worker {_esc(s.get('worker') or '-')}")
+        self.status.value = (
+            f"<span class='ftkit-status' data-status='{_esc(s['status'])}' style='color:{color}'>"
+            f"<b>{_esc(s['status'])}</b></span>{_esc(loss)}{_esc(attempt)}"
+            f" · worker {_esc(s.get('worker') or '-')}"
+        )
         self.bar.value = float(s.get("progress") or 0.0)
         self.bar.bar_style = style
         eta = s.get("eta_seconds")
         total = s.get("total_steps") or "?"
         self.step.value = f"step {s.get('current_step') or 0}/{total}" + (
-            f" · ETA {eta:.0f} s" if eta is not None and s["status"] == "training" else "")
+            f" · ETA {eta:.0f} s" if eta is not None and s["status"] == "training" else ""
+        )
         self.curve.value = loss_svg(self._metrics)
-        self.logs.value = "<pre class='ftkit-logs' style='margin:0;font-size:11px'>" + _esc(
-            "\n".join(self.job.logs(12))) + "</pre>"
+        self.logs.value = (
+            "<pre class='ftkit-logs' style='margin:0;font-size:11px'>"
+            + _esc("\n".join(self.job.logs(12)))
+            + "</pre>"
+        )
         done = s["status"] in FINAL
         self.cancel_button.disabled = done
         if done:
@@ -203,12 +243,16 @@ class MonitorPanel:
         result = s.get("result") or {}
         self.download_button.disabled = not result
         if s.get("report") or result:
-            self.outputs.value = (f"<div class='ftkit-outputs'>report: <code>{_esc(s.get('report'))}</code><br>"
-                                  f"adapter: <code>{_esc(result.get('adapter_dir'))}</code></div>")
+            self.outputs.value = (
+                f"<div class='ftkit-outputs'>report: <code>{_esc(s.get('report'))}</code><br>"
+                f"adapter: <code>{_esc(result.get('adapter_dir'))}</code></div>"
+            )
         if s["status"] == "failed":
             trace = s.get("error_traceback") or ""
-            self.error.value = (f"<div class='ftkit-error' style='color:crimson'><b>{_esc(s.get('error'))}</b>"
-                                f"<pre style='font-size:11px;white-space:pre-wrap'>{_esc(trace[-3000:])}</pre></div>")
+            self.error.value = (
+                f"<div class='ftkit-error' style='color:crimson'><b>{_esc(s.get('error'))}</b>"
+                f"<pre style='font-size:11px;white-space:pre-wrap'>{_esc(trace[-3000:])}</pre></div>"
+            )
 
     def cancel(self) -> None:
         self.job.cancel()
@@ -230,8 +274,9 @@ class UploadStep:
     def __init__(self, client: Client, on_dataset, max_seq_length=lambda: 2048):
         self.client, self.on_dataset, self.max_seq_length = client, on_dataset, max_seq_length
         self.dataset: Dataset | None = None
-        self.picker = w.FileUpload(accept=".jsonl,.json,.csv,.parquet,.txt,.gz", multiple=False,
-                                   description="Choose file")
+        self.picker = w.FileUpload(
+            accept=".jsonl,.json,.csv,.parquet,.txt,.gz", multiple=False, description="Choose file"
+        )
         self.picker.observe(self._picked, names="value")
         self.path = w.Text(placeholder="or a path on this machine", layout=w.Layout(width="360px"))
         self.use_path = w.Button(description="Use path")
@@ -239,8 +284,15 @@ class UploadStep:
         self.summary = w.HTML("<i>no data set yet</i>")
         self.preview = w.HTML()
         self.problems = w.HTML()
-        self.widget = w.VBox([w.HTML("<h3>1. Data set</h3>"), w.HBox([self.picker, self.path, self.use_path]),
-                              self.summary, self.problems, self.preview])
+        self.widget = w.VBox(
+            [
+                w.HTML("<h3>1. Data set</h3>"),
+                w.HBox([self.picker, self.path, self.use_path]),
+                self.summary,
+                self.problems,
+                self.preview,
+            ]
+        )
         self.widget.add_class("ftkit-upload")
 
     def _picked(self, change: dict[str, Any]) -> None:
@@ -271,11 +323,17 @@ class UploadStep:
             f"<div class='ftkit-profile'><b>{_esc(ds.name)}</b>: format <b>{_esc(ds.format)}</b>, "
             f"<b>{ds.rows:,}</b> rows, tokens per example mean {_esc(tokens.get('mean'))}, "
             f"max {_esc(tokens.get('max'))}{estimate}; about {ds.profile.get('tokens_per_epoch', 0):,} tokens per epoch"
-            f"<br><small>id {_esc(ds.id[:12])}</small></div>")
+            f"<br><small>id {_esc(ds.id[:12])}</small></div>"
+        )
         warnings = ds.profile.get("warnings") or []
         if warnings:
-            self.problems.value = self._problems_html("warnings (training will go ahead):", warnings, color="darkorange")
-        rows = [{"#": i + 1, "example": _shorten(ex)} for i, ex in enumerate(ds.profile.get("preview") or [])]
+            self.problems.value = self._problems_html(
+                "warnings (training will go ahead):", warnings, color="darkorange"
+            )
+        rows = [
+            {"#": i + 1, "example": _shorten(ex)}
+            for i, ex in enumerate(ds.profile.get("preview") or [])
+        ]
         self.preview.value = _table(rows, ["#", "example"], empty="")
         self.on_dataset(ds)
         return ds
@@ -307,7 +365,9 @@ class ConfigureStep:
     def __init__(self, client: Client, defaults: dict[str, Any] | None = None):
         self.client = client
         base = TrainConfig().to_dict() | (defaults or {})
-        self.controls: dict[str, w.Widget] = {name: self._control(name, base[name]) for name in TrainConfig.field_names()}
+        self.controls: dict[str, w.Widget] = {
+            name: self._control(name, base[name]) for name in TrainConfig.field_names()
+        }
         for control in self.controls.values():
             control.observe(lambda _: self.validate(), names="value")
         groups: dict[str, list[w.Widget]] = {}
@@ -315,12 +375,21 @@ class ConfigureStep:
             groups.setdefault(FIELD_HELP[name][0], []).append(control)
         advanced = w.Accordion(children=[w.VBox(groups.pop("Advanced"))], selected_index=None)
         advanced.set_title(0, "Advanced")
-        target = client.settings.redis_url.split("@")[-1] if client.settings.redis_url else client.settings.queue_db
+        target = (
+            client.settings.redis_url.split("@")[-1]
+            if client.settings.redis_url
+            else client.settings.queue_db
+        )
         self.error = w.HTML()
         self.widget = w.VBox(
             [w.HTML("<h3>2. Configure</h3>")]
             + [w.VBox([w.HTML(f"<b>{g}</b>"), *ctrls]) for g, ctrls in groups.items()]
-            + [advanced, w.HTML(f"<small>queue: {_esc(client.settings.broker)} at {_esc(target)}</small>"), self.error])
+            + [
+                advanced,
+                w.HTML(f"<small>queue: {_esc(client.settings.broker)} at {_esc(target)}</small>"),
+                self.error,
+            ]
+        )
         self.widget.add_class("ftkit-configure")
         self.validate()
 
@@ -343,21 +412,27 @@ class ConfigureStep:
         if isinstance(value, float):
             return w.FloatText(value=value, **common)
         if name == "base_model":
-            return w.Text(value=str(value), **{**common, "layout": w.Layout(width="100%", max_width="760px")})
+            return w.Text(
+                value=str(value), **{**common, "layout": w.Layout(width="100%", max_width="760px")}
+            )
         return w.Text(value=str(value), **common)
 
     def values(self) -> dict[str, Any]:
         values = {name: c.value for name, c in self.controls.items()}
         values["max_steps"] = values["max_steps"] or None
         values["timeout_minutes"] = values["timeout_minutes"] or None
-        values["sample_prompts"] = [p.strip() for p in values["sample_prompts"].splitlines() if p.strip()]
+        values["sample_prompts"] = [
+            p.strip() for p in values["sample_prompts"].splitlines() if p.strip()
+        ]
         return values
 
     def validate(self) -> TrainConfig | None:
         try:
             config = TrainConfig.from_dict(self.values())
         except FtkitError as exc:
-            self.error.value = f"<span class='ftkit-config-error' style='color:crimson'>{_esc(exc)}</span>"
+            self.error.value = (
+                f"<span class='ftkit-config-error' style='color:crimson'>{_esc(exc)}</span>"
+            )
             return None
         self.error.value = ""
         return config
@@ -369,17 +444,30 @@ class Panel:
     def __init__(self, client: Client, **defaults: Any):
         self.client = client
         self.monitor: MonitorPanel | None = None
-        self.submit_button = w.Button(description="Submit", icon="play", button_style="primary", disabled=True)
+        self.submit_button = w.Button(
+            description="Submit", icon="play", button_style="primary", disabled=True
+        )
         self.submit_button.on_click(lambda _: self.submit())
         self.reason = w.HTML()
-        self.monitor_box = w.VBox([w.HTML("<h3>3. Monitor</h3><i>submit a job to watch it here</i>")])
+        self.monitor_box = w.VBox(
+            [w.HTML("<h3>3. Monitor</h3><i>submit a job to watch it here</i>")]
+        )
         self.configure = ConfigureStep(client, defaults)
-        self.upload = UploadStep(client, lambda _ds: self._update_submit(),
-                                 max_seq_length=lambda: self.configure.controls["max_seq_length"].value or 2048)
+        self.upload = UploadStep(
+            client,
+            lambda _ds: self._update_submit(),
+            max_seq_length=lambda: self.configure.controls["max_seq_length"].value or 2048,
+        )
         for control in self.configure.controls.values():
             control.observe(lambda _: self._update_submit(), names="value")
-        self.widget = w.VBox([self.upload.widget, self.configure.widget, w.HBox([self.submit_button, self.reason]),
-                              self.monitor_box])
+        self.widget = w.VBox(
+            [
+                self.upload.widget,
+                self.configure.widget,
+                w.HBox([self.submit_button, self.reason]),
+                self.monitor_box,
+            ]
+        )
         self.widget.add_class("ftkit-panel")
         _on_close(self.widget, lambda: self.monitor and self.monitor.stop())
         self._update_submit()
@@ -387,9 +475,15 @@ class Panel:
     def _update_submit(self) -> None:
         config = self.configure.validate()
         running = self.monitor is not None and not self.monitor.done
-        reason = ("upload a usable data set first" if self.upload.dataset is None
-                  else "fix the configuration above" if config is None
-                  else "the job above is still running (cancel it, or wait)" if running else "")
+        reason = (
+            "upload a usable data set first"
+            if self.upload.dataset is None
+            else "fix the configuration above"
+            if config is None
+            else "the job above is still running (cancel it, or wait)"
+            if running
+            else ""
+        )
         self.submit_button.disabled = bool(reason)
         self.reason.value = f"<i class='ftkit-submit-reason'>{_esc(reason)}</i>" if reason else ""
 
@@ -412,15 +506,27 @@ class Panel:
 
 
 # -- dashboard ------------------------------------------------------------------------------------
-JOB_COLUMNS = ["job_id", "dataset", "base_model", "status", "progress", "started", "duration", "final_loss"]
+JOB_COLUMNS = [
+    "job_id",
+    "dataset",
+    "base_model",
+    "status",
+    "progress",
+    "started",
+    "duration",
+    "final_loss",
+]
 
 
 def job_row(s: dict[str, Any]) -> dict[str, Any]:
     duration = s.get("duration_seconds")
     return {
-        "job_id": s["job_id"], "dataset": (s.get("dataset") or {}).get("name"),
-        "base_model": (s.get("config") or {}).get("base_model"), "status": s["status"],
-        "progress": f"{s.get('progress') or 0:.0f}%", "started": (s.get("started_at") or "")[11:19],
+        "job_id": s["job_id"],
+        "dataset": (s.get("dataset") or {}).get("name"),
+        "base_model": (s.get("config") or {}).get("base_model"),
+        "status": s["status"],
+        "progress": f"{s.get('progress') or 0:.0f}%",
+        "started": (s.get("started_at") or "")[11:19],
         "duration": f"{duration:.0f} s" if duration is not None else "",
         "final_loss": f"{s['loss']:.4f}" if s.get("loss") is not None else "",
     }
@@ -429,19 +535,41 @@ def job_row(s: dict[str, Any]) -> dict[str, Any]:
 class Dashboard:
     """Workers, queue depth and jobs, refreshed in place: three reads per refresh, whatever the job count."""
 
-    def __init__(self, client: Client, *, interval: float = 2.0, limit: int = 50, autostart: bool = True):
+    def __init__(
+        self, client: Client, *, interval: float = 2.0, limit: int = 50, autostart: bool = True
+    ):
         self.client, self.limit = client, limit
-        self.filter = w.Dropdown(options=["all", "queued", "preparing", "training", "saving", "completed", "failed",
-                                          "cancelled"], value="all", description="status")
+        self.filter = w.Dropdown(
+            options=[
+                "all",
+                "queued",
+                "preparing",
+                "training",
+                "saving",
+                "completed",
+                "failed",
+                "cancelled",
+            ],
+            value="all",
+            description="status",
+        )
         self.filter.observe(lambda _: self.refresh(), names="value")
         self.health = w.HTML()
         self.workers = w.HTML()
         self.jobs = w.HTML()
         self.cancel_id = w.Dropdown(options=[], description="job")
         self.cancel_button = w.Button(description="Cancel job", icon="stop", button_style="warning")
-        self.cancel_button.on_click(lambda _: self.cancel_id.value and self.cancel(self.cancel_id.value))
-        self.widget = w.VBox([w.HTML("<h3>ftkit dashboard</h3>"), self.health, w.HTML("<b>Workers</b>"), self.workers,
-                              w.HBox([self.filter, self.cancel_id, self.cancel_button]), self.jobs])
+        self.cancel_button.on_click(lambda _: self._cancel_selected())
+        self.widget = w.VBox(
+            [
+                w.HTML("<h3>ftkit dashboard</h3>"),
+                self.health,
+                w.HTML("<b>Workers</b>"),
+                self.workers,
+                w.HBox([self.filter, self.cancel_id, self.cancel_button]),
+                self.jobs,
+            ]
+        )
         self.widget.add_class("ftkit-dashboard")
         self._refresher = Refresher(lambda: self.refresh() and False, interval)
         _on_close(self.widget, self._refresher.stop)
@@ -454,16 +582,40 @@ class Dashboard:
         health = self.client.health()
         workers = self.client.workers()
         jobs = self.client.jobs(status=status, limit=self.limit)
-        self._set(self.health, f"broker <b>{_esc(health['broker'])}</b> "
-                               f"({'connected' if health['broker_connected'] else 'unreachable'}) · "
-                               f"<b>{health['workers']}</b> live workers · queue depth <b>{health['queue_depth']}</b>")
+        self._set(
+            self.health,
+            f"broker <b>{_esc(health['broker'])}</b> "
+            f"({'connected' if health['broker_connected'] else 'unreachable'}) · "
+            f"<b>{health['workers']}</b> live workers · queue depth <b>{health['queue_depth']}</b>",
+        )
         now = time.time()
-        self._set(self.workers, _table([{
-            "worker": wk["worker_id"], "host": wk.get("host"), "gpu": wk.get("gpu") or "CPU",
-            "gpu memory": wk.get("gpu_memory") or "", "current job": wk.get("current_job") or "idle",
-            "jobs done": wk.get("jobs_done", 0), "last heartbeat": f"{now - wk['last_seen']:.0f} s ago",
-        } for wk in workers], ["worker", "host", "gpu", "gpu memory", "current job", "jobs done", "last heartbeat"],
-            empty="no live workers: start one with `ftkit worker`"))
+        self._set(
+            self.workers,
+            _table(
+                [
+                    {
+                        "worker": wk["worker_id"],
+                        "host": wk.get("host"),
+                        "gpu": wk.get("gpu") or "CPU",
+                        "gpu memory": wk.get("gpu_memory") or "",
+                        "current job": wk.get("current_job") or "idle",
+                        "jobs done": wk.get("jobs_done", 0),
+                        "last heartbeat": f"{now - wk['last_seen']:.0f} s ago",
+                    }
+                    for wk in workers
+                ],
+                [
+                    "worker",
+                    "host",
+                    "gpu",
+                    "gpu memory",
+                    "current job",
+                    "jobs done",
+                    "last heartbeat",
+                ],
+                empty="no live workers: start one with `ftkit worker`",
+            ),
+        )
         self._set(self.jobs, _table([job_row(s) for s in jobs], JOB_COLUMNS, empty="no jobs"))
         active = [s["job_id"] for s in jobs if s["status"] not in FINAL]
         if list(self.cancel_id.options) != active:
@@ -479,6 +631,10 @@ class Dashboard:
     def cancel(self, job_id: str) -> None:
         self.client.cancel(job_id)
         self.refresh()
+
+    def _cancel_selected(self) -> None:
+        if self.cancel_id.value:
+            self.cancel(self.cancel_id.value)
 
     def stop(self) -> None:
         self._refresher.stop()

@@ -1,8 +1,9 @@
 """Writes templates/train_template.ipynb (kept in git): run it after changing the template here."""
+
 import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
-PARAMETERS = '''# Job
+PARAMETERS = """# Job
 job_id = ""                                   # ftkit job id; empty when this notebook is run by hand
 dataset_path = "examples/example_data.jsonl"  # local path of the staged data set
 dataset_format = "chat"                       # alpaca | chat | sharegpt | prompt_completion | text
@@ -36,57 +37,65 @@ packing = False                               # several short examples per seque
 validation_split = 0.0                        # fraction held out for eval loss
 eval_steps = 0                                # 0: evaluate at the end only
 timeout_minutes = None                        # the worker stops the job after this long
-sample_prompts = []                           # answered by the base and the fine-tuned model below'''
+sample_prompts = []                           # answered by the base and the fine-tuned model below"""
 
-CONFIG = '''from ftkit import train
+CONFIG = """from ftkit import train
 from ftkit.config import TrainConfig
 
 # Re-validated here: the notebook refuses a bad value even when run by hand.
 config = TrainConfig.from_dict({name: globals()[name] for name in TrainConfig.field_names()})
 reporter = train.Reporter.for_job(job_id)
-train.show_table(config.to_dict(), "Configuration")'''
+train.show_table(config.to_dict(), "Configuration")"""
 
-TRAINING = '''trainer = train.make_trainer(model, tokenizer, train_data, eval_data, config, output_dir, reporter)
+TRAINING = """trainer = train.make_trainer(model, tokenizer, train_data, eval_data, config, output_dir, reporter)
 result = train.train(trainer, reporter, resume_from_checkpoint)
 train.plot_training(trainer.state.log_history)
 speed = train.throughput(result, data_summary, config)
-train.show_table(speed, "Throughput and memory")'''
+train.show_table(speed, "Throughput and memory")"""
 
-SAMPLES = '''samples = []
+SAMPLES = """samples = []
 if result["stopped"] != "handoff":  # a job handed to another worker finishes there
     prompts = train.sample_prompts(dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts)
-    samples = train.show_samples(model, tokenizer, prompts)'''
+    samples = train.show_samples(model, tokenizer, prompts)"""
 
-RESULT = '''reporter.status("saving")
+RESULT = """reporter.status("saving")
 adapter_dir = train.save_adapter(model, tokenizer, output_dir)
 losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
 summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
            "adapter_dir": str(adapter_dir)}
 train.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
                    samples=samples)
-train.show_table(summary, "Result")'''
+train.show_table(summary, "Result")"""
 
 params = code(PARAMETERS)
 params.metadata["tags"] = ["parameters"]
 header = code('print("The run summary appears here when an ftkit worker has finished the job.")')
 header.metadata["tags"] = ["header"]
 cells = [
-    md("# Fine-tuning run\n\nThis notebook is the run report of one ftkit job: it was executed top to bottom by an "
-       "ftkit worker with the parameters below. Each section shows what was trained, on what, and how it went."),
+    md(
+        "# Fine-tuning run\n\nThis notebook is the run report of one ftkit job: it was executed top to bottom by an "
+        "ftkit worker with the parameters below. Each section shows what was trained, on what, and how it went."
+    ),
     header,
     params,
     code(CONFIG),
     md("## Environment"),
     code('train.show_table(train.environment(), "Environment")'),
     md("## Model and LoRA"),
-    code('model, tokenizer, model_info = train.load_model(config)\ntrain.show_table(model_info, "Model")'),
+    code(
+        'model, tokenizer, model_info = train.load_model(config)\ntrain.show_table(model_info, "Model")'
+    ),
     md("## Data"),
-    code('train_data, eval_data, data_summary = train.prepare_data(dataset_path, dataset_format, tokenizer, config)\n'
-         'train.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)'),
+    code(
+        "train_data, eval_data, data_summary = train.prepare_data(dataset_path, dataset_format, tokenizer, config)\n"
+        "train.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)"
+    ),
     md("## Training\n\nLoss and learning rate by step, then throughput and peak memory."),
     code(TRAINING),
-    md("## Sample generations\n\nThe same prompts answered by the base model (adapter disabled) and by the "
-       "fine-tuned model."),
+    md(
+        "## Sample generations\n\nThe same prompts answered by the base model (adapter disabled) and by the "
+        "fine-tuned model."
+    ),
     code(SAMPLES),
     md("## Result"),
     code(RESULT),

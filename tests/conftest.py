@@ -23,7 +23,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLE_DATA = REPO / "examples" / "example_data.jsonl"
-for name in [k for k in os.environ if k.startswith(("FTKIT_", "REDIS_", "STORAGE_", "S3_", "DEFAULT_"))]:
+for name in [
+    k for k in os.environ if k.startswith(("FTKIT_", "REDIS_", "STORAGE_", "S3_", "DEFAULT_"))
+]:
     del os.environ[name]  # tests choose their own backends
 
 
@@ -67,15 +69,56 @@ class RedisServer:
         port = ["--port", str(self.port)]
         if self.tls:
             if not (self.dir / "cert.pem").exists():
-                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                                "-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem"),
-                                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                               check=True, capture_output=True)
-            port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.dir / "cert.pem"),
-                    "--tls-key-file", str(self.dir / "key.pem"), "--tls-ca-cert-file", str(self.dir / "cert.pem"),
-                    "--tls-auth-clients", "no"]
-        args = ["redis-server", *port, "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no"]
+                subprocess.run(
+                    [
+                        "openssl",
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "1",
+                        "-keyout",
+                        str(self.dir / "key.pem"),
+                        "-out",
+                        str(self.dir / "cert.pem"),
+                        "-subj",
+                        "/CN=127.0.0.1",
+                        "-addext",
+                        "subjectAltName=IP:127.0.0.1",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            port = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.dir / "cert.pem"),
+                "--tls-key-file",
+                str(self.dir / "key.pem"),
+                "--tls-ca-cert-file",
+                str(self.dir / "cert.pem"),
+                "--tls-auth-clients",
+                "no",
+            ]
+        args = [
+            "redis-server",
+            *port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--protected-mode",
+            "no",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,7 +146,9 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: run the tests through `make test`, which installs it")
+        pytest.fail(
+            "redis-server is not installed: run the tests through `make test`, which installs it"
+        )
     server = RedisServer(port=free_port(), dir=tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -122,8 +167,12 @@ def settings(request, tmp_path):
     """Fresh Settings on each backend: an empty SQLite file or a flushed Redis, and a new folder."""
     from ftkit.config import Settings
 
-    common = dict(storage=str(tmp_path / "storage"), scratch_dir=str(tmp_path / "scratch"),
-                  heartbeat_seconds=0.5, worker_grace_seconds=3.0)
+    common = dict(
+        storage=str(tmp_path / "storage"),
+        scratch_dir=str(tmp_path / "scratch"),
+        heartbeat_seconds=0.5,
+        worker_grace_seconds=3.0,
+    )
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
         server.flush()
@@ -141,12 +190,29 @@ def client(settings):
 class WorkerProcess:
     """``ftkit worker`` as a subprocess, with the settings' environment."""
 
-    def __init__(self, settings, scratch: Path, log: Path, args: tuple[str, ...] = (), env: dict | None = None):
-        env = {**os.environ, **settings.to_env(), "FTKIT_SCRATCH_DIR": str(scratch), "PYTHONUNBUFFERED": "1",
-               **(env or {})}
+    def __init__(
+        self,
+        settings,
+        scratch: Path,
+        log: Path,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+    ):
+        env = {
+            **os.environ,
+            **settings.to_env(),
+            "FTKIT_SCRATCH_DIR": str(scratch),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit.cli", "worker", *args], env=env,
-                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=scratch.parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ftkit.cli", "worker", *args],
+            env=env,
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            cwd=scratch.parent,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -169,7 +235,9 @@ def start_worker(settings, tmp_path):
 
     started: list[WorkerProcess] = []
 
-    def start(wait: bool = True, args: tuple[str, ...] = (), env: dict | None = None) -> WorkerProcess:
+    def start(
+        wait: bool = True, args: tuple[str, ...] = (), env: dict | None = None
+    ) -> WorkerProcess:
         n = len(started)
         scratch = tmp_path / f"worker{n}"
         scratch.mkdir()
@@ -178,7 +246,11 @@ def start_worker(settings, tmp_path):
         if wait:
             c = Client(settings)
             live = sum(w.proc.poll() is None for w in started)
-            wait_for(lambda: len(c.workers()) >= live or worker.proc.poll() is not None, 60, "the worker's heartbeat")
+            wait_for(
+                lambda: len(c.workers()) >= live or worker.proc.poll() is not None,
+                60,
+                "the worker's heartbeat",
+            )
             assert worker.proc.poll() is None, worker.output()
         return worker
 
@@ -200,8 +272,11 @@ class S3Server:
 
     def start(self) -> None:
         exe = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(self.up, 30, f"moto_server on port {self.port}")
 
     def up(self) -> bool:
@@ -221,7 +296,9 @@ class S3Server:
     def make_bucket(self, name: str) -> None:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(
+            Bucket=name
+        )
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,12 @@ from ftkit.errors import ConfigError
 
 def test_defaults_match_the_documented_recipe():
     c = TrainConfig()
-    assert (c.base_model, c.max_steps, c.batch_size, c.learning_rate) == ("unsloth/llama-3-8b-bnb-4bit", 60, 2, 2e-4)
+    assert (c.base_model, c.max_steps, c.batch_size, c.learning_rate) == (
+        "unsloth/llama-3-8b-bnb-4bit",
+        60,
+        2,
+        2e-4,
+    )
     assert (c.lora_r, c.lora_alpha, c.max_seq_length, c.backend) == (16, 16, 2048, "auto")
 
 
@@ -50,16 +55,27 @@ def test_max_steps_none_means_epochs():
 def test_settings_default_to_embedded_sqlite_and_local_folder():
     s = Settings.from_env({})
     assert s.broker == "sqlite" and s.redis_url is None
-    assert s.storage == str(Path("storage").resolve()) and s.queue_db == str(Path("storage/queue.db").resolve())
+    assert s.storage == str(Path("storage").resolve()) and s.queue_db == str(
+        Path("storage/queue.db").resolve()
+    )
 
 
 def test_settings_build_a_redis_url_from_parts_with_an_escaped_password():
-    s = Settings.from_env({"REDIS_HOST": "redis.internal", "REDIS_PORT": "6380", "REDIS_DB": "2", "REDIS_PASSWORD": "p@ss/w"})
+    s = Settings.from_env(
+        {
+            "REDIS_HOST": "redis.internal",
+            "REDIS_PORT": "6380",
+            "REDIS_DB": "2",
+            "REDIS_PASSWORD": "p@ss/w",
+        }
+    )
     assert s.redis_url == "redis://:p%40ss%2Fw@redis.internal:6380/2" and s.broker == "redis"
 
 
 def test_settings_accept_tls_redis_urls():
-    assert Settings.from_env({"FTKIT_REDIS_URL": "rediss://:pw@host:6380/0"}).redis_url.startswith("rediss://")
+    assert Settings.from_env({"FTKIT_REDIS_URL": "rediss://:pw@host:6380/0"}).redis_url.startswith(
+        "rediss://"
+    )
 
 
 def test_settings_refuse_a_non_redis_url():
@@ -68,7 +84,14 @@ def test_settings_refuse_a_non_redis_url():
 
 
 def test_settings_s3_from_parts():
-    s = Settings.from_env({"STORAGE_TYPE": "s3", "S3_BUCKET": "b", "S3_PREFIX": "team/ft", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    s = Settings.from_env(
+        {
+            "STORAGE_TYPE": "s3",
+            "S3_BUCKET": "b",
+            "S3_PREFIX": "team/ft",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        }
+    )
     assert s.storage == "s3://b/team/ft" and s.s3_endpoint_url == "http://127.0.0.1:9"
     with pytest.raises(ConfigError, match="S3_BUCKET"):
         Settings.from_env({"STORAGE_TYPE": "s3"})
@@ -76,7 +99,9 @@ def test_settings_s3_from_parts():
 
 def test_dotenv_is_read_and_real_variables_win(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("# comment\nexport FTKIT_STORAGE='/data/ft'\nREDIS_HOST=from-dotenv\n")
+    (tmp_path / ".env").write_text(
+        "# comment\nexport FTKIT_STORAGE='/data/ft'\nREDIS_HOST=from-dotenv\n"
+    )
     monkeypatch.setenv("REDIS_HOST", "from-env")
     s = Settings.from_env()
     assert s.storage == "/data/ft" and s.redis_url == "redis://from-env:6379/0"

@@ -12,19 +12,40 @@ import pytest
 from conftest import EXAMPLE_DATA, wait_for
 
 pytestmark = pytest.mark.slow
-STATUS_FIELDS = {"job_id", "status", "progress", "current_step", "total_steps", "loss", "created_at", "started_at",
-                 "finished_at", "error", "attempt", "worker", "result"}
+STATUS_FIELDS = {
+    "job_id",
+    "status",
+    "progress",
+    "current_step",
+    "total_steps",
+    "loss",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "attempt",
+    "worker",
+    "result",
+}
 
 
-def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(client, start_worker, tiny_model, tmp_path):
+def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(
+    client, start_worker, tiny_model, tmp_path
+):
     start_worker()
     health = client.health()
     assert health["workers"] == 1 and health["broker_connected"] and health["status"] == "healthy"
 
     ds = client.upload_dataset(EXAMPLE_DATA)
     assert (ds.format, ds.rows, len(ds.sha256)) == ("chat", 120, 64)
-    job = client.submit(ds, base_model=str(tiny_model), max_steps=30, batch_size=4, learning_rate=3e-3,
-                        max_seq_length=256)
+    job = client.submit(
+        ds,
+        base_model=str(tiny_model),
+        max_steps=30,
+        batch_size=4,
+        learning_rate=3e-3,
+        max_seq_length=256,
+    )
     assert job.status()["status"] in ("queued", "preparing", "training")
     final = job.wait(timeout=300, progress=False)
 
@@ -33,7 +54,13 @@ def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(client, start_w
     assert final["progress"] == 100.0 and final["current_step"] == final["total_steps"] == 30
     assert final["attempt"] == 1 and final["worker"] and final["error"] is None
     result = final["result"]
-    assert {"output_dir", "adapter_dir", "report", "training_duration_seconds", "dataset_size"} <= result.keys()
+    assert {
+        "output_dir",
+        "adapter_dir",
+        "report",
+        "training_duration_seconds",
+        "dataset_size",
+    } <= result.keys()
     assert result["dataset_size"] == 120 and result["training_duration_seconds"] > 0
 
     metrics = job.metrics()
@@ -48,9 +75,15 @@ def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(client, start_w
     assert report["metadata"]["papermill"]["exception"] is None
 
     adapter = job.download(tmp_path / "adapter")
-    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
-    check = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(tiny_model), str(adapter)],
-                           capture_output=True, text=True, timeout=120)
+    assert (adapter / "adapter_config.json").is_file() and (
+        adapter / "adapter_model.safetensors"
+    ).is_file()
+    check = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_GENERATE, str(tiny_model), str(adapter)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0, check.stderr
     assert int(check.stdout.split()[-1]) > 0, "generated new tokens"
 
@@ -75,7 +108,11 @@ def test_a_missing_base_model_fails_clearly_and_keeps_its_report(client, start_w
     assert final["status"] == "failed"
     assert "no-such-model" in final["error"] and "not found" in final["error"]
     report = json.loads(open(final["report"]).read())
-    failing = [c for c in report["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failing = [
+        c
+        for c in report["cells"]
+        if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert len(failing) == 1 and "load_model" in "".join(failing[0]["source"])
     assert final["error_cell"] == failing[0]["execution_count"]
 
@@ -100,7 +137,13 @@ def test_health_counts_live_workers_only(client, start_worker):
 
 def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", **settings.to_env()}
-    out = subprocess.run([sys.executable, "-m", "ftkit.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "ftkit.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -112,8 +155,23 @@ def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp
     assert json.loads(cli(settings, "--json", "health").stdout)["workers"] == 1
     assert "healthy" in cli(settings, "health").stdout
     assert "120 rows" in cli(settings, "validate", str(EXAMPLE_DATA)).stdout
-    final = json.loads(cli(settings, "--json", "submit", str(EXAMPLE_DATA), "--base-model", str(tiny_model),
-                           "--max-steps", "3", "--max-seq-length", "128", "--sample-prompts", "Hi|Bye", "--wait").stdout)
+    final = json.loads(
+        cli(
+            settings,
+            "--json",
+            "submit",
+            str(EXAMPLE_DATA),
+            "--base-model",
+            str(tiny_model),
+            "--max-steps",
+            "3",
+            "--max-seq-length",
+            "128",
+            "--sample-prompts",
+            "Hi|Bye",
+            "--wait",
+        ).stdout
+    )
     assert final["status"] == "completed" and final["config"]["sample_prompts"] == ["Hi", "Bye"]
     job_id = final["job_id"]
     assert json.loads(cli(settings, "--json", "status", job_id).stdout)["status"] == "completed"
@@ -130,7 +188,9 @@ def test_one_worker_per_gpu(settings, start_worker, client):
 
     start_worker(args=("--gpus", "0,1"), wait=False)
     wait_for(lambda: len(client.workers()) == 2, 60, "two workers")
-    assert {w["pid"] for w in client.workers()} and len({w["worker_id"] for w in client.workers()}) == 2
+    assert {w["pid"] for w in client.workers()} and len(
+        {w["worker_id"] for w in client.workers()}
+    ) == 2
 
 
 def test_a_job_shown_in_a_cell_is_its_live_monitor(client, tiny_model):

@@ -27,7 +27,11 @@ BAD_CONFIGS = [
 
 
 def nothing_written(client) -> bool:
-    return client.store.count() == 0 and client.huey.pending_count() == 0 and not client.storage.listdir("datasets")
+    return (
+        client.store.count() == 0
+        and client.huey.pending_count() == 0
+        and not client.storage.listdir("datasets")
+    )
 
 
 @pytest.mark.parametrize("values,named", BAD_CONFIGS)
@@ -37,7 +41,9 @@ def test_api_refuses_bad_config_and_writes_nothing(client, values, named):
     assert nothing_written(client)
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "a/b.jsonl", "..", "x\0y.jsonl", "a" * 300])
+@pytest.mark.parametrize(
+    "name", ["../../etc/passwd", "/etc/passwd", "a/b.jsonl", "..", "x\0y.jsonl", "a" * 300]
+)
 def test_api_refuses_path_traversal_in_data_set_names(client, name):
     with pytest.raises(DatasetError, match="invalid data set name"):
         client.upload_dataset(EXAMPLE_DATA, name=name)
@@ -54,8 +60,14 @@ def test_api_refuses_unknown_or_malformed_data_set_ids(client, dataset_id):
 def test_a_base_model_outside_the_allowed_folders_is_refused(tmp_path, settings):
     from ftkit.client import Client
 
-    client = Client(Settings.from_env({}, storage=settings.storage, queue_db=settings.queue_db,
-                                      allowed_model_dirs=(str(tmp_path / "models"),)))
+    client = Client(
+        Settings.from_env(
+            {},
+            storage=settings.storage,
+            queue_db=settings.queue_db,
+            allowed_model_dirs=(str(tmp_path / "models"),),
+        )
+    )
     for model in ("/etc", str(tmp_path / "models" / ".." / "elsewhere"), "~/.ssh"):
         with pytest.raises(ConfigError, match="FTKIT_ALLOWED_MODEL_DIRS"):
             client.submit(EXAMPLE_DATA, base_model=model)
@@ -76,8 +88,12 @@ def test_an_absurdly_large_or_binary_upload_is_refused_cleanly(client, tmp_path)
 ])  # fmt: skip
 def test_cli_refuses_bad_values_and_writes_nothing(settings, args, named):
     env = {"PATH": "/usr/bin:/bin", **settings.to_env()}
-    out = subprocess.run([sys.executable, "-m", "ftkit.cli", "submit", str(EXAMPLE_DATA), *args], capture_output=True,
-                         text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "ftkit.cli", "submit", str(EXAMPLE_DATA), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode != 0 and named in out.stderr
     from ftkit.client import Client
 
@@ -115,8 +131,20 @@ def test_with_a_queue_secret_a_forged_message_is_refused():
     from ftkit.queue import JsonSerializer
 
     honest, forger = JsonSerializer("team-secret"), JsonSerializer(None)
-    message = Message(id="1", name="ftkit.run_job", eta=None, retries=0, retry_delay=0, priority=0, args=["job"],
-                      kwargs={}, on_complete=None, on_error=None, expires=None, expires_resolved=None)
+    message = Message(
+        id="1",
+        name="ftkit.run_job",
+        eta=None,
+        retries=0,
+        retry_delay=0,
+        priority=0,
+        args=["job"],
+        kwargs={},
+        on_complete=None,
+        on_error=None,
+        expires=None,
+        expires_resolved=None,
+    )
     assert honest.deserialize(honest.serialize(message)).args == ["job"]
     with pytest.raises(ValueError, match="bad signature"):
         honest.deserialize(forger.serialize(message))

@@ -17,8 +17,15 @@ def store(settings):
 
 
 def record(job_id: str, **extra):
-    return {"job_id": job_id, "status": jobs.QUEUED, "created_at": time.time(), "worker": None,
-            "attempt": 1, "config": {"lora_r": 8}, **extra}
+    return {
+        "job_id": job_id,
+        "status": jobs.QUEUED,
+        "created_at": time.time(),
+        "worker": None,
+        "attempt": 1,
+        "config": {"lora_r": 8},
+        **extra,
+    }
 
 
 def test_create_and_get_round_trip_json_values(store):
@@ -63,7 +70,9 @@ def test_only_one_of_many_concurrent_claims_wins(store, settings):
     wins = []
 
     def claim(name):
-        if jobs.open_store(settings).transition("a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker=name):
+        if jobs.open_store(settings).transition(
+            "a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker=name
+        ):
             wins.append(name)
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
@@ -78,10 +87,10 @@ def test_list_is_newest_first_and_filters_by_status(store):
     for i in range(5):
         store.create(record(f"j{i}", created_at=1000.0 + i))
     store.transition("j1", jobs.PREPARING)
-    assert [r["job_id"] for r in store.list()] == ["j4", "j3", "j2", "j1", "j0"]
-    assert [r["job_id"] for r in store.list(limit=2)] == ["j4", "j3"]
-    assert [r["job_id"] for r in store.list(status=jobs.QUEUED)] == ["j4", "j3", "j2", "j0"]
-    assert [r["job_id"] for r in store.list(status=jobs.PREPARING)] == ["j1"]
+    assert [r["job_id"] for r in store.list_jobs()] == ["j4", "j3", "j2", "j1", "j0"]
+    assert [r["job_id"] for r in store.list_jobs(limit=2)] == ["j4", "j3"]
+    assert [r["job_id"] for r in store.list_jobs(status=jobs.QUEUED)] == ["j4", "j3", "j2", "j0"]
+    assert [r["job_id"] for r in store.list_jobs(status=jobs.PREPARING)] == ["j1"]
     assert store.count() == 5 and store.count(jobs.QUEUED) == 4
 
 

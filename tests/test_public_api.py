@@ -12,21 +12,53 @@ def test_all_is_exactly_the_public_names():
     public = {n for n in dir(ftkit) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(ftkit, n)).__name__ == "module"}
     assert set(ftkit.__all__) == public - modules - {"annotations", "os", "Path", "Any"}
-    for name in ("upload_dataset", "submit", "Job", "jobs", "cancel", "download", "health", "panel", "dashboard",
-                 "TrainConfig", "connect", "get_job", "monitor"):
+    for name in (
+        "upload_dataset",
+        "submit",
+        "Job",
+        "jobs",
+        "cancel",
+        "download",
+        "health",
+        "panel",
+        "dashboard",
+        "TrainConfig",
+        "connect",
+        "get_job",
+        "monitor",
+    ):
         assert name in ftkit.__all__
 
 
 def test_import_loads_no_heavy_stack_and_connects_to_nothing():
-    code = ("import sys, ftkit; heavy = [m for m in ('torch', 'transformers', 'papermill', 'trl', 'peft', 'unsloth', "
-            "'datasets', 'redis', 'huey', 'ipywidgets') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "FTKIT_REDIS_URL": "redis://127.0.0.1:1/0"})
+    code = (
+        "import sys, ftkit; heavy = [m for m in ('torch', 'transformers', 'papermill', 'trl', 'peft', 'unsloth', "
+        "'datasets', 'redis', 'huey', 'ipywidgets') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "FTKIT_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_cli_refuses_bad_config_before_queueing(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ftkit.cli", "submit", str(tmp_path / "x.jsonl"), "--learning-rate", "-1"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "FTKIT_STORAGE": str(tmp_path / "s")})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftkit.cli",
+            "submit",
+            str(tmp_path / "x.jsonl"),
+            "--learning-rate",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FTKIT_STORAGE": str(tmp_path / "s")},
+    )
     assert out.returncode == 2 and "learning_rate" in out.stderr
     assert not (tmp_path / "s").exists()

@@ -23,19 +23,37 @@ def finished(tmp_path_factory, tiny_model):
     from ftkit.config import Settings
 
     tmp = tmp_path_factory.mktemp("report")
-    settings = Settings.from_env({}, storage=str(tmp / "storage"), queue_db=str(tmp / "queue.db"),
-                                 scratch_dir=str(tmp / "scratch"), heartbeat_seconds=0.5)
+    settings = Settings.from_env(
+        {},
+        storage=str(tmp / "storage"),
+        queue_db=str(tmp / "queue.db"),
+        scratch_dir=str(tmp / "scratch"),
+        heartbeat_seconds=0.5,
+    )
     client = Client(settings)
     (tmp / "w").mkdir()
     worker = WorkerProcess(settings, tmp / "w", tmp / "worker.log")
     try:
         wait_for(lambda: client.workers(), 60, "the worker")
-        common = dict(base_model=str(tiny_model), max_steps=12, batch_size=4, learning_rate=3e-3, max_seq_length=256,
-                      validation_split=0.1, eval_steps=6, sample_prompts=["Name three colors.", "What is 2+2?"])
-        jobs = [client.submit(EXAMPLE_DATA, **common), client.submit(EXAMPLE_DATA, **common),
-                client.submit(EXAMPLE_DATA, **{**common, "lora_r": 4})]
+        common = dict(
+            base_model=str(tiny_model),
+            max_steps=12,
+            batch_size=4,
+            learning_rate=3e-3,
+            max_seq_length=256,
+            validation_split=0.1,
+            eval_steps=6,
+            sample_prompts=["Name three colors.", "What is 2+2?"],
+        )
+        jobs = [
+            client.submit(EXAMPLE_DATA, **common),
+            client.submit(EXAMPLE_DATA, **common),
+            client.submit(EXAMPLE_DATA, **{**common, "lora_r": 4}),
+        ]
         for job in jobs:
-            assert job.wait(timeout=300, progress=False)["status"] == "completed", job.status()["error"]
+            assert job.wait(timeout=300, progress=False)["status"] == "completed", job.status()[
+                "error"
+            ]
         yield client, jobs
     finally:
         worker.stop()
@@ -46,7 +64,12 @@ def report_of(client, job) -> dict:
 
 
 def outputs_of(report: dict, marker: str) -> list[dict]:
-    return [o for c in report["cells"] if c["cell_type"] == "code" and marker in "".join(c["source"]) for o in c["outputs"]]
+    return [
+        o
+        for c in report["cells"]
+        if c["cell_type"] == "code" and marker in "".join(c["source"])
+        for o in c["outputs"]
+    ]
 
 
 def html_of(outputs: list[dict]) -> str:
@@ -56,7 +79,15 @@ def html_of(outputs: list[dict]) -> str:
 def test_the_header_says_who_what_when_and_how_it_ended(finished):
     client, jobs = finished
     header = html_of(outputs_of(report_of(client, jobs[0]), "run summary appears here"))
-    for fact in (jobs[0].id, "COMPLETED", "submitted by", "duration", "ftkit 0.1.0", "template sha256", "example_data.jsonl"):
+    for fact in (
+        jobs[0].id,
+        "COMPLETED",
+        "submitted by",
+        "duration",
+        "ftkit 0.1.0",
+        "template sha256",
+        "example_data.jsonl",
+    ):
         assert fact in header
 
 
@@ -81,7 +112,11 @@ def test_model_data_environment_and_throughput_sections(finished):
 
 def test_the_loss_and_learning_rate_figure_is_a_png(finished):
     client, jobs = finished
-    pngs = [o for o in outputs_of(report_of(client, jobs[0]), "plot_training") if "image/png" in o.get("data", {})]
+    pngs = [
+        o
+        for o in outputs_of(report_of(client, jobs[0]), "plot_training")
+        if "image/png" in o.get("data", {})
+    ]
     assert len(pngs) == 1
     import base64
 
@@ -108,8 +143,9 @@ def test_report_renders_as_html_and_a_browser_can_show_it(finished):
     assert "COMPLETED" in html and "data:image/png;base64" in html and "Sample generations" in html
     report = report_of(client, jobs[0])
     outputs = [o for c in report["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
-        "plain outputs only: readable with no ftkit or ipywidgets installed"
+    assert not any(
+        "application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs
+    ), "plain outputs only: readable with no ftkit or ipywidgets installed"
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is missing: run the tests through `make test`, which installs it")
@@ -117,10 +153,25 @@ def test_report_renders_as_html_and_a_browser_can_show_it(finished):
     page = ARTIFACTS / "report.html"
     page.write_text(html)
     shot = ARTIFACTS / "report.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 10_000
 
 
@@ -155,7 +206,9 @@ def test_the_same_config_data_and_seed_give_the_same_loss_curve(finished):
     assert [m["loss"] for m in jobs[2].metrics() if "loss" in m] != pytest.approx(first, abs=1e-6)
 
 
-def test_a_failed_job_still_renders_its_report_with_the_failing_cell(client, start_worker, tmp_path):
+def test_a_failed_job_still_renders_its_report_with_the_failing_cell(
+    client, start_worker, tmp_path
+):
     start_worker()
     job = client.submit(EXAMPLE_DATA, base_model=str(tmp_path / "missing-model"), max_steps=2)
     final = job.wait(timeout=120, progress=False)

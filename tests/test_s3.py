@@ -22,8 +22,15 @@ def settings(redis_server, s3_server, tmp_path):
     redis_server.flush()
     bucket = f"ftkit-{uuid.uuid4().hex[:10]}"
     s3_server.make_bucket(bucket)
-    return Settings.from_env({}, redis_url=redis_server.url, storage=f"s3://{bucket}/team", s3_endpoint_url=s3_server.endpoint,
-                             scratch_dir=str(tmp_path / "scratch"), heartbeat_seconds=0.5, worker_grace_seconds=3.0)
+    return Settings.from_env(
+        {},
+        redis_url=redis_server.url,
+        storage=f"s3://{bucket}/team",
+        s3_endpoint_url=s3_server.endpoint,
+        scratch_dir=str(tmp_path / "scratch"),
+        heartbeat_seconds=0.5,
+        worker_grace_seconds=3.0,
+    )
 
 
 def bucket_keys(settings) -> list[str]:
@@ -33,7 +40,9 @@ def bucket_keys(settings) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_job_runs_through_s3_and_leaves_no_secret_in_its_report(client, start_worker, tiny_model, tmp_path, settings):
+def test_a_job_runs_through_s3_and_leaves_no_secret_in_its_report(
+    client, start_worker, tiny_model, tmp_path, settings
+):
     start_worker()
     ds = client.upload_dataset(EXAMPLE_DATA)
     assert ds.url.startswith("s3://") and ds.url.endswith("/example_data.jsonl")
@@ -54,11 +63,16 @@ def test_a_job_runs_through_s3_and_leaves_no_secret_in_its_report(client, start_
 
 
 @pytest.mark.slow
-def test_two_workers_on_two_scratch_folders_run_each_job_exactly_once(client, start_worker, tiny_model, settings):
+def test_two_workers_on_two_scratch_folders_run_each_job_exactly_once(
+    client, start_worker, tiny_model, settings
+):
     start_worker()
     start_worker()
     ds = client.upload_dataset(EXAMPLE_DATA)
-    jobs = [client.submit(ds, base_model=str(tiny_model), max_steps=2, max_seq_length=64) for _ in range(4)]
+    jobs = [
+        client.submit(ds, base_model=str(tiny_model), max_steps=2, max_seq_length=64)
+        for _ in range(4)
+    ]
     finals = [j.wait(timeout=300, progress=False) for j in jobs]
     assert [f["status"] for f in finals] == ["completed"] * 4
     for job in jobs:
@@ -72,8 +86,14 @@ def test_two_workers_on_two_scratch_folders_run_each_job_exactly_once(client, st
 
 
 def test_a_missing_bucket_is_a_clear_storage_error(settings, s3_server):
-    client = Client(Settings.from_env({}, redis_url=settings.redis_url, storage="s3://no-such-bucket-ftkit/x",
-                                      s3_endpoint_url=s3_server.endpoint))
+    client = Client(
+        Settings.from_env(
+            {},
+            redis_url=settings.redis_url,
+            storage="s3://no-such-bucket-ftkit/x",
+            s3_endpoint_url=s3_server.endpoint,
+        )
+    )
     with pytest.raises(StorageError, match="no-such-bucket-ftkit"):
         client.upload_dataset(EXAMPLE_DATA)
 
@@ -81,8 +101,14 @@ def test_a_missing_bucket_is_a_clear_storage_error(settings, s3_server):
 def test_an_unreachable_endpoint_is_a_clear_storage_error(settings):
     from conftest import free_port
 
-    client = Client(Settings.from_env({}, redis_url=settings.redis_url, storage="s3://bucket/x",
-                                      s3_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    client = Client(
+        Settings.from_env(
+            {},
+            redis_url=settings.redis_url,
+            storage="s3://bucket/x",
+            s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        )
+    )
     with pytest.raises(StorageError, match="s3://bucket/x"):
         client.upload_dataset(EXAMPLE_DATA)
 

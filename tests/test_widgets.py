@@ -14,9 +14,21 @@ from ftkit.widgets import ConfigureStep, Dashboard, MonitorPanel, Panel, loss_sv
 def seed_jobs(client, n: int, status: str = "queued") -> None:
     now = time.time()
     for i in range(n):
-        client.store.create({"job_id": f"job{i:05d}", "status": jobstore.QUEUED, "created_at": now - i, "progress": 0.0,
-                             "config": {"base_model": "m"}, "dataset": {"name": "d.jsonl"}, "loss": None,
-                             "started_at": None, "finished_at": None, "attempt": 1, "worker": None})
+        client.store.create(
+            {
+                "job_id": f"job{i:05d}",
+                "status": jobstore.QUEUED,
+                "created_at": now - i,
+                "progress": 0.0,
+                "config": {"base_model": "m"},
+                "dataset": {"name": "d.jsonl"},
+                "loss": None,
+                "started_at": None,
+                "finished_at": None,
+                "attempt": 1,
+                "worker": None,
+            }
+        )
         if status != "queued":
             client.store.transition(f"job{i:05d}", status)
 
@@ -107,7 +119,12 @@ def test_panel_submits_and_the_monitor_follows_the_job_to_the_end(client, start_
     panel.submit_button.click()
     monitor = panel.monitor
     assert monitor is not None
-    wait_for(lambda: "completed" in monitor.status.value, 240, "the monitor to show completed", interval=0.5)
+    wait_for(
+        lambda: "completed" in monitor.status.value,
+        240,
+        "the monitor to show completed",
+        interval=0.5,
+    )
     assert monitor.bar.value == 100.0 and monitor.bar.bar_style == "success"
     assert len(monitor.curve.value.split("points='")[1].split("'")[0].split()) == 8
     assert not monitor.download_button.disabled and monitor.cancel_button.disabled
