@@ -23,13 +23,17 @@ del SFTConfig, SFTTrainer, LoraConfig, get_peft_model
 
 
 def start_kernel(warm: bool = True):
-    """A started python3 kernel manager, with the training stack imported when ``warm``."""
-    from jupyter_client.manager import KernelManager
+    """A started python3 kernel (an AsyncKernelManager, as nbclient expects: with a blocking one it
+    cannot notice a kernel that died), with the training stack imported when ``warm``."""
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel()
+    km = AsyncKernelManager(kernel_name="python3")
+    run_sync(km.start_kernel)()
     if warm:
-        kc = km.client()
+        kc = BlockingKernelClient(connection_file=km.connection_file)
+        kc.load_connection_file()
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=120)
@@ -39,6 +43,22 @@ def start_kernel(warm: bool = True):
         finally:
             kc.stop_channels()
     return km
+
+
+def is_alive(km) -> bool:
+    from jupyter_core.utils import run_sync
+
+    return bool(run_sync(km.is_alive)())
+
+
+def shutdown(km) -> None:
+    """Stop a kernel now (and free its ports and files); a dead one is just cleaned up."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception as exc:  # already gone: nothing left to stop
+        log.debug("kernel shutdown: %s", exc)
 
 
 def kernel_pid(km) -> int | None:
@@ -87,7 +107,7 @@ class KernelPool:
                 return
             with self._lock:
                 if self._closed:
-                    km.shutdown_kernel(now=True)
+                    shutdown(km)
                 else:
                     self._spare = km
 
@@ -107,11 +127,11 @@ class KernelPool:
             km, self._spare = self._spare, None
         if self.warm:
             self._warm_next()
-        return km if km is not None and km.is_alive() else start_kernel(warm=False)
+        return km if km is not None and is_alive(km) else start_kernel(warm=False)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             km, self._spare = self._spare, None
         if km is not None:
-            km.shutdown_kernel(now=True)
+            shutdown(km)

@@ -95,7 +95,9 @@ def execute_job(job_id: str) -> None:
         fields["report"] = save_report(rt, job_id, report, record, final, fields)
         finish(rt, job_id, final, fields)
         if rt.kernel is not None:  # one kernel, one job: nothing of this job leaks into the next
-            rt.kernel.shutdown_kernel(now=True)
+            from .kernels import shutdown
+
+            shutdown(rt.kernel)
             rt.kernel = None
         rt.current_job = None
         rt.jobs_done += 1
