@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("overhead.py", ["--repeat", "3"], ["--repeat", "1"]),
     ("latency.py", ["--jobs", "10"], ["--jobs", "3"]),
-    ("training_loop.py", ["--steps", "200", "--repeat", "3"], ["--steps", "60", "--repeat", "1"]),
+    ("training_loop.py", ["--steps", "200", "--repeat", "5"], ["--steps", "60", "--repeat", "1"]),
     ("client_weight.py", ["--repeat", "10"], ["--repeat", "3"]),
     ("monitoring.py", [], ["--jobs", "2000"]),
     ("packing.py", ["--steps", "30", "--repeat", "2"], ["--steps", "10", "--repeat", "1"]),

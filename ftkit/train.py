@@ -86,7 +86,7 @@ class Reporter:
             )
 
     def log(self, line: str) -> None:
-        print(line, flush=True)
+        print(line)  # no flush per line: the kernel batches stream output
         self._logs.append(line)
         self.flush(force=False)
 
