@@ -114,10 +114,6 @@ def enqueue(huey, job_id: str, priority: int = 0) -> None:
         raise BrokerUnavailable(f"cannot reach Redis to queue job {job_id}: {exc}") from exc
 
 
-def pending_count(huey) -> int:
-    return huey.pending_count()
-
-
 def requeue_orphans(
     store: jobs.JobStore, huey, *, max_attempts: int | None = None, only: str | None = None
 ) -> list[str]:

@@ -4,6 +4,7 @@ to HTML (readable with no ftkit installed), and compared across jobs."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import html
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 TEMPLATE = Path(__file__).parent / "templates" / "train_template.ipynb"
 
 
+@functools.cache  # the template does not change under a running worker: one git call, not one per job
 def template_version() -> str:
     """ftkit's version, the template's content hash, and its git commit where it lives in a checkout."""
     from . import __version__
