@@ -14,25 +14,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .client import Client, Dataset, Job
+from ._version import __version__ as __version__
+from .client import Client, Dataset, Job, LocalWorker
 from .config import Settings, TrainConfig
 from .errors import (
     BrokerUnavailable,
     ConfigError,
     DatasetError,
     FtkitError,
+    JobActive,
     JobFailed,
     JobNotFound,
     MissingExtra,
+    NoWorkerWarning,
     StorageError,
 )
+from .sweeping import Sweep
 
-__version__ = "0.1.0"
 _client: Client | None = None
 
 
 def connect(redis_url: str | None = None, storage: str | None = None, **settings: Any) -> Client:
-    """Choose the queue and storage (else the environment / .env decide, or the embedded default)."""
+    """Choose the queue and storage (else the environment / .env decide, or the embedded default
+    in the per-user folder); the client shows where they are."""
     global _client
     _client = Client(Settings.from_env(redis_url=redis_url, storage=storage, **settings))
     return _client
@@ -70,8 +74,11 @@ def get_job(job_id: str) -> Job:
     return client().get_job(job_id)
 
 
-def jobs(status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    return client().jobs(status=status, limit=limit)
+def jobs(
+    status: str | None = None, limit: int = 50, *, tag: str | None = None
+) -> list[dict[str, Any]]:
+    """Job statuses, newest first; ``status`` and ``tag`` narrow the list."""
+    return client().jobs(status=status, limit=limit, tag=tag)
 
 
 def cancel(job_id: str) -> str:
@@ -88,6 +95,49 @@ def health() -> dict[str, Any]:
 
 def workers() -> list[dict[str, Any]]:
     return client().workers()
+
+
+def start_local_worker() -> LocalWorker:
+    """Start ``ftkit worker`` on this machine in the background, with this client's settings;
+    its pid and log file."""
+    return client().start_local_worker()
+
+
+def example_data() -> Path:
+    """The example data set packaged with ftkit (chat format, 120 rows), from any folder."""
+    return Path(__file__).parent / "examples" / "example_data.jsonl"
+
+
+def sweep(
+    dataset: Dataset | str | os.PathLike,
+    config: TrainConfig | dict | None = None,
+    *,
+    mode: str = "grid",
+    n: int | None = None,
+    sample_seed: int | None = None,
+    **fields: Any,
+) -> Sweep:
+    """Queue one run per combination of the list-valued fields (``mode="grid"``), or ``n`` runs
+    drawn from lists and ``(low, high)`` ranges (``mode="random"``, reproducible with
+    ``sample_seed``); scalars are fixed. Every run is checked before any is queued. ``tags``,
+    ``note``, ``priority`` and ``max_attempts`` apply to each run."""
+    from .sweeping import create
+
+    return create(client(), dataset, config, mode=mode, n=n, sample_seed=sample_seed, **fields)
+
+
+def get_sweep(sweep_id: str) -> Sweep:
+    """A sweep queued earlier, from any notebook or process on the same queue."""
+    from .sweeping import get
+
+    return get(client(), sweep_id)
+
+
+def sweeps(limit: int = 20, *, tag: str | None = None) -> list[dict[str, Any]]:
+    """Recent sweeps, newest first: what each swept, how many runs, its tags."""
+    from .sweeping import recent
+
+    return recent(client(), limit, tag=tag)
 
 
 def compare(jobs: list[Job | str]):
@@ -119,6 +169,31 @@ def dashboard(**kwargs: Any):
     return Dashboard(client(), **kwargs).widget
 
 
+def runs_panel(**kwargs: Any):
+    """Recent jobs and sweeps: filter by tag, compare, retry and delete the selected runs."""
+    from .runs_widgets import RunsPanel
+
+    return RunsPanel(client(), **kwargs).widget
+
+
+def _monitor_in_cell(job: Job, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """A job left as a cell's value shows its live monitor (the panels load on first display)."""
+    from .widgets import MonitorPanel
+
+    return MonitorPanel(job).widget._repr_mimebundle_(**kwargs)
+
+
+def _sweep_in_cell(sweep: Sweep, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """A sweep left as a cell's value shows a live table of its runs."""
+    from .runs_widgets import SweepView
+
+    return SweepView(sweep).widget._repr_mimebundle_(**kwargs)
+
+
+Job.cell_view = _monitor_in_cell  # the client knows no widgets: the face joins the two
+Sweep.cell_view = _sweep_in_cell
+
+
 __all__ = [
     "BrokerUnavailable",
     "Client",
@@ -127,11 +202,15 @@ __all__ = [
     "DatasetError",
     "FtkitError",
     "Job",
+    "JobActive",
     "JobFailed",
     "JobNotFound",
+    "LocalWorker",
     "MissingExtra",
+    "NoWorkerWarning",
     "Settings",
     "StorageError",
+    "Sweep",
     "TrainConfig",
     "cancel",
     "client",
@@ -139,12 +218,18 @@ __all__ = [
     "connect",
     "dashboard",
     "download",
+    "example_data",
     "get_job",
+    "get_sweep",
     "health",
     "jobs",
     "monitor",
     "panel",
+    "runs_panel",
+    "start_local_worker",
     "submit",
+    "sweep",
+    "sweeps",
     "upload_dataset",
     "workers",
 ]

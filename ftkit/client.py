@@ -8,18 +8,41 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import importlib.util
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, overload
 
 from . import jobstore as jobs
 from .config import Settings, TrainConfig
-from .errors import BrokerUnavailable, ConfigError, DatasetError, JobFailed, JobNotFound
-from .storage import Storage
+from .errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DatasetError,
+    JobFailed,
+    JobNotFound,
+    MissingExtra,
+    NoWorkerWarning,
+)
+from .spec import check_model_path, is_job_id, secret_fingerprint, sign
+from .spec import safe_name as _safe_name
+from .storage import (
+    DATASET_META,
+    Storage,
+    check_model_ref,
+    folder_digest,
+    model_files,
+    safe_model_name,
+)
 
 TIME_FIELDS = ("created_at", "started_at", "finished_at")
 
@@ -53,6 +76,13 @@ class Client:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
+        self._model_digests: dict[tuple, str] = {}  # unchanged folders are not hashed again
+
+    def __repr__(self) -> str:
+        return (
+            f"<ftkit.Client {self.settings.broker} queue {self.settings.queue_location}, "
+            f"storage {self.settings.storage}>"
+        )
 
     @cached_property
     def store(self) -> jobs.JobStore:
@@ -81,9 +111,12 @@ class Client:
         """Validate (line by line, before any GPU is spent), then store under its sha256."""
         from .data import validate_dataset
 
-        path = Path(path).expanduser()
+        path = Path(path).expanduser().absolute()  # read here, in the caller's folder
         if not path.is_file():
-            raise DatasetError(f"data set file not found: {path}")
+            raise DatasetError(
+                f"data set file not found: {path} (relative paths are read from {Path.cwd()}, "
+                "the folder this process runs in)"
+            )
         name = safe_name(name or path.name)
         profile = validate_dataset(
             path, format=format, columns=columns, max_seq_length=max_seq_length
@@ -121,11 +154,37 @@ class Client:
     def get_dataset(self, dataset_id: str) -> Dataset:
         return Dataset.from_meta(self.storage.dataset_meta(dataset_id))
 
-    def _resolve_dataset(self, dataset: Dataset | str | os.PathLike) -> Dataset:
+    def find_dataset(self, name: str) -> Dataset:
+        """The newest uploaded data set stored under this file name."""
+        ids = self.storage.datasets_named(safe_name(name))
+        found = [d for d in map(self.get_dataset, ids) if d.name == name]
+        if not found:
+            raise JobNotFound(f"no uploaded data set named {name!r} in {self.storage.url}")
+        return max(found, key=lambda d: d.uploaded_at)
+
+    def reserve_job_id(self, dataset: Dataset) -> str:
+        """A fresh job id set aside for a later ``submit(dataset, job_id=...)``: a caller can keep
+        it from the upload on. Kept in storage, beside the data sets, so any client sees it."""
+        job_id = uuid.uuid4().hex[:12]
+        self.storage.save_reservation(
+            {"job_id": job_id, "dataset_id": dataset.id, "reserved_at": _iso(time.time())}
+        )
+        return job_id
+
+    def reserved_dataset(self, job_id: str) -> Dataset:
+        """The data set a reserved job id was set aside for; JobNotFound when it was not reserved."""
+        if not is_job_id(job_id):
+            raise JobNotFound(f"no reservation for job id {job_id!r}: ids are 12 hex digits")
+        return self.get_dataset(self.storage.reservation(job_id)["dataset_id"])
+
+    def resolve_dataset(self, dataset: Dataset | str | os.PathLike) -> Dataset:
+        """The Dataset that ``submit(dataset)`` trains on: given, found by id, or a file uploaded."""
         if isinstance(dataset, Dataset):
             return dataset
         if isinstance(dataset, os.PathLike) or Path(str(dataset)).expanduser().is_file():
             return self.upload_dataset(dataset)
+        if isinstance(dataset, str) and not _looks_like_id(dataset):
+            return self.upload_dataset(dataset)  # a path that is not there: the clear error
         if isinstance(dataset, str):
             return self.get_dataset(dataset)
         raise DatasetError(
@@ -140,17 +199,53 @@ class Client:
         *,
         idempotency_key: str | None = None,
         priority: int = 0,
+        max_attempts: int | None = None,
+        job_id: str | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        note: str | None = None,
+        resume_from: Job | str | None = None,
+        _retry_of: str | None = None,
         **fields: Any,
     ) -> Job:
-        """Validate everything, record the job, queue it. Nothing is queued when anything is wrong."""
+        """Validate everything, then record the job and queue it in one transaction: a failure at
+        any point leaves no job, or a job that will run. ``max_attempts`` (default
+        FTKIT_MAX_ATTEMPTS, else 3) is how often it is tried when its worker dies. ``job_id``: an
+        id chosen beforehand (reserve_job_id); JobExists when a job holds it. ``tags`` (find the
+        job again with ``jobs(tag=...)``) and ``note`` are for people: they change nothing that
+        trains. ``resume_from`` (a Job or an id): start from that job's newest kept checkpoint,
+        else from its adapter (a completed job's; fresh optimizer, steps from 1); its LoRA shape
+        and base model must be this job's."""
+        from .lineage import start_point
+        from .queue import message_for
+
+        check_priority(priority)
+        attempts = check_attempts(
+            self.settings.max_attempts if max_attempts is None else max_attempts
+        )
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+        ):
+            raise ConfigError(
+                "idempotency_key must be a string of 1-200 characters", field="idempotency_key"
+            )
+        if job_id is not None and not is_job_id(job_id):
+            raise ConfigError(f"job_id {job_id!r}: must be 12 lowercase hex digits", field="job_id")
+        tags, note = check_tags(tags), check_note(note)
+        parent = resume_from.id if isinstance(resume_from, Job) else resume_from
         cfg = resolve_config(config, fields)
-        self._check_model_allowed(cfg.base_model)
-        ds = self._resolve_dataset(dataset)
-        job_id = uuid.uuid4().hex[:12]
+        cfg, model_ref = self._resolve_base_model(cfg)
+        if parent is not None:
+            start_point(self.store, self.storage, parent, cfg, model_ref)
+        self._check_signing()
+        ds = self.resolve_dataset(dataset)
+        job_id = job_id or uuid.uuid4().hex[:12]
+        now = time.time()
         record = {
             "job_id": job_id,
             "status": jobs.QUEUED,
-            "created_at": time.time(),
+            "created_at": now,
+            "queued_at": now,
+            "max_attempts": attempts,
             "started_at": None,
             "finished_at": None,
             "progress": 0.0,
@@ -165,7 +260,12 @@ class Client:
             "priority": priority,
             "idempotency_key": idempotency_key,
             "submitted_by": getpass.getuser(),
+            "tags": tags,
+            "note": note,
             "config": cfg.to_dict(),
+            **({"resume_from": parent} if parent else {}),
+            **({"retry_of": _retry_of} if _retry_of else {}),
+            "model": model_ref,  # a local base-model folder uploaded to storage, or None
             "dataset": {k: v for k, v in ds.to_dict().items() if k != "profile"},
             "dataset_profile": {
                 **{
@@ -184,34 +284,137 @@ class Client:
             },
             "warnings": [w.get("message") for w in ds.profile.get("warnings", [])][:20],
         }
-        stored_id = self.store.create(record)
-        if stored_id == job_id:
-            from .queue import enqueue
-
-            enqueue(self.huey, job_id, priority=priority)
+        secret = self.settings.queue_secret
+        record["signature"] = sign(record, secret) if secret else None
+        stored_id = self.store.create(record, message_for(self.huey, job_id, priority))
         return Job(stored_id, self)
 
-    def _check_model_allowed(self, base_model: str) -> None:
-        roots = self.settings.allowed_model_dirs
-        if not roots or not base_model.startswith((".", "/", "~")):
-            return
-        real = Path(base_model).expanduser().resolve()
-        if not any(real.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
+    def check_config(self, config: TrainConfig | dict | None = None, **fields: Any) -> TrainConfig:
+        """What submit checks of a configuration, queueing nothing: its values, a local base
+        model's folder (uploaded where workers need it), and that the live workers take this
+        client's signature. A sweep checks every run so before it queues one."""
+        cfg, _ = self._resolve_base_model(resolve_config(config, fields))
+        self._check_signing()
+        return cfg
+
+    def _resolve_base_model(self, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str] | None]:
+        """A local base model is read here, where the user typed its path: resolved against this
+        process's folder and checked before anything is queued. Uploaded to storage (the
+        reference comes back) when workers cannot read this machine's files."""
+        folder = local_model_path(cfg.base_model)
+        if folder is None:
+            return cfg, None  # a hub id: each worker fetches it, or finds it in its cache
+        check_model_path(
+            str(folder), self.settings.allowed_model_dirs
+        )  # first: say nothing of folders outside them
+        if not (folder / "config.json").is_file():
+            what = (
+                "does not exist"
+                if not folder.exists()
+                else "is not a folder"
+                if not folder.is_dir()
+                else "has no config.json"
+            )
             raise ConfigError(
-                f"base_model {base_model!r} is outside FTKIT_ALLOWED_MODEL_DIRS ({', '.join(roots)})"
+                f"base_model {cfg.base_model!r}: {folder} {what} (relative paths are read from "
+                f"{Path.cwd()}, the folder this process runs in). Give a model folder with a "
+                "config.json, or a hub id such as org/name"
+            )
+        cfg = cfg.replace(base_model=str(folder))
+        return cfg, (self.upload_model(folder) if self.uploads_models else None)
+
+    @property
+    def uploads_models(self) -> bool:
+        """Whether local model folders go to storage: with storage on this machine (a laptop and
+        its local worker) the worker reads the folder where it is, and a 10 GB model is not
+        copied; with S3 storage, workers elsewhere cannot read it, so it is uploaded once."""
+        mode = self.settings.upload_models
+        return mode == "always" or (mode == "auto" and not self.storage.is_local)
+
+    def upload_model(self, folder: str | os.PathLike) -> dict[str, str]:
+        """Store a local model folder under its content digest (once: a stored copy is reused);
+        the reference ({"sha256", "name"}) a worker stages it by."""
+        folder = Path(folder).expanduser().resolve()
+        files = model_files(folder)
+        if not files:
+            raise ConfigError(f"model folder {folder} has no files to upload")
+        key = (
+            str(folder),
+            tuple((rel, p.stat().st_size, p.stat().st_mtime_ns) for rel, p in files),
+        )
+        if key not in self._model_digests:
+            self._model_digests[key] = folder_digest(files)
+        sha256 = self._model_digests[key]
+        meta = self.storage.model_meta(sha256)
+        if meta is None:
+            meta = self.storage.put_model(files, sha256, safe_model_name(folder))
+        return check_model_ref({"sha256": sha256, "name": meta["name"]})
+
+    def _check_signing(self) -> None:
+        """Refuse to queue a job that the live workers would refuse: they require signed jobs
+        (they publish a fingerprint of their secret) and this client signs with no or another one."""
+        ours = secret_fingerprint(self.settings.queue_secret)
+        theirs = {w.get("secret_fingerprint") for w in self.store.workers()}
+        theirs.discard(None)
+        if theirs and ours not in theirs:
+            raise ConfigError(
+                "the workers on this queue require jobs signed with FTKIT_QUEUE_SECRET, and "
+                + (
+                    "this client has none set"
+                    if ours is None
+                    else "this client's FTKIT_QUEUE_SECRET is a different one"
+                )
+                + ": set the workers' FTKIT_QUEUE_SECRET here (environment, .env, or "
+                "ftkit.connect(queue_secret=...))"
             )
 
     def get_job(self, job_id: str) -> Job:
         self.store.get(job_id)  # JobNotFound early
         return Job(job_id, self)
 
-    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def jobs(
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        *,
+        offset: int = 0,
+        tag: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``offset`` skips that many; ``tag`` keeps the jobs submitted with that
+        tag. Read through indexes: a page costs what it shows, however many jobs there are."""
         if status is not None and status not in jobs.STATUSES:
-            raise ConfigError(f"unknown status {status!r}; one of {', '.join(jobs.STATUSES)}")
-        return [public_status(r) for r in self.store.list_jobs(status=status, limit=limit)]
+            raise ConfigError(
+                f"unknown status {status!r}; one of {', '.join(jobs.STATUSES)}", field="status"
+            )
+        for name, value in (("limit", limit), ("offset", offset)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r}: give a whole number, 0 or more", field=name)
+        if tag is not None:
+            tag = check_tags([tag])[0]
+        records = self.store.list_jobs(status=status, limit=limit, tag=tag, offset=offset)
+        return [public_status(r) for r in records]
+
+    def count_jobs(self, status: str | None = None) -> int:
+        return self.store.count(status)
 
     def cancel(self, job_id: str) -> str:
         return self.store.request_cancel(job_id)
+
+    def delete(self, job_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove a job's record, metrics, logs and run folder; what was freed. JobActive while it
+        is queued or running, unless ``force`` (cancels it first)."""
+        from .runs import delete_job
+
+        return delete_job(self, job_id, force=force)
+
+    def gc(
+        self, older_than: str | float, *, status: str | None = None, dry_run: bool = False
+    ) -> list[dict[str, Any]]:
+        """Delete ended jobs older than ``older_than`` (``30d``, ``12h`` or seconds), each row
+        with the bytes freed; ``dry_run`` deletes nothing."""
+        from .runs import collect
+
+        return collect(self, older_than, status=status, dry_run=dry_run)
 
     def download(self, job_id: str, dest: str | os.PathLike) -> Path:
         record = self.store.get(job_id)
@@ -237,17 +440,60 @@ class Client:
         if connected:
             try:
                 workers = len(self.store.workers())
-                queue_depth = self.huey.pending_count()
+                queue_depth = self.store.count(jobs.QUEUED)  # kept, not counted: O(1)
             except Exception:
                 connected = False
         status = "unhealthy" if not connected else ("healthy" if workers else "degraded")
+        warning = (
+            f"cannot reach the {self.settings.broker} queue at {self.settings.queue_location}"
+            if not connected
+            else None
+            if workers
+            else self.no_worker_message()
+        )
         return {
             "status": status,
             "broker": self.settings.broker,
             "broker_connected": connected,
             "workers": workers,
             "queue_depth": queue_depth,
+            "queue": self.settings.queue_location,
+            "storage": self.settings.storage,
+            "warning": warning,
+            "signed_messages": bool(self.settings.queue_secret),
         }
+
+    def no_worker_message(self) -> str:
+        where = f"the {self.settings.broker} queue {self.settings.queue_location}"
+        if self.settings.redis_url:
+            how = "on a GPU machine with FTKIT_REDIS_URL pointing at this queue"
+        else:
+            how = "in a terminal on this machine, or ftkit.start_local_worker()"
+        return f"no worker is listening on {where}; start one with `ftkit worker` {how}"
+
+    def start_local_worker(self) -> LocalWorker:
+        """A detached ``ftkit worker`` on this machine with these settings, logging to a file in
+        the per-user folder, so a laptop user need not leave the notebook. It runs in its own
+        session: it outlives the kernel (stop it with ``LocalWorker.stop()``)."""
+        if importlib.util.find_spec("papermill") is None:
+            raise MissingExtra(
+                "a local worker needs the training stack: pip install 'ftkit[worker]'"
+            )
+        logs = Path(self.settings.home) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ftkit.cli", "worker"],
+                env={**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"},
+                cwd=self.settings.home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _local_workers[proc.pid] = proc
+        return LocalWorker(pid=proc.pid, log=log)
 
 
 class Job:
@@ -260,11 +506,14 @@ class Job:
     def __repr__(self) -> str:
         return f"<ftkit.Job {self.id}>"
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        """In a notebook, a job shows its live monitor."""
-        from .widgets import MonitorPanel
+    # How a job shows itself in a notebook cell: the layer above (``ftkit/__init__``, with the panels)
+    # registers its live monitor here, so the client knows no widgets.
+    cell_view: ClassVar[Callable[[Job, dict[str, Any]], dict[str, Any] | None] | None] = None
 
-        return MonitorPanel(self).widget._repr_mimebundle_(**kwargs)
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """In a notebook, a job shows its live monitor (None: IPython falls back to the repr)."""
+        view = type(self).cell_view
+        return view(self, kwargs) if view is not None else None
 
     def status(self) -> dict[str, Any]:
         record = self._client.store.get(self.id)
@@ -276,14 +525,87 @@ class Job:
         """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""
         return self._client.store.metrics(self.id, start)
 
-    def logs(self, n: int = 50) -> list[str]:
-        return self._client.store.logs(self.id, n)
+    @overload
+    def logs(self, n: int = ..., *, follow: Literal[False] = ...) -> list[str]: ...
+    @overload
+    def logs(
+        self, n: int = ..., *, follow: Literal[True], poll: float = ..., timeout: float | None = ...
+    ) -> Iterator[str]: ...
+
+    def logs(
+        self,
+        n: int = 50,
+        *,
+        follow: bool = False,
+        poll: float = 0.5,
+        timeout: float | None = None,
+    ) -> list[str] | Iterator[str]:
+        """The job's last ``n`` output lines: what its cells print (stdout and stderr) and ftkit's
+        events. ``follow=True``: every kept line, then each new one as it comes, until the job
+        ends (or ``timeout`` s pass: TimeoutError)."""
+        if not follow:
+            return self._client.store.logs(self.id, n)
+        return self._follow(poll, timeout)
+
+    def _follow(self, poll: float, timeout: float | None) -> Iterator[str]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor, ended = 0, False
+        while True:
+            lines, cursor = self._client.store.logs_since(self.id, cursor)
+            yield from lines
+            if ended and not lines:
+                return
+            if ended:
+                continue
+            if self.status()["status"] in jobs.FINAL:
+                # The final event is written just after the final status: read on until quiet.
+                ended = True
+                time.sleep(poll)
+            elif not lines:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.id} still running after {timeout} s of logs")
+                time.sleep(poll)
 
     def cancel(self) -> str:
         return self._client.cancel(self.id)
 
+    def retry(self) -> Job:
+        """A new job with this failed or cancelled job's data set, config, tags and note, starting
+        from its last kept checkpoint; when it kept none, from where this job started (step 1, or
+        the job it continued). Its ``retry_of`` names this job."""
+        from .lineage import newest_checkpoint
+
+        record = self._client.store.get(self.id)
+        if record["status"] not in (jobs.FAILED, jobs.CANCELLED):
+            raise ConfigError(
+                f"job {self.id} is {record['status']}: only a failed or cancelled job is retried"
+            )
+        kept = newest_checkpoint(self._client.storage, self.id) is not None
+        return self._client.submit(
+            record["dataset"]["id"],
+            record["config"],
+            priority=record.get("priority") or 0,
+            max_attempts=record.get("max_attempts"),
+            tags=record.get("tags") or None,
+            note=record.get("note"),
+            resume_from=self.id if kept else record.get("resume_from"),
+            _retry_of=self.id,
+        )
+
+    def delete(self, *, force: bool = False) -> dict[str, Any]:
+        """Remove this job and everything it left in the store and in storage (see Client.delete)."""
+        return self._client.delete(self.id, force=force)
+
     def download(self, dest: str | os.PathLike) -> Path:
         return self._client.download(self.id, dest)
+
+    def report_html(self) -> str:
+        """The rendered run report as one HTML page; JobNotFound while there is none yet."""
+        record = self._client.store.get(self.id)
+        parts = Storage.run_parts(self.id, "report.html")
+        if not self._client.storage.exists(*parts):
+            raise JobNotFound(f"job {self.id} has no report yet (status {record['status']})")
+        return self._client.storage.read_text(*parts)
 
     def report(self):
         """The rendered run report, shown inline in a notebook (an isolated frame)."""
@@ -291,10 +613,11 @@ class Job:
 
         from IPython.display import HTML
 
-        body = self._client.storage.read_text(*Storage.run_parts(self.id, "report.html"))
+        body = self.report_html()
+        # sandbox="": the report shows data set text and model output; it runs no script here.
         return HTML(
-            f'<iframe srcdoc="{html.escape(body, quote=True)}" style=\'width:100%;height:800px;border:1px '
-            f"solid #ddd'></iframe>"
+            f'<iframe sandbox="" srcdoc="{html.escape(body, quote=True)}" '
+            "style='width:100%;height:800px;border:1px solid #ddd'></iframe>"
         )
 
     def load(self, *, device: str | None = None):
@@ -351,25 +674,95 @@ class Job:
         poll: float = 0.5,
         raise_on_failure: bool = False,
     ) -> dict[str, Any]:
-        """Block until the job ends (with a progress bar); the final status."""
+        """Block until the job ends (with a progress bar, redrawn every ``poll`` seconds); the final
+        status. The end itself is seen at once, not at the next poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        try:
-            while True:
-                status = self.status()
-                if progress:
-                    bar = _update_bar(bar, status)
-                if status["status"] in jobs.FINAL:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {self.id} still {status['status']} after {timeout} s")
-                time.sleep(poll)
-        finally:
-            if bar is not None:
-                bar.close()
+        watch, warned = WorkerWatch(self._client), False
+        with self._client.store.end_watch(self.id) as sleep:
+            try:
+                while True:
+                    status = self.status()
+                    if progress:
+                        bar = _update_bar(bar, status)
+                    if status["status"] in jobs.FINAL:
+                        break
+                    if not warned and (message := watch.check()):
+                        warnings.warn(
+                            f"job {self.id} is {status['status']}: {message}",
+                            NoWorkerWarning,
+                            stacklevel=2,
+                        )
+                        warned = True
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"job {self.id} still {status['status']} after {timeout} s"
+                        )
+                    sleep(poll)
+            finally:
+                if bar is not None:
+                    bar.close()
         if raise_on_failure and status["status"] == jobs.FAILED:
             raise JobFailed(f"job {self.id} failed: {status['error']}")
         return status
+
+
+class WorkerWatch:
+    """Notices when no worker has been listening for a few heartbeats: a queued job would wait
+    forever (say, a worker started with other settings, on another queue)."""
+
+    HEARTBEATS = 3
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.message: str | None = None
+        self._empty_since: float | None = None
+        self._checked = -float("inf")
+
+    def check(self) -> str | None:
+        """The warning to show now, or None; reads the live workers at most twice a heartbeat."""
+        beat, now = self.client.settings.heartbeat_seconds, time.monotonic()
+        if now - self._checked < beat / 2:
+            return self.message
+        self._checked = now
+        if self.client.workers():
+            self._empty_since, self.message = None, None
+        else:
+            self._empty_since = self._empty_since if self._empty_since is not None else now
+            if now - self._empty_since >= self.HEARTBEATS * beat:
+                self.message = self.client.no_worker_message()
+        return self.message
+
+
+@dataclass(frozen=True)
+class LocalWorker:
+    """A worker this process started on this machine (``Client.start_local_worker``)."""
+
+    pid: int
+    log: Path
+
+    def running(self) -> bool:
+        proc = _local_workers.get(self.pid)
+        return proc is not None and proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGINT (the running job is handed back to the queue), then wait; the exit status."""
+        import signal
+
+        proc = _local_workers.pop(self.pid, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+_local_workers: dict[int, subprocess.Popen] = {}  # kept, so none is reaped as garbage
 
 
 def _update_bar(bar, status: dict[str, Any]):
@@ -403,9 +796,79 @@ def resolve_config(config: TrainConfig | dict | None, fields: dict[str, Any]) ->
     return TrainConfig.from_dict({**base, **fields})
 
 
+def local_model_path(name: str) -> Path | None:
+    """The absolute folder a base_model names on this machine, or None for a hub id (org/name):
+    a path-like name, or an existing folder (the rule the worker's check and transformers use)."""
+    path = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) or path.is_dir():
+        return path.resolve()
+    return None
+
+
+def check_priority(priority: Any) -> int:
+    from .queue import MAX_PRIORITY
+
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise ConfigError(
+            f"priority={priority!r}: must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}",
+            field="priority",
+        )
+    return priority
+
+
+def check_attempts(attempts: Any) -> int:
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+        raise ConfigError(
+            f"max_attempts={attempts!r}: must be an integer from 1 to 100", field="max_attempts"
+        )
+    return attempts
+
+
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
+MAX_TAGS, MAX_NOTE = 20, 4000
+
+
+def check_tags(tags: Any) -> list[str]:
+    """Tags as stored: short plain words (they name an index key), each once, in the given order."""
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise ConfigError(
+            f"tags={tags!r}: give a list of words, e.g. tags=['baseline', 'lr-sweep']",
+            field="tags",
+        )
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG.fullmatch(tag):
+            raise ConfigError(
+                f"tag {tag!r}: a tag is 1-64 letters, digits or _ . : + = - and starts with a "
+                "letter or digit",
+                field="tags",
+            )
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise ConfigError(f"{len(unique)} tags: at most {MAX_TAGS} per job", field="tags")
+    return unique
+
+
+def check_note(note: Any) -> str | None:
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise ConfigError(f"note must be a string of at most {MAX_NOTE} characters", field="note")
+    return note
+
+
+def _looks_like_id(text: str) -> bool:
+    return 8 <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def public_status(record: dict[str, Any]) -> dict[str, Any]:
     """What status() shows: the record with readable times and without internals."""
     out = {k: v for k, v in record.items() if k not in ("idempotency_key",)}
+    out.setdefault("tags", [])  # records from before tags and notes
+    out.setdefault("note", None)
+    out.setdefault("resume_from", None)  # records of jobs that continue or retry no other
+    out.setdefault("retry_of", None)
     for key in TIME_FIELDS:
         out[key] = _iso(record.get(key))
     started, finished = record.get("started_at"), record.get("finished_at")
@@ -422,19 +885,17 @@ def _iso(ts: float | None) -> str | None:
 
 
 def safe_name(name: str) -> str:
-    """A data set's stored file name: a plain file name, nothing that climbs folders."""
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or len(name) > 200
-    ):
+    """A data set's stored file name: a plain file name, nothing that climbs folders, and not the
+    name of the metadata stored beside it."""
+    if isinstance(name, str) and name.lower() == DATASET_META:  # also where names ignore case
         raise DatasetError(
-            f"invalid data set name {name!r}: use a plain file name such as 'train.jsonl'"
+            f"a data set cannot be stored as {name!r}: that name holds its metadata; "
+            "rename the file, or pass another name, e.g. upload_dataset(path, name='train.json')"
         )
-    return name
+    try:
+        return _safe_name(name)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -447,4 +908,4 @@ def file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-__all__ = ["BrokerUnavailable", "Client", "Dataset", "Job"]
+__all__ = ["BrokerUnavailable", "Client", "Dataset", "Job", "LocalWorker", "WorkerWatch"]

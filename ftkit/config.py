@@ -9,11 +9,25 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
 BACKENDS = ("auto", "unsloth", "hf")
+UPLOAD_MODELS = ("auto", "always", "never")
+
+
+def default_home(env: dict[str, str] | None = None) -> Path:
+    """The per-user folder of the embedded default (queue, job records, files, worker logs):
+    ``FTKIT_HOME``, else the platform's user data folder. One per user, not one per working
+    folder, so every notebook and terminal of a user meets the same local worker."""
+    e = os.environ if env is None else env
+    home = e.get("FTKIT_HOME")
+    if not home:
+        import platformdirs
+
+        home = platformdirs.user_data_dir("ftkit", appauthor=False)
+    return Path(home).expanduser().resolve()
 
 
 def read_dotenv(path: str | os.PathLike = ".env") -> dict[str, str]:
@@ -49,22 +63,63 @@ def _first(env: dict[str, str], *names: str) -> str | None:
     return None
 
 
+def mask_url(url: str | None) -> str | None:
+    """A URL fit to show: any password replaced by ``***`` (for logs, errors and reprs)."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the queue, job records and files live; read once from the environment."""
 
-    redis_url: str | None = None  # None: the embedded SQLite queue
-    storage: str = "./storage"  # any fsspec URL: a folder, s3://bucket/prefix, memory://...
-    queue_db: str = "./storage/queue.db"  # the SQLite file when redis_url is None
+    redis_url: str | None = field(default=None, repr=False)  # None: the embedded SQLite queue
+    # any fsspec URL: a folder, s3://bucket/prefix, memory://...
+    storage: str = field(default_factory=lambda: str(default_home() / "storage"))
+    # the SQLite file when redis_url is None
+    queue_db: str = field(default_factory=lambda: str(default_home() / "storage" / "queue.db"))
     s3_endpoint_url: str | None = None
     scratch_dir: str = "~/.cache/ftkit"  # a worker's local working folder (data cache, runs)
     heartbeat_seconds: float = 5.0
     worker_grace_seconds: float = 60.0
     allowed_model_dirs: tuple[str, ...] = ()
+    max_attempts: int = 3  # recorded with each job at submit; every reaper uses the job's value
+    # Signs job specs and queue messages; only clients holding it can have a worker run a job.
+    queue_secret: str | None = field(default=None, repr=False)
+    # local base-model folders go to storage: "auto" when storage is not a local folder
+    upload_models: str = "auto"
+    home: str = field(default_factory=lambda: str(default_home()))  # the per-user folder
 
     @property
     def broker(self) -> str:
         return "redis" if self.redis_url else "sqlite"
+
+    @property
+    def queue_location(self) -> str:
+        """Where the queue is, to show a person: the SQLite file, or the Redis URL without its
+        password."""
+        if not self.redis_url:
+            return self.queue_db
+        parts = urlsplit(self.redis_url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    @property
+    def storage_is_local(self) -> bool:
+        return "://" not in self.storage or self.storage.startswith("file://")
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(queue={self.queue_location!r}, storage={self.storage!r}, "
+            f"signed={bool(self.queue_secret)})"
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -77,6 +132,7 @@ class Settings:
                 f"redis://{auth}{e['REDIS_HOST']}:{_first(e, 'REDIS_PORT') or 6379}"
                 f"/{_first(e, 'REDIS_DB') or 0}"
             )
+        home = default_home(e) if overrides.get("home") is None else Path(overrides["home"])
         storage = _first(e, "FTKIT_STORAGE")
         if storage is None:
             kind = (_first(e, "STORAGE_TYPE") or "local").lower()
@@ -89,15 +145,22 @@ class Settings:
                 prefix = (_first(e, "S3_PREFIX") or "").strip("/")
                 storage = f"s3://{bucket}/{prefix}".rstrip("/")
             elif kind == "local":
-                storage = _first(e, "STORAGE_BASE_DIR") or "./storage"
+                storage = _first(e, "STORAGE_BASE_DIR") or str(home / "storage")
             else:
                 raise ConfigError(f"STORAGE_TYPE={kind!r} is not known; use 'local' or 's3'")
+        if overrides.get("storage") is not None:
+            storage = overrides["storage"]
         local_storage = "://" not in storage or storage.startswith("file://")
         default_db = (
-            str(Path(storage.removeprefix("file://")) / "queue.db")
+            str(Path(storage.removeprefix("file://")).expanduser() / "queue.db")
             if local_storage
-            else "./storage/queue.db"
+            else str(home / "queue.db")
         )
+        upload_models = (_first(e, "FTKIT_UPLOAD_MODELS") or "auto").lower()
+        if upload_models not in UPLOAD_MODELS:
+            raise ConfigError(
+                f"FTKIT_UPLOAD_MODELS={upload_models!r}: use one of {', '.join(UPLOAD_MODELS)}"
+            )
         allowed = _first(e, "FTKIT_ALLOWED_MODEL_DIRS")
         values: dict[str, Any] = dict(
             redis_url=redis_url,
@@ -110,6 +173,10 @@ class Settings:
             heartbeat_seconds=float(_first(e, "FTKIT_HEARTBEAT_SECONDS") or 5.0),
             worker_grace_seconds=float(_first(e, "FTKIT_WORKER_GRACE_SECONDS") or 60.0),
             allowed_model_dirs=tuple(p for p in (allowed or "").split(os.pathsep) if p),
+            queue_secret=_first(e, "FTKIT_QUEUE_SECRET"),
+            max_attempts=_int_setting(e, "FTKIT_MAX_ATTEMPTS", 3),
+            upload_models=upload_models,
+            home=str(home),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         # Absolute paths: a worker's notebook kernel runs in another folder and must find the same files.
@@ -120,18 +187,22 @@ class Settings:
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError(
-                f"Redis URL must start with redis://, rediss:// or unix:// (got {values['redis_url']!r})"
+                "Redis URL must start with redis://, rediss:// or unix:// "
+                f"(got {mask_url(values['redis_url'])!r})"
             )
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        """The variables that reproduce these settings in a child process (worker kernels)."""
+        """The variables that reproduce these settings in a child process (worker kernels). The
+        queue secret is left out: a kernel never signs, and what it does not hold it cannot leak."""
         env = {
             "FTKIT_STORAGE": self.storage,
             "FTKIT_QUEUE_DB": self.queue_db,
             "FTKIT_SCRATCH_DIR": self.scratch_dir,
             "FTKIT_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
             "FTKIT_WORKER_GRACE_SECONDS": str(self.worker_grace_seconds),
+            "FTKIT_UPLOAD_MODELS": self.upload_models,
+            "FTKIT_HOME": self.home,
         }
         if self.redis_url:
             env["FTKIT_REDIS_URL"] = self.redis_url
@@ -140,6 +211,16 @@ class Settings:
         if self.allowed_model_dirs:
             env["FTKIT_ALLOWED_MODEL_DIRS"] = os.pathsep.join(self.allowed_model_dirs)
         return env
+
+
+def _int_setting(env: dict[str, str], name: str, fallback: int) -> int:
+    raw = _first(env, name)
+    if raw is None:
+        return fallback
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
 
 
 def _env_default(name: str, fallback: Any) -> Any:
@@ -175,7 +256,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     max_seq_length: int = 2048
     seed: int = 3407
-    load_in_4bit: bool = True  # QLoRA on CUDA; ignored (full precision) on CPU
+    load_in_4bit: bool | None = None  # QLoRA; None: where the worker can (CUDA + bitsandbytes)
     save_steps: int = 0  # checkpoint every N steps; 0: only the final adapter
     logging_steps: int = 1
     backend: str = "auto"  # auto: unsloth where CUDA and unsloth are present, else hf
@@ -185,6 +266,7 @@ class TrainConfig:
     eval_steps: int = 0  # 0: evaluate only at the end when there is a validation set
     timeout_minutes: float | None = None  # stop the job (failed, "timed out") after this long
     sample_prompts: list[str] = field(default_factory=list)  # answered before/after in the report
+    auto_batch_size: bool = False  # out of memory: retry at half the batch, twice the accumulation
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -197,7 +279,7 @@ class TrainConfig:
 
     def _validate(self) -> None:
         def fail(name: str, why: str) -> None:
-            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
 
         if not isinstance(self.base_model, str) or not self.base_model.strip():
             fail("base_model", "must be a model id (org/name) or a local folder path")
@@ -250,9 +332,11 @@ class TrainConfig:
                 or not 0.0 <= value < 1.0
             ):
                 fail(name, "must be a number in [0, 1)")
-        for name in ("load_in_4bit", "train_on_inputs", "packing"):
+        for name in ("train_on_inputs", "packing", "auto_batch_size"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be true or false")
+        if self.load_in_4bit is not None and not isinstance(self.load_in_4bit, bool):
+            fail("load_in_4bit", "must be true, false or None (4-bit where the worker can)")
         if self.backend not in BACKENDS:
             fail("backend", f"must be one of {', '.join(BACKENDS)}")
 
@@ -272,7 +356,7 @@ class TrainConfig:
                     if close
                     else f"; valid keys: {', '.join(names)}"
                 )
-                raise ConfigError(f"unknown TrainConfig key {key!r}{hint}")
+                raise ConfigError(f"unknown TrainConfig key {key!r}{hint}", field=str(key))
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

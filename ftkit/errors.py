@@ -2,12 +2,18 @@
 
     FtkitError
     ├── ConfigError          a TrainConfig or Settings value is wrong (names the field and the fix)
+    │   └── JobExists        a job with the requested id exists already
     ├── DatasetError         a data set cannot be used (names the file, line and field)
     ├── JobNotFound          no job or data set with that id
+    ├── JobActive            a queued or running job asked to go (delete without force=True)
     ├── BrokerUnavailable    Redis (or the SQLite file) cannot be reached (names host:port)
     ├── StorageError         storage cannot be read or written (names the URL)
+    │   └── StorageUnavailable   ... because it did not answer (an outage: worth waiting out)
     ├── MissingExtra         an optional dependency is not installed (names the extra)
+    ├── OutOfMemory          training ran out of GPU memory (names batch size and sequence length)
     └── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
+
+    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
 
 Lower-level errors (redis, fsspec, papermill) are converted at the boundary with
 ``raise ... from exc`` so callers need one ``except FtkitError``.
@@ -20,8 +26,22 @@ class FtkitError(Exception):
     """Base class of every ftkit error."""
 
 
+class JobActive(FtkitError):
+    """A job that is queued or running cannot be deleted without ``force=True`` (which cancels it
+    first)."""
+
+
 class ConfigError(FtkitError, ValueError):
-    """A configuration value is invalid."""
+    """A configuration value is invalid; ``field`` names it where one value is to blame (an HTTP
+    layer reports it as the field of a 422)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class JobExists(ConfigError):
+    """A job with the requested id exists already (ids are chosen once)."""
 
 
 class DatasetError(FtkitError, ValueError):
@@ -47,12 +67,25 @@ class StorageError(FtkitError, OSError):
     """Storage cannot be read or written."""
 
 
+class StorageUnavailable(StorageError):
+    """Storage did not answer after a few quick retries: a network or service outage, which a
+    worker waits out, as distinct from a missing file or a refused credential."""
+
+
 class MissingExtra(FtkitError, ImportError):
     """An optional dependency is missing; the message names the pip extra."""
 
 
+class OutOfMemory(FtkitError, RuntimeError):
+    """Training ran out of (GPU) memory; the message names the batch size, sequence length and fixes."""
+
+
 class JobFailed(FtkitError, RuntimeError):
     """A job ended failed (raised only when asked for)."""
+
+
+class NoWorkerWarning(UserWarning):
+    """No worker has been listening on the queue for a few heartbeats: the job cannot start."""
 
 
 def require(module: str, extra: str):

@@ -1,12 +1,16 @@
 """Warm notebook kernels for a worker: one is started and has torch, transformers, trl and peft
 imported while the worker waits, so a job's notebook starts training at once. Each kernel runs one
-job and is then shut down (no state crosses jobs); its replacement warms in the background."""
+job and is then shut down (no state crosses jobs); its replacement warms in the background, at idle
+CPU priority where the system lets it return to normal afterwards: on a machine with few cores the
+warm-up then uses only CPU time the running job leaves."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("ftkit.kernels")
@@ -16,33 +20,87 @@ import torch, transformers, trl, peft, datasets, matplotlib
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 from peft import LoraConfig, get_peft_model
-import ftkit.train, ftkit.render, ftkit.data
+import ftkit.train, ftkit.data, ftkit.data.render, ftkit.device
+ftkit.train.warm_up()
 del torch, transformers, trl, peft, datasets, matplotlib, AutoModelForCausalLM, AutoTokenizer
 del SFTConfig, SFTTrainer, LoraConfig, get_peft_model
 """
 
 
-def start_kernel(warm: bool = True):
+def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
     """A started python3 kernel (an AsyncKernelManager, as nbclient expects: with a blocking one it
-    cannot notice a kernel that died), with the training stack imported when ``warm``."""
+    cannot notice a kernel that died), with the training stack imported when ``warm``;
+    ``on_started(km)`` is called before the warm-up, which runs at idle priority with ``idle``."""
     from jupyter_client import BlockingKernelClient
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     km = AsyncKernelManager(kernel_name="python3")
-    run_sync(km.start_kernel)()
-    if warm:
-        kc = BlockingKernelClient(connection_file=km.connection_file)
-        kc.load_connection_file()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=120)
-            reply = kc.execute_interactive(WARM_UP, timeout=300, output_hook=lambda msg: None)
-            if reply["content"]["status"] != "ok":
-                log.warning("warming a kernel failed: %s", reply["content"].get("evalue"))
-        finally:
-            kc.stop_channels()
+    # The kernel signs nothing, so it never holds the queue secret: a report cannot leak it.
+    env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+    run_sync(km.start_kernel)(env=env)
+    try:
+        if idle:
+            set_idle(km, True)
+        if on_started is not None:
+            on_started(km)
+        if warm:
+            kc = BlockingKernelClient(connection_file=km.connection_file)
+            kc.load_connection_file()
+            # No heartbeat channel: on a loaded machine a kernel that answers its heartbeat late
+            # is taken for dead ("Kernel died before replying to kernel_info"), the warm-up lost.
+            kc.start_channels(hb=False)
+            try:
+                kc.wait_for_ready(timeout=120)
+                reply = kc.execute_interactive(WARM_UP, timeout=300, output_hook=lambda msg: None)
+                if reply["content"]["status"] != "ok":
+                    log.warning("warming a kernel failed: %s", reply["content"].get("evalue"))
+            finally:
+                kc.stop_channels()
+    except BaseException:
+        shutdown(km)  # a kernel that never became usable is not left running
+        raise
     return km
+
+
+@functools.cache
+def idle_priority_reversible() -> bool:
+    """Whether this process may put a thread at idle CPU priority and bring it back to normal
+    (Linux; root, CAP_SYS_NICE or RLIMIT_NICE >= 20): tried on a throw-away thread."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    done: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            done.append(True)
+        except OSError:
+            done.append(False)
+
+    thread = threading.Thread(target=probe, name="ftkit-priority-probe")
+    thread.start()
+    thread.join()
+    return bool(done and done[0])
+
+
+def set_idle(km, idle: bool) -> None:
+    """Idle CPU priority for a kernel (its main thread: the warm-up's imports, and every thread
+    they start), or normal priority again for all its threads."""
+    pid = kernel_pid(km)
+    if pid is None:
+        return
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    try:
+        threads = [pid] if idle else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return  # the kernel is gone
+    for tid in threads:
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+        except OSError as exc:  # a thread that ended meanwhile
+            log.debug("kernel %s thread %s priority: %s", pid, tid, exc)
 
 
 def is_alive(km) -> bool:
@@ -86,12 +144,19 @@ class KernelPool:
     """Holds one warm spare kernel. ``take()`` hands it over (or starts a cold one when the spare
     is not ready) and begins warming the next one."""
 
+    retry_seconds = 5.0  # the first back-off after a failed warm-up; it doubles, up to 5 minutes
+
     def __init__(self, *, warm: bool | None = None):
         self.warm = os.environ.get("FTKIT_WARM_KERNEL", "1") != "0" if warm is None else warm
+        self.idle = self.warm and idle_priority_reversible()
         self._spare: Any = None
+        self._starting: Any = None  # the kernel being warmed, once it has a process
+        self._wanted = False  # a job waits for the kernel being warmed
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
         self._closed = False
+        self._failures = 0  # warm-ups that failed in a row
+        self._retry_at: float | None = None  # when keep_warm() tries again after a failure
 
     def start(self) -> KernelPool:
         if self.warm:
@@ -99,13 +164,26 @@ class KernelPool:
         return self
 
     def _warm_next(self) -> None:
+        def started(km) -> None:
+            with self._lock:
+                self._starting, wanted = km, self._wanted
+            if wanted:
+                set_idle(km, False)
+
         def run() -> None:
             try:
-                km = start_kernel(warm=True)
-            except Exception as exc:
-                log.warning("could not start a warm kernel: %s", exc)
+                km = start_kernel(warm=True, on_started=started, idle=self.idle)
+            except Exception as exc:  # a busy machine, say: keep_warm() tries again later
+                with self._lock:
+                    self._starting, self._failures = None, self._failures + 1
+                    backoff = self.retry_seconds * 2 ** (self._failures - 1)
+                    self._retry_at = time.monotonic() + min(backoff, 300)
+                log.warning(
+                    "could not start a warm kernel (jobs start cold ones meanwhile): %s", exc
+                )
                 return
             with self._lock:
+                self._starting, self._failures, self._retry_at = None, 0, None
                 if self._closed:
                     shutdown(km)
                 else:
@@ -114,17 +192,41 @@ class KernelPool:
         self._warming = threading.Thread(target=run, name="ftkit-warm-kernel", daemon=True)
         self._warming.start()
 
+    def keep_warm(self) -> None:
+        """Called now and then (the worker's heartbeat): a warm-up that failed is tried again
+        after a back-off, so one bad moment does not leave the worker cold for good."""
+        with self._lock:
+            due = (
+                self.warm
+                and not self._closed
+                and self._spare is None
+                and self._retry_at is not None
+                and time.monotonic() >= self._retry_at
+                and not (self._warming is not None and self._warming.is_alive())
+            )
+            if due:
+                self._retry_at = None
+        if due:
+            self._warm_next()
+
     @property
     def ready(self) -> bool:
         """A warm spare is waiting."""
         return self._spare is not None
 
     def take(self, wait: float = 120.0):
-        """A kernel for one job: the warm spare when it is (or soon will be) ready."""
+        """A kernel for one job: the warm spare when it is (or soon will be) ready, at normal
+        priority from here on."""
+        with self._lock:
+            self._wanted, warming = True, self._starting
+        if warming is not None and self.idle:  # a job waits for it now: no background task
+            set_idle(warming, False)
         if self.warm and self._warming is not None:
             self._warming.join(timeout=wait)
         with self._lock:
-            km, self._spare = self._spare, None
+            km, self._spare, self._wanted = self._spare, None, False
+        if km is not None and self.idle:
+            set_idle(km, False)
         if self.warm:
             self._warm_next()
         return km if km is not None and is_alive(km) else start_kernel(warm=False)

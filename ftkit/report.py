@@ -7,7 +7,9 @@ import datetime as dt
 import functools
 import hashlib
 import html
+import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "train_template.ipynb"
 @functools.cache  # the template does not change under a running worker: one git call, not one per job
 def template_version() -> str:
     """ftkit's version, the template's content hash, and its git commit where it lives in a checkout."""
-    from . import __version__
+    from ._version import __version__
 
     digest = hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:12]
     try:
@@ -68,6 +70,8 @@ def header_html(record: dict[str, Any]) -> str:
         "worker": record.get("worker") or record.get("host"),
         "data set": (record.get("dataset") or {}).get("name"),
         "base model": (record.get("config") or {}).get("base_model"),
+        "tags": " ".join(str(t) for t in record.get("tags") or []),
+        "note": record.get("note"),
         "version": template_version(),
     }
     body = "".join(
@@ -76,16 +80,47 @@ def header_html(record: dict[str, Any]) -> str:
         for k, v in rows.items()
         if v not in (None, "")
     )
+    body += lineage_rows(record)
     return (
         f"<div class='ftkit-header'><h2 style='color:{color}'>{html.escape(status.upper())}</h2>"
         f"<table>{body}</table></div>"
     )
 
 
+def _job_link(job: Any) -> str | None:
+    """A link to another job's report, for a well-formed job id only (the record is untrusted).
+    Reports lie side by side in storage (runs/<job_id>/report.html): a relative link."""
+    if isinstance(job, str) and len(job) == 12 and all(c in "0123456789abcdef" for c in job):
+        return f"<a href='../{job}/report.html'>{job}</a>"
+    return None
+
+
+def lineage_rows(record: dict[str, Any]) -> str:
+    """The rows naming the job this one continues (and from what it started) and the job it
+    retries, each linked to its report."""
+    rows = []
+    parent = _job_link(record.get("resume_from"))
+    if parent:
+        started = record.get("started_from")
+        if started == "adapter":
+            how = f"continued from job {parent}'s adapter (no checkpoint kept: fresh optimizer)"
+        elif isinstance(started, str) and re.fullmatch(r"checkpoint-\d{1,9}", started):
+            how = f"{parent}: resumed from {started} (adapter, optimizer state and step)"
+        else:
+            how = parent
+        rows.append(("continues job", how))
+    retried = _job_link(record.get("retry_of"))
+    if retried:
+        rows.append(("retry of", retried))
+    return "".join(
+        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
+        for k, v in rows
+    )
+
+
 def finalize_report(path: Path, record: dict[str, Any]) -> str:
     """Fill the header cell with the run summary (in place) and return the report rendered as HTML."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -100,8 +135,59 @@ def finalize_report(path: Path, record: dict[str, Any]) -> str:
                 )
             ]
     nbformat.write(nb, path)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    return render_html(nb)
+
+
+_render_lock = threading.Lock()
+
+
+@functools.cache
+def _exporter():
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="lab")
+
+
+def render_html(nb) -> str:
+    """A notebook as one HTML page, with an exporter made once per process (its templates loaded
+    once)."""
+    with _render_lock:
+        body, _ = _exporter().from_notebook_node(nb)
     return body
+
+
+def warm_up() -> None:
+    """Render the template once, with outputs of each kind a report holds (an HTML table, a PNG, a
+    stream), so the first job's report does not pay for loading templates, the Markdown parser and
+    the code highlighter (about a second)."""
+    import base64
+
+    import nbformat
+
+    nb = nbformat.read(TEMPLATE, as_version=4)
+    nb.metadata["language_info"] = {  # as an IPython kernel records it: the IPython lexer
+        "name": "python",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+    }
+    png = base64.b64encode(
+        bytes.fromhex(
+            "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+            "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+        )
+    ).decode()
+    cell = next(c for c in nb.cells if c.cell_type == "code")  # every cell's code is highlighted
+    cell.execution_count = 1
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={"text/html": "<table><tr><th>a</th><td>1</td></tr></table>"}
+        ),
+        nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "figure"}),
+        nbformat.v4.new_output("stream", name="stdout", text="step 1/1 loss=1.0\n"),
+    ]
+    nbformat.writes(nb)  # the validator, compiled on first use
+    render_html(nb)
+    template_version()
 
 
 class Comparison:
@@ -128,9 +214,10 @@ class Comparison:
             }
             row.update({k: config.get(k) for k in self.differing})
             self.rows.append(row)
+        self.best, self.best_by = best_row(self.rows)
 
     def _repr_html_(self) -> str:
-        from .widgets import loss_svg
+        from .plots import loss_svg
 
         columns = ["job_id", *self.differing, *self.METRICS]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -146,10 +233,29 @@ class Comparison:
             for s, m in zip(self.statuses, self.metrics)
         )
         overlay = overlay_svg([s["job_id"] for s in self.statuses], self.metrics)
+        best = ""
+        if self.best is not None and self.best_by is not None:
+            values = ", ".join(f"{k}={self.best.get(k)!r}" for k in self.differing)
+            best = (
+                f"<p class='ftkit-best'>best: <b>{html.escape(self.best['job_id'])}</b> "
+                f"({self.best_by} {self.best[self.best_by]:.4f}"
+                f"{html.escape(', ' + values if values else '')})</p>"
+            )
         return (
-            f"<div class='ftkit-compare'><table><tr>{head}</tr>{body}</table>{overlay}<details><summary>each curve"
+            f"<div class='ftkit-compare'>{best}<table><tr>{head}</tr>{body}</table>{overlay}<details><summary>each curve"
             f"</summary>{curves}</details></div>"
         )
+
+
+def best_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+    """The completed run with the lowest eval loss where any completed run measured one (held-out
+    data says more than the training loss), else the lowest final training loss; and which."""
+    done = [r for r in rows if r.get("status") == "completed"]
+    for key in ("eval_loss", "final_loss"):
+        measured = [r for r in done if isinstance(r.get(key), (int, float))]
+        if measured:
+            return min(measured, key=lambda r: r[key]), key
+    return None, None
 
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

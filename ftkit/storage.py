@@ -2,9 +2,14 @@
 
     datasets/<sha256>/<name>           the uploaded file, byte for byte
     datasets/<sha256>/dataset.json     its metadata (format, rows, profile)
+    models/<sha256>/<name>/...         a local base-model folder, byte for byte (hidden files left out)
+    models/<sha256>/model.json         its name and file list, written last: the upload is whole
     runs/<job_id>/report.ipynb         the executed notebook
     runs/<job_id>/adapter/             the LoRA adapter (save_pretrained)
     runs/<job_id>/checkpoints/         trainer checkpoints, for resuming
+    reservations/<job_id>.json         a job id handed out at an upload, before the job exists
+    runs/<job_id>/attempts/<n>.trained written when attempt n's training ran to its end: one per
+                                       job, unless training ran twice (the soak counts these)
 
 Writes are atomic: on a filesystem a file is written under a temporary name and renamed; on an
 object store a PUT (or a completed multipart upload) only becomes visible when it is whole.
@@ -13,19 +18,24 @@ object store a PUT (or a completed multipart upload) only becomes visible when i
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from .errors import JobNotFound, StorageError
+from .errors import JobNotFound, StorageError, StorageUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("ftkit.storage")
 RETRIES = 3
+OUTAGE_PATIENCE = 600.0  # seconds a worker waits for storage to come back before a job fails
 CHUNK = 16 << 20  # 16 MiB: S3 multipart part size and read size
 PERMANENT = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
 PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket"}
@@ -48,7 +58,7 @@ def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                     if type(exc).__name__ in PERMANENT_NAMES:
                         raise StorageError(f"cannot {what} at {self.url}: {exc}") from exc
                     if attempt == RETRIES - 1:
-                        raise StorageError(
+                        raise StorageUnavailable(
                             f"cannot {what} at {self.url} after {RETRIES} tries: {exc}"
                         ) from exc
                     time.sleep(0.2 * 2**attempt)
@@ -57,6 +67,29 @@ def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         return wrapper
 
     return decorate
+
+
+DATASET_META = (
+    "dataset.json"  # beside the data file in datasets/<sha256>/: no data set may take its name
+)
+
+
+def through_outages(
+    fn: Callable[..., T], *args: Any, patience: float = OUTAGE_PATIENCE, **kwargs: Any
+) -> T:
+    """Call a storage function, waiting out an outage (StorageUnavailable) with back-off for up to
+    ``patience`` seconds: a trained adapter must not be lost to a minute without S3. Permanent
+    errors (a missing file, refused credentials) are raised at once."""
+    deadline, delay = time.monotonic() + patience, 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except StorageUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("storage unreachable, retrying in %.1f s: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class Storage:
@@ -108,6 +141,22 @@ class Storage:
     def run_parts(job_id: str, *rest: str) -> tuple[str, ...]:
         return ("runs", job_id, *rest)
 
+    @staticmethod
+    def model_parts(sha256: str, name: str = "") -> tuple[str, ...]:
+        """A model folder's place; refuses anything but a hex digest and a plain folder name."""
+        ref = check_model_ref({"sha256": sha256, "name": name or "model"})
+        return ("models", ref["sha256"], ref["name"]) if name else ("models", ref["sha256"])
+
+    @staticmethod
+    def trained_marker_parts(job_id: str, attempt: int) -> tuple[str, ...]:
+        """Where attempt ``attempt`` of a job records that its training ran to the end."""
+        return ("runs", job_id, "attempts", f"{int(attempt)}.trained")
+
+    def trained_markers(self, job_id: str) -> list[str]:
+        """The training-completed markers of every attempt of a job (more than one: trained twice)."""
+        folder = self.trained_marker_parts(job_id, 0)[:-1]
+        return [name for name in self.listdir(*folder) if name.endswith(".trained")]
+
     # -- files ---------------------------------------------------------------------------------
     @_retrying("check a path")
     def exists(self, *parts: str) -> bool:
@@ -131,17 +180,21 @@ class Storage:
         return target
 
     def _stream_up(self, local: Path, target: str) -> None:
-        """Chunked multipart upload: memory holds one chunk, and a failed upload is aborted, so a
-        partial object never becomes visible. The stored size is checked against the file's."""
+        with open(local, "rb") as src:
+            self._copy_up(src, target, local.stat().st_size)
+
+    def _copy_up(self, src: BinaryIO, target: str, expected: int) -> None:
+        """Chunked upload (multipart past one CHUNK): memory holds one chunk, and a failed upload
+        is aborted, so a partial object never becomes visible. The stored size is checked."""
         dst = self.fs.open(target, "wb", block_size=CHUNK)
         try:
-            with open(local, "rb") as src:
-                shutil.copyfileobj(src, dst, CHUNK)
+            shutil.copyfileobj(src, dst, CHUNK)
         except BaseException:
             dst.discard()
+            dst.closed = True  # discarded: closing it later (when collected) must not upload
             raise
         dst.close()
-        stored, expected = self.fs.size(target), local.stat().st_size
+        stored = self.fs.size(target)
         if stored != expected:
             self.fs.rm(target)
             raise OSError(f"{target}: stored {stored} bytes of {expected}")
@@ -174,7 +227,14 @@ class Storage:
             partial.unlink(missing_ok=True)
         return local
 
-    def get_dir(self, parts: tuple[str, ...], local: str | os.PathLike) -> Path:
+    def get_dir(
+        self,
+        parts: tuple[str, ...],
+        local: str | os.PathLike,
+        *,
+        only: frozenset[str] | None = None,
+    ) -> Path:
+        """Copy a folder out; with ``only``, just the files at those paths inside it."""
         root = self.path(*parts)
         try:
             found = self.fs.find(root)
@@ -185,6 +245,8 @@ class Storage:
             raise StorageError(f"nothing stored at {self.fs.unstrip_protocol(root)}")
         for remote in files:
             rel = remote[len(root) :].lstrip("/")
+            if only is not None and rel not in only:
+                continue
             self.get_file(tuple(remote[len(self.root) + 1 :].split("/")), Path(local) / rel)
         return Path(local)
 
@@ -210,16 +272,48 @@ class Storage:
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
 
+    @_retrying("measure a folder")
+    def size(self, *parts: str) -> int:
+        """Bytes stored under a path (0 when there is nothing)."""
+        target = self.path(*parts)
+        if not self.fs.exists(target):
+            return 0
+        return int(self.fs.du(target, total=True))
+
     @_retrying("remove a path")
     def remove(self, *parts: str) -> None:
         target = self.path(*parts)
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
 
+    # -- model folders -------------------------------------------------------------------------
+    def model_meta(self, sha256: str) -> dict[str, Any] | None:
+        """The stored model with this content digest (name, files), or None: not stored, or its
+        upload never finished (model.json is written last)."""
+        parts = (*self.model_parts(sha256), "model.json")
+        if not self.exists(*parts):
+            return None
+        return json.loads(self.read_text(*parts))
+
+    def put_model(self, files: list[tuple[str, Path]], sha256: str, name: str) -> dict[str, Any]:
+        """Upload a model folder's files (from ``model_files``), then its model.json."""
+        for rel, path in files:
+            self.put_file(path, *self.model_parts(sha256, name), *rel.split("/"))
+        meta = {
+            "sha256": sha256,
+            "name": name,
+            "files": [{"path": rel, "size": path.stat().st_size} for rel, path in files],
+        }
+        self.write_text(json.dumps(meta, indent=2), *self.model_parts(sha256), "model.json")
+        return meta
+
+    def get_model(self, sha256: str, name: str, local: str | os.PathLike) -> Path:
+        return self.get_dir(self.model_parts(sha256, name), local)
+
     # -- data sets -----------------------------------------------------------------------------
     def save_dataset_meta(self, meta: dict[str, Any]) -> None:
         self.write_text(
-            json.dumps(meta, indent=2), *self.dataset_parts(meta["sha256"], "dataset.json")
+            json.dumps(meta, indent=2), *self.dataset_parts(meta["sha256"], DATASET_META)
         )
 
     def dataset_meta(self, dataset_id: str) -> dict[str, Any]:
@@ -233,9 +327,86 @@ class Storage:
             why = "no data set" if not matches else f"{len(matches)} data sets"
             raise JobNotFound(f"{why} with id {dataset_id!r} in {self.url}")
         try:
-            return json.loads(self.read_text(*self.dataset_parts(matches[0], "dataset.json")))
+            return json.loads(self.read_text(*self.dataset_parts(matches[0], DATASET_META)))
         except StorageError as exc:
             raise JobNotFound(f"data set {dataset_id!r} has no metadata in {self.url}") from exc
+
+    def datasets_named(self, name: str) -> list[str]:
+        """Ids of the uploaded data sets stored under this file name (one listing)."""
+        root = self.path("datasets")
+        try:
+            found = self.fs.find(root, maxdepth=2) if self.fs.exists(root) else []
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.fs.unstrip_protocol(root)}: {exc}") from exc
+        rel = (f[len(root) + 1 :].split("/") for f in found)
+        return sorted(parts[0] for parts in rel if len(parts) == 2 and parts[1] == name)
+
+    # -- job ids reserved at upload --------------------------------------------------------
+    def save_reservation(self, meta: dict[str, Any]) -> None:
+        self.write_text(json.dumps(meta), "reservations", f"{meta['job_id']}.json")
+
+    def reservation(self, job_id: str) -> dict[str, Any]:
+        parts = ("reservations", f"{job_id}.json")
+        if not self.exists(*parts):
+            raise JobNotFound(f"job id {job_id!r} was not reserved by an upload")
+        return json.loads(self.read_text(*parts))
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_ref(ref: Any) -> dict[str, str]:
+    """A job's model reference ({"sha256", "name"}), checked before it names a path anywhere: it
+    comes from a record that anyone with the broker URL can write."""
+    if not isinstance(ref, dict) or set(ref) != {"sha256", "name"}:
+        raise StorageError(
+            f"invalid model reference {ref!r}: expected exactly the keys 'sha256' and 'name'"
+        )
+    sha256, name = ref["sha256"], ref["name"]
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+        raise StorageError(f"invalid model reference: sha256 {sha256!r} is not 64 lowercase hex")
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise StorageError(
+            f"invalid model reference: name {name!r} is not a plain folder name "
+            "(letters, digits, '.', '_', '-'; at most 100; not starting with '.', '_' or '-')"
+        )
+    return {"sha256": sha256, "name": name}
+
+
+def safe_model_name(folder: str | os.PathLike) -> str:
+    """A folder's name as the plain name a model is stored under (``check_model_ref`` accepts it)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(folder).name).strip("._-")[:100]
+    return name or "model"
+
+
+def model_files(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """The files of a model folder that travel, sorted by relative path: regular files (links
+    followed, as in a Hugging Face cache snapshot), none under a hidden name (.git, .cache)."""
+    root = Path(folder)
+    files = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if not any(part.startswith(".") for part in rel.split("/")) and path.is_file():
+            files.append((rel, path))
+    return sorted(files)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_digest(files: list[tuple[str, Path]]) -> str:
+    """A model folder's content address: sha256 over its sorted relative paths and their files'
+    sha256. Same files, same digest, wherever the folder lies and whatever it is called."""
+    digest = hashlib.sha256()
+    for rel, path in files:
+        digest.update(f"{rel}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

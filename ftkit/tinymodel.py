@@ -9,17 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# ChatML with {% generation %} markers, so transformers can return assistant-token masks.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from .data.render import CHAT_TEMPLATE
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -61,9 +52,18 @@ def build_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny_model(
-    dest: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0
+    dest: str | Path,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> Path:
-    """Save a tiny Llama model + tokenizer under ``dest`` and return the folder."""
+    """Save a tiny Llama model + tokenizer under ``dest`` and return the folder.
+
+    With the usual initializer_range (0.02) a 64-wide model's output layer can only make logits
+    of about 1, so LoRA (which leaves that layer frozen) can teach it the right answers but not
+    confidence in them: its loss stays near ln(vocabulary). The demo builds it with larger weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,6 +81,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

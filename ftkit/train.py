@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MAX_LOG_LINES = 50  # step lines a run prints (and keeps in its log); metrics keep every step
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -31,10 +33,14 @@ class Reporter:
         storage: Any = None,
         *,
         worker: str | None = None,
+        attempt: Any = None,
         flush_seconds: float = 1.0,
         poll_seconds: float = 0.5,
     ):
         self.job_id, self.store, self.storage, self.worker = job_id, store, storage, worker
+        # read from the record, which anyone with Redis access can edit: it names a file, so a number
+        ok = isinstance(attempt, int) and not isinstance(attempt, bool) and 1 <= attempt <= 1000
+        self.attempt = attempt if ok else 0
         self.flush_seconds, self.poll_seconds = flush_seconds, poll_seconds
         self._metrics: list[dict[str, Any]] = []
         self._logs: list[str] = []
@@ -61,6 +67,7 @@ class Reporter:
             store,
             Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
             worker=store.get_field(job_id, "worker"),
+            attempt=store.get_field(job_id, "attempt"),
         )
 
     def _safely(self, fn, *args: Any, **kwargs: Any) -> Any:
@@ -86,8 +93,9 @@ class Reporter:
             )
 
     def log(self, line: str) -> None:
-        print(line)  # no flush per line: the kernel batches stream output
-        self._logs.append(line)
+        # Only printed: the worker sends everything the cells print to the job's logs
+        # (output_log.py), this line too. No flush per line: the kernel batches stream output.
+        print(line)
         self.flush(force=False)
 
     def metric(self, row: dict[str, Any], **progress: Any) -> None:
@@ -99,6 +107,10 @@ class Reporter:
         self.flush(force=False)
 
     def flush(self, force: bool = True) -> None:
+        if self.stop_reason == "orphaned":
+            # the job is another worker's now: rows from here would race its resumed history
+            self._metrics, self._logs, self._progress = [], [], {}
+            return
         if self.store is None or not (
             force or time.monotonic() - self._last_flush >= self.flush_seconds
         ):
@@ -134,6 +146,9 @@ class Reporter:
             return
         from .storage import Storage
 
+        # The metrics up to this step reach the store before the checkpoint counts: a job resumed
+        # from it trains on from the next step, so a row still buffered here would be lost.
+        self.flush()
         name = Path(folder).name
         parts = Storage.run_parts(str(self.job_id), "checkpoints")
         self.storage.put_dir(folder, *parts, name)
@@ -142,6 +157,37 @@ class Reporter:
             if old != name:
                 self.storage.remove(*parts, old)
         self.log(f"checkpoint {name} saved to storage")
+
+    def training_finished(self, first_step: int, last_step: int) -> None:
+        """Leave this attempt's marker in storage: its training ran from ``first_step`` to the end.
+        Written as soon as training ends, before anything is uploaded, so a training run that ends
+        twice (a kill after this point) leaves two markers; waits out a storage outage."""
+        if self.storage is None or self.job_id is None:
+            return
+        import json
+
+        from .storage import Storage, through_outages
+
+        marker = json.dumps(
+            {
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "worker": self.worker,
+                "first_step": first_step,
+                "last_step": last_step,
+                "finished_at": time.time(),
+            }
+        )
+        through_outages(
+            self.storage.write_text,
+            marker,
+            *Storage.trained_marker_parts(self.job_id, self.attempt),
+        )
+
+
+def saves_checkpoints(args) -> bool:
+    """Whether the trainer keeps checkpoints (the job has ``save_steps``)."""
+    return getattr(args.save_strategy, "value", args.save_strategy) == "steps"
 
 
 def progress_callback(reporter: Reporter):
@@ -163,6 +209,10 @@ def progress_callback(reporter: Reporter):
                 control.should_save = (
                     reporter.stop_reason == "handoff"
                 )  # another worker resumes from here
+            elif saves_checkpoints(args) and 0 < state.max_steps <= state.global_step:
+                # The last step is kept too: a worker that dies after training ends (while the
+                # report and adapter are saved) leaves a later attempt nothing to train again.
+                control.should_save = True
             return control
 
         def on_substep_end(self, args, state, control, **kwargs):
@@ -174,7 +224,14 @@ def progress_callback(reporter: Reporter):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                reporter.save_checkpoint(folder)
+                from .errors import StorageError
+
+                try:
+                    reporter.save_checkpoint(folder)
+                except StorageError as exc:  # a checkpoint only shortens a resume: train on
+                    reporter.log(
+                        f"could not save {folder.name} to storage, training goes on: {exc}"
+                    )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -200,6 +257,9 @@ def progress_callback(reporter: Reporter):
                 reporter.metric_progress(**progress)
                 return
             reporter.metric(row, **progress)
+            every = max(args.logging_steps, math.ceil(total / MAX_LOG_LINES))
+            if not (step % every == 0 or step >= total or done <= args.logging_steps):
+                return
             shown = " ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
             )
@@ -214,20 +274,9 @@ def progress_callback(reporter: Reporter):
 # -- model ----------------------------------------------------------------------------------------
 def pick_backend(requested: str) -> str:
     """unsloth where a CUDA GPU and unsloth are present (or asked for), else transformers + peft."""
-    import importlib.util
+    from .device import choose_backend, probe
 
-    import torch
-
-    if requested == "hf":
-        return "hf"
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
-    if requested == "unsloth":
-        if not (torch.cuda.is_available() and has_unsloth):
-            raise RuntimeError(
-                "backend='unsloth' needs a CUDA GPU and unsloth (pip install 'ftkit[unsloth]')"
-            )
-        return "unsloth"
-    return "unsloth" if torch.cuda.is_available() and has_unsloth else "hf"
+    return choose_backend(requested, probe(import_unsloth=requested != "hf"))
 
 
 def check_base_model(name: str) -> None:
@@ -256,45 +305,118 @@ def quiet_progress_bars() -> None:
     datasets.disable_progress_bars()
 
 
-def load_model(config: TrainConfig):
-    """The base model with LoRA attached, its tokenizer, and a summary for the report."""
+def load_model(config: TrainConfig, adapter: str = ""):
+    """The base model with LoRA attached, its tokenizer, and a summary for the report. With
+    ``adapter`` (a past job's adapter folder, staged by the worker) the LoRA starts from its
+    weights instead of from zero."""
     import torch
-    from transformers import set_seed
+
+    from .device import choose_4bit, choose_backend, choose_dtype, probe
+
+    # every refusal (unsloth or 4-bit where the worker cannot) comes before any model loads
+    machine = probe(import_unsloth=config.backend != "hf")
+    backend = choose_backend(config.backend, machine)
+    four_bit = choose_4bit(config.load_in_4bit, machine)
+    dtype = getattr(torch, choose_dtype(machine))
+    from transformers import set_seed  # after unsloth, which patches transformers on import
 
     check_base_model(config.base_model)
+    if adapter:
+        check_adapter_config(adapter, config)  # before the base model loads: a quick refusal
     quiet_progress_bars()
     set_seed(config.seed)
-    backend = pick_backend(config.backend)
     if backend == "unsloth":
-        model, tokenizer = _load_unsloth(config)
+        model, tokenizer = _load_unsloth(config, dtype, four_bit)
     else:
-        model, tokenizer = _load_hf(config)
+        model, tokenizer = _load_hf(config, dtype, four_bit)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if adapter:
+        load_adapter_weights(model, adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     info = {
         "base_model": config.base_model,
         "backend": backend,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": machine.name if machine.cuda else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
         "quantization": "4-bit" if getattr(model, "is_loaded_in_4bit", False) else "none",
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_share": trainable / total if total else 0.0,
     }
+    if adapter:
+        info["starts from"] = (
+            f"job {Path(adapter).name}'s adapter (no checkpoint kept: fresh optimizer)"
+        )
     return model, tokenizer, info
 
 
-def _load_unsloth(config: TrainConfig):
+def check_adapter_config(adapter: str, config: TrainConfig) -> None:
+    """The adapter's own settings (a JSON file from storage: read as data, size-bounded) must
+    give this run's LoRA shape; the client checked the parent's record at submit, this checks
+    what was actually saved."""
+    import json
+
+    path = Path(adapter) / "adapter_config.json"
+    if path.stat().st_size > 1_000_000:
+        raise ValueError(f"{path.name} of job {Path(adapter).name}'s adapter is over 1 MB")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path.name} of job {Path(adapter).name}'s adapter is not an object")
+    for theirs, ours in (("r", "lora_r"), ("lora_alpha", "lora_alpha")):
+        if saved.get(theirs) != getattr(config, ours):
+            raise ValueError(
+                f"job {Path(adapter).name}'s adapter has {theirs}={saved.get(theirs)!r}, this "
+                f"run {ours}={getattr(config, ours)!r}: it loads only into the same LoRA shape"
+            )
+
+
+def load_adapter_weights(model, adapter: str) -> None:
+    """Copy a saved adapter's weights (safetensors only: no pickle) into the model's fresh LoRA,
+    which stays trainable. Every LoRA weight must be there with its shape, and nothing else: an
+    adapter over other modules is refused, not half-loaded."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    job = Path(adapter).name
+    weights = load_file(str(Path(adapter) / "adapter_model.safetensors"), device="cpu")
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    missing = sorted(expected.keys() - weights.keys())
+    extra = sorted(weights.keys() - expected.keys())
+    wrong = sorted(
+        k for k in expected.keys() & weights.keys() if tuple(weights[k].shape) != expected[k]
+    )
+    if missing or extra or wrong:
+        said = [
+            f"{len(missing)} of this run's LoRA weights missing (e.g. {missing[0]})"
+            if missing
+            else "",
+            f"{len(extra)} weights for modules this run has no LoRA on (e.g. {extra[0]})"
+            if extra
+            else "",
+            f"{wrong[0]} has shape {tuple(weights[wrong[0]].shape)}, this run {expected[wrong[0]]}"
+            if wrong
+            else "",
+        ]
+        raise ValueError(
+            f"job {job}'s adapter does not fit this run's LoRA: {'; '.join(s for s in said if s)}. "
+            "It continues only with the same base model, lora_r and target modules"
+        )
+    unexpected = getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", [])
+    if unexpected:  # checked above; here only should peft's naming ever change
+        raise ValueError(f"job {job}'s adapter did not load: {unexpected[:3]}")
+
+
+def _load_unsloth(config: TrainConfig, dtype, load_in_4bit: bool):
     """unsloth's documented recipe: FastLanguageModel.from_pretrained, then get_peft_model."""
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=config.base_model,
         max_seq_length=config.max_seq_length,
-        dtype=None,
-        load_in_4bit=config.load_in_4bit,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -309,21 +431,19 @@ def _load_unsloth(config: TrainConfig):
     return model, tokenizer
 
 
-def _load_hf(config: TrainConfig):
-    import torch
+def _load_hf(config: TrainConfig, dtype, load_in_4bit: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if torch.cuda.is_available():
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if config.load_in_4bit:
-            from transformers import BitsAndBytesConfig
+    # A model folder is untrusted input: weights only from safetensors (no pickle), no remote code.
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
-            )
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
     lora = LoraConfig(
         r=config.lora_r,
@@ -333,13 +453,26 @@ def _load_hf(config: TrainConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora), tokenizer
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated is_gradient_checkpointing itself: nothing ftkit
+        # passes causes it, so only that message, only here, stays out of the report
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, lora), tokenizer
 
 
 # -- data and trainer ---------------------------------------------------------------------------
-def prepare_data(dataset_path: str, dataset_format: str, tokenizer, config: TrainConfig):
-    """Tokenized train (and eval) sets with label masks, and a summary for the report."""
-    from .render import build_dataset
+def prepare_data(
+    dataset_path: str,
+    dataset_format: str,
+    tokenizer,
+    config: TrainConfig,
+    columns: dict[str, str] | None = None,
+):
+    """Tokenized train (and eval) sets with label masks, and a summary for the report. columns is
+    the upload's mapping {ftkit's name: the file's column}, applied as validation applied it."""
+    from .data.render import build_dataset
 
     data = build_dataset(
         dataset_path,
@@ -347,6 +480,7 @@ def prepare_data(dataset_path: str, dataset_format: str, tokenizer, config: Trai
         tokenizer=tokenizer,
         max_seq_length=config.max_seq_length,
         train_on_inputs=config.train_on_inputs,
+        columns=columns or None,
     )
     if len(data) == 0:
         raise ValueError(f"no usable training examples in {dataset_path} after tokenization")
@@ -378,7 +512,11 @@ def make_trainer(
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from .device import Machine, choose_dtype
+
     use_cuda = torch.cuda.is_available()
+    capability = torch.cuda.get_device_capability(0) if use_cuda else None
+    dtype = choose_dtype(Machine(cuda=use_cuda, capability=capability))
     args = SFTConfig(
         output_dir=str(Path(output_dir) / "checkpoints"),
         max_steps=config.max_steps if config.max_steps is not None else -1,
@@ -396,10 +534,13 @@ def make_trainer(
         eval_steps=config.eval_steps or None,
         seed=config.seed,
         data_seed=config.seed,
+        # TRL's default, under the name transformers 5 uses (gradient_checkpointing is deprecated)
+        activation_checkpointing=True,
         max_length=config.max_seq_length,
         packing=config.packing,
         padding_free=config.packing,
-        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
         use_cpu=not use_cuda,
         report_to="none",
         disable_tqdm=True,
@@ -427,12 +568,112 @@ def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None
         reporter.log(f"resuming from {Path(resume_from_checkpoint).name}")
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     reporter.flush()
+    first_step = (
+        int(Path(resume_from_checkpoint).name.rsplit("-", 1)[-1]) if resume_from_checkpoint else 0
+    )
+    if reporter.stop_reason is None and output.global_step > first_step:
+        reporter.training_finished(first_step, output.global_step)
+    strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
+    if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
+        trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
         "global_step": output.global_step,
         "train_loss": output.training_loss,
         "stopped": reporter.stop_reason,
     }
+
+
+def fit(
+    model,
+    tokenizer,
+    train_data,
+    eval_data,
+    config: TrainConfig,
+    output_dir: str,
+    reporter: Reporter,
+    resume_from_checkpoint: str | None = None,
+):
+    """make_trainer + train, ending an out-of-memory with a message that says what to change.
+
+    With ``config.auto_batch_size`` it retries from the start (the adapter's weights restored) at a
+    smaller batch with the accumulation raised by the same factor, so the effective batch, and with
+    it the run's learning dynamics, stays the same. Returns ``(trainer, result)``."""
+    import torch
+
+    from .errors import OutOfMemory
+
+    start = None
+    if config.auto_batch_size:  # adapters are small: a copy costs little next to the base model
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    while True:
+        trainer = make_trainer(
+            model, tokenizer, train_data, eval_data, config, output_dir, reporter
+        )
+        try:
+            result = train(trainer, reporter, resume_from_checkpoint)
+            result["batch_size"] = config.batch_size
+            result["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+            return trainer, result
+        except torch.OutOfMemoryError as exc:
+            step, said = trainer.state.global_step, str(exc).split("\n")[0][:500]
+        del trainer  # the exception is gone too: its frames held the activations
+        _release_memory()
+        smaller = smaller_batch(config.batch_size)
+        if start is None or smaller is None:
+            raise OutOfMemory(out_of_memory_message(config, step, said))
+        factor = config.batch_size // smaller
+        reporter.log(
+            f"out of memory at batch_size={config.batch_size} (max_seq_length="
+            f"{config.max_seq_length}): retrying with batch_size={smaller} and "
+            f"gradient_accumulation_steps={config.gradient_accumulation_steps * factor} "
+            f"(effective batch {config.batch_size * config.gradient_accumulation_steps} kept)"
+        )
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in start:
+                    param.copy_(start[name])
+        config = config.replace(
+            batch_size=smaller,
+            gradient_accumulation_steps=config.gradient_accumulation_steps * factor,
+        )
+
+
+def smaller_batch(batch_size: int) -> int | None:
+    """The largest batch that divides ``batch_size`` and is at most half of it (None at 1), so the
+    accumulation can make up the difference exactly."""
+    return next((b for b in range(batch_size // 2, 0, -1) if batch_size % b == 0), None)
+
+
+def out_of_memory_message(config: TrainConfig, step: int, said: str) -> str:
+    where = f"in training step {step + 1}" if step else "in the first training step"
+    retried = " even after retrying at smaller batches" if config.auto_batch_size else ""
+    fixes = [
+        "lower max_seq_length",
+        "load the base model in 4 bits (load_in_4bit=True)" if not config.load_in_4bit else "",
+        "lower batch_size and raise gradient_accumulation_steps by the same factor"
+        if config.batch_size > 1
+        else "",
+        "or set auto_batch_size=True to do that automatically"
+        if not config.auto_batch_size and config.batch_size > 1
+        else "",
+    ]
+    return (
+        f"out of memory {where}{retried} at batch_size={config.batch_size} and "
+        f"max_seq_length={config.max_seq_length} (gradient_accumulation_steps="
+        f"{config.gradient_accumulation_steps}): {', '.join(f for f in fixes if f)}. "
+        f"torch said: {said}"
+    )
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def save_adapter(model, tokenizer, output_dir: str) -> Path:
@@ -527,7 +768,8 @@ def plot_training(log_history: list[dict[str, Any]]):
     ax_lr.set(title="Learning rate", xlabel="step")
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    # zlib level 1: a figure some 15 % larger, encoded in half the time
+    fig.savefig(buffer, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     display(Image(data=buffer.getvalue(), format="png"))
 
@@ -557,7 +799,13 @@ def throughput(
 
 
 def sample_prompts(
-    dataset_path: str, dataset_format: str, eval_data, tokenizer, prompts: list[str], n: int = 3
+    dataset_path: str,
+    dataset_format: str,
+    eval_data,
+    tokenizer,
+    prompts: list[str],
+    n: int = 3,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
     """Prompts to compare base and fine-tuned answers on: given ones, else held-out (eval) examples,
     else the first examples of the data set (marked as seen in training)."""
@@ -568,7 +816,7 @@ def sample_prompts(
             {"messages": [{"role": "user", "content": p}], "source": "given"} for p in prompts[:n]
         ]
     found = []
-    for example in read_examples(dataset_path, format=dataset_format):
+    for example in read_examples(dataset_path, format=dataset_format, columns=columns or None):
         if "messages" in example:
             upto = next(
                 (i for i, m in enumerate(example["messages"]) if m["role"] == "assistant"), None
@@ -595,25 +843,39 @@ def sample_prompts(
 
 
 def generate(model, tokenizer, sample: dict[str, Any], max_new_tokens: int = 48) -> str:
+    return generate_batch(model, tokenizer, [sample], max_new_tokens)[0]
+
+
+def generate_batch(
+    model, tokenizer, samples: list[dict[str, Any]], max_new_tokens: int = 48
+) -> list[str]:
+    """Greedy answers to several prompts in one ``generate`` call, left-padded: a report's
+    samples cost two calls (base and fine-tuned), not two per prompt."""
     import torch
 
-    if "messages" in sample:
-        inputs = tokenizer.apply_chat_template(
-            sample["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        inputs = tokenizer(sample["prompt"], return_tensors="pt")
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    if not samples:
+        return []
+    encoded = []
+    for sample in samples:
+        if "messages" in sample:
+            ids = tokenizer.apply_chat_template(
+                sample["messages"], add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        else:
+            ids = tokenizer(sample["prompt"])["input_ids"]
+        encoded.append(list(ids))
+    width, pad = max(len(ids) for ids in encoded), tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
     with torch.no_grad():
         out = model.generate(
-            **inputs,
+            input_ids=input_ids.to(model.device),
+            attention_mask=mask.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad,
         )
-    return tokenizer.decode(
-        out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
-    ).strip()
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -622,21 +884,21 @@ def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[s
 
     from IPython.display import HTML, display
 
-    rows = []
     model.eval()
-    for sample in samples:
-        prompt = sample["messages"][-1]["content"] if "messages" in sample else sample["prompt"]
-        with model.disable_adapter():
-            before = generate(model, tokenizer, sample)
-        after = generate(model, tokenizer, sample)
-        rows.append(
-            {
-                "prompt": prompt,
-                "source": sample.get("source", ""),
-                "base model": before,
-                "fine-tuned": after,
-            }
-        )
+    with model.disable_adapter():
+        before = generate_batch(model, tokenizer, samples)
+    after = generate_batch(model, tokenizer, samples)
+    rows = [
+        {
+            "prompt": sample["messages"][-1]["content"]
+            if "messages" in sample
+            else sample["prompt"],
+            "source": sample.get("source", ""),
+            "base model": base,
+            "fine-tuned": tuned,
+        }
+        for sample, base, tuned in zip(samples, before, after)
+    ]
     cells = "".join(
         "<tr>"
         + "".join(
@@ -654,6 +916,39 @@ def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[s
         )
     )
     return rows
+
+
+def warm_up() -> None:
+    """What a job's cells would load on first use, done in a kernel before it gets a job: the job
+    store's and storage's client libraries (as the worker's settings name them), pyplot and its
+    fonts (a first figure drawn), the display helpers, and the default model family's code (Llama)."""
+    import contextlib
+    import io
+
+    from .config import Settings
+    from .jobstore import open_store
+    from .storage import Storage
+
+    # Only a head start: a problem here shows, with its own message, when the job runs.
+    with contextlib.suppress(Exception):
+        settings = Settings.from_env()
+        open_store(settings)  # imports redis, or opens the SQLite file: nothing is written
+        Storage(settings.storage, endpoint_url=settings.s3_endpoint_url)  # s3fs, say
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    from IPython.display import HTML, Image, display  # noqa: F401
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0], label="warm-up")
+    ax.set(title="warm-up", xlabel="step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
 
 
 def environment() -> dict[str, Any]:

@@ -17,9 +17,10 @@ from typing import Any
 
 import ipywidgets as w
 
-from .client import Client, Dataset, Job
+from .client import Client, Dataset, Job, LocalWorker, WorkerWatch
 from .config import TrainConfig
-from .errors import DatasetError, FtkitError
+from .errors import ConfigError, DatasetError, FtkitError
+from .plots import loss_svg
 
 FINAL = ("completed", "failed", "cancelled")
 STATUS_STYLE = {
@@ -33,7 +34,7 @@ STATUS_STYLE = {
 FIELD_HELP: dict[str, tuple[str, str]] = {
     "base_model": ("Model", "Hub id (org/name) or a local folder with config.json"),
     "backend": ("Model", "auto: unsloth on a CUDA worker when installed, else transformers + peft"),
-    "load_in_4bit": ("Model", "QLoRA: load the base model in 4 bits (CUDA only)"),
+    "load_in_4bit": ("Model", "QLoRA: load the base model in 4 bits (auto: where the worker can)"),
     "max_seq_length": ("Model", "Longer examples are truncated to this many tokens"),
     "lora_r": ("LoRA", "Adapter rank: capacity of the update"),
     "lora_alpha": ("LoRA", "Scaling of the update (alpha / r)"),
@@ -47,6 +48,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "seed": ("Advanced", "Random seed: same seed, data and config give the same run"),
     "save_steps": ("Advanced", "Checkpoint every N steps (0: only the final adapter)"),
     "logging_steps": ("Advanced", "Report loss every N steps"),
+    "auto_batch_size": (
+        "Advanced",
+        "Out of GPU memory: retry at half the batch with twice the accumulation",
+    ),
     "train_on_inputs": ("Advanced", "Also compute the loss on prompts / user turns"),
     "packing": ("Advanced", "Pack several short examples into one sequence"),
     "validation_split": ("Advanced", "Fraction held out to measure eval loss"),
@@ -74,41 +79,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str], empty: str = "nothing
         for r in rows
     )
     return f"<table class='ftkit-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def loss_svg(metrics: list[dict[str, Any]], width: int = 460, height: int = 160) -> str:
-    """The loss curve (train, and eval where logged) as inline SVG: no plotting library in the client."""
-    series = {
-        "loss": [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None],
-        "eval_loss": [
-            (m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None
-        ],
-    }
-    points = series["loss"] + series["eval_loss"]
-    if not points:
-        return "<i>the loss curve appears with the first logged step</i>"
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    pad = 30
-
-    def xy(step: float, loss: float) -> str:
-        x = pad + (step - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
-        y = height - pad - (loss - y0) / ((y1 - y0) or 1) * (height - 2 * pad)
-        return f"{x:.1f},{y:.1f}"
-
-    lines = []
-    for name, color in (("loss", "#1f77b4"), ("eval_loss", "#d62728")):
-        if series[name]:
-            pts = " ".join(xy(s, v) for s, v in series[name])
-            lines.append(
-                f"<polyline class='ftkit-{name}' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>"
-            )
-    return (
-        f"<svg class='ftkit-loss' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
-        f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{''.join(lines)}"
-        f"<text x='{pad}' y='14' font-size='11'>max {y1:.3f}</text>"
-        f"<text x='{pad}' y='{height - 8}' font-size='11'>min {y0:.3f} · steps {x0}–{x1}</text></svg>"
-    )
 
 
 class Refresher:
@@ -151,6 +121,64 @@ def _on_close(widget: w.Widget, callback) -> None:
     widget.close = close  # type: ignore[method-assign]
 
 
+# -- no worker ------------------------------------------------------------------------------------
+class WorkerNotice:
+    """Says plainly when no worker has listened on the queue for a few heartbeats; on the embedded
+    (SQLite) queue it offers to start a local worker, and names that worker's log file."""
+
+    def __init__(self, client: Client):
+        self.client, self.watch = client, WorkerWatch(client)
+        self.started: LocalWorker | None = None
+        self.text = w.HTML()
+        self.start_button = w.Button(
+            description="Start a local worker",
+            icon="play",
+            tooltip="run `ftkit worker` on this machine in the background, with these settings",
+            layout=w.Layout(width="auto", display="none"),
+        )
+        self.start_button.on_click(lambda _: self.start())
+        self.widget = w.HBox([self.text, self.start_button])
+        self.widget.add_class("ftkit-worker-notice")
+
+    def refresh(self) -> None:
+        message = self.watch.check()
+        started, lines = self.started, []
+        if started is not None:
+            state = "running" if started.running() else "exited"
+            lines.append(
+                f"local worker pid {started.pid} {state} · log <code>{_esc(started.log)}</code>"
+            )
+        if message is not None:
+            lines.insert(0, f"<b>⚠ {_esc(message)}</b>")
+        offer = (
+            message is not None
+            and self.client.settings.broker == "sqlite"
+            and (started is None or not started.running())
+        )
+        value = (
+            f"<div class='ftkit-no-worker' style='color:darkorange'>{'<br>'.join(lines)}</div>"
+            if lines
+            else ""
+        )
+        if self.text.value != value:
+            self.text.value = value
+        self.start_button.layout.display = "" if offer else "none"
+
+    def start(self) -> LocalWorker | None:
+        try:
+            self.started = self.client.start_local_worker()
+        except FtkitError as exc:
+            self.text.value = f"<span style='color:crimson'>{_esc(exc)}</span>"
+            return None
+        self.refresh()
+        return self.started
+
+    def clear(self) -> None:
+        self.start_button.layout.display = "none"
+        if self.started is None:
+            self.text.value = ""
+
+
 # -- monitor --------------------------------------------------------------------------------------
 class MonitorPanel:
     """One job, live: status, progress with ETA, loss curve, last log lines, cancel, and its outputs."""
@@ -177,10 +205,12 @@ class MonitorPanel:
         self.download_button.on_click(lambda _: self.download())
         self.outputs = w.HTML()
         self.error = w.HTML()
+        self.worker_notice = WorkerNotice(job._client)
         self.widget = w.VBox(
             [
                 self.title,
                 self.status,
+                self.worker_notice.widget,
                 w.HBox([self.bar, self.step]),
                 self.curve,
                 self.logs,
@@ -230,6 +260,10 @@ class MonitorPanel:
             + "</pre>"
         )
         done = s["status"] in FINAL
+        if done:
+            self.worker_notice.clear()
+        else:
+            self.worker_notice.refresh()
         self.cancel_button.disabled = done
         if done:
             self._show_outputs(s)
@@ -399,6 +433,10 @@ class ConfigureStep:
         common = dict(description=name, tooltip=FIELD_HELP[name][1], style=style, layout=layout)
         if name == "backend":
             return w.Dropdown(options=["auto", "unsloth", "hf"], value=value, **common)
+        if name == "load_in_4bit":  # three states: a checkbox cannot say "auto"
+            options = [("auto", "auto"), ("yes", "yes"), ("no", "no")]
+            chosen = "auto" if value is None else "yes" if value else "no"
+            return w.Dropdown(options=options, value=chosen, **common)
         if isinstance(value, bool):
             return w.Checkbox(value=value, indent=True, **common)
         if name == "max_steps":
@@ -420,6 +458,7 @@ class ConfigureStep:
     def values(self) -> dict[str, Any]:
         values = {name: c.value for name, c in self.controls.items()}
         values["max_steps"] = values["max_steps"] or None
+        values["load_in_4bit"] = {"auto": None, "yes": True, "no": False}[values["load_in_4bit"]]
         values["timeout_minutes"] = values["timeout_minutes"] or None
         values["sample_prompts"] = [
             p.strip() for p in values["sample_prompts"].splitlines() if p.strip()
@@ -515,6 +554,7 @@ JOB_COLUMNS = [
     "started",
     "duration",
     "final_loss",
+    "tags",
 ]
 
 
@@ -529,6 +569,7 @@ def job_row(s: dict[str, Any]) -> dict[str, Any]:
         "started": (s.get("started_at") or "")[11:19],
         "duration": f"{duration:.0f} s" if duration is not None else "",
         "final_loss": f"{s['loss']:.4f}" if s.get("loss") is not None else "",
+        "tags": " ".join(s.get("tags") or []),
     }
 
 
@@ -554,6 +595,8 @@ class Dashboard:
             description="status",
         )
         self.filter.observe(lambda _: self.refresh(), names="value")
+        self.tag = w.Text(value="", description="tag", placeholder="any", continuous_update=False)
+        self.tag.observe(lambda _: self.refresh(), names="value")
         self.health = w.HTML()
         self.workers = w.HTML()
         self.jobs = w.HTML()
@@ -566,7 +609,7 @@ class Dashboard:
                 self.health,
                 w.HTML("<b>Workers</b>"),
                 self.workers,
-                w.HBox([self.filter, self.cancel_id, self.cancel_button]),
+                w.HBox([self.filter, self.tag, self.cancel_id, self.cancel_button]),
                 self.jobs,
             ]
         )
@@ -581,7 +624,12 @@ class Dashboard:
         status = None if self.filter.value == "all" else self.filter.value
         health = self.client.health()
         workers = self.client.workers()
-        jobs = self.client.jobs(status=status, limit=self.limit)
+        tag = self.tag.value.strip() or None
+        try:
+            jobs = self.client.jobs(status=status, limit=self.limit, tag=tag)
+            empty = "no jobs" if tag is None else f"no jobs tagged {tag}"
+        except ConfigError as exc:  # a tag being typed: say what is wrong with it, list nothing
+            jobs, empty = [], str(exc)
         self._set(
             self.health,
             f"broker <b>{_esc(health['broker'])}</b> "
@@ -613,10 +661,10 @@ class Dashboard:
                     "jobs done",
                     "last heartbeat",
                 ],
-                empty="no live workers: start one with `ftkit worker`",
+                empty=self.client.no_worker_message(),
             ),
         )
-        self._set(self.jobs, _table([job_row(s) for s in jobs], JOB_COLUMNS, empty="no jobs"))
+        self._set(self.jobs, _table([job_row(s) for s in jobs], JOB_COLUMNS, empty=empty))
         active = [s["job_id"] for s in jobs if s["status"] not in FINAL]
         if list(self.cancel_id.options) != active:
             self.cancel_id.options = active

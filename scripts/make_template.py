@@ -7,14 +7,16 @@ PARAMETERS = """# Job
 job_id = ""                                   # ftkit job id; empty when this notebook is run by hand
 dataset_path = "examples/example_data.jsonl"  # local path of the staged data set
 dataset_format = "chat"                       # alpaca | chat | sharegpt | prompt_completion | text
+dataset_columns = {}                          # ftkit's field -> the file's column, e.g. {"output": "answer"}
 output_dir = "run"                            # the adapter, checkpoints and result.json go here
 resume_from_checkpoint = ""                   # a checkpoint folder when this run continues an earlier attempt
+resume_from_adapter = ""                      # a past job's adapter folder to start from (fresh optimizer)
 dataset_profile = {}                          # the data set's profile from upload (rows, tokens, warnings)
 
 # Model
 base_model = "unsloth/llama-3-8b-bnb-4bit"    # hub id or local folder
 backend = "auto"                              # auto: unsloth on CUDA when installed, else transformers + peft
-load_in_4bit = True                           # QLoRA on CUDA; full precision on CPU
+load_in_4bit = None                           # QLoRA; None: 4-bit where the worker can (CUDA + bitsandbytes)
 max_seq_length = 2048                         # longer examples are truncated
 
 # LoRA
@@ -37,6 +39,7 @@ packing = False                               # several short examples per seque
 validation_split = 0.0                        # fraction held out for eval loss
 eval_steps = 0                                # 0: evaluate at the end only
 timeout_minutes = None                        # the worker stops the job after this long
+auto_batch_size = False                       # out of memory: retry at half the batch, twice the accumulation
 sample_prompts = []                           # answered by the base and the fine-tuned model below"""
 
 CONFIG = """from ftkit import train
@@ -47,15 +50,18 @@ config = TrainConfig.from_dict({name: globals()[name] for name in TrainConfig.fi
 reporter = train.Reporter.for_job(job_id)
 train.show_table(config.to_dict(), "Configuration")"""
 
-TRAINING = """trainer = train.make_trainer(model, tokenizer, train_data, eval_data, config, output_dir, reporter)
-result = train.train(trainer, reporter, resume_from_checkpoint)
+TRAINING = """trainer, result = train.fit(
+    model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint
+)
 train.plot_training(trainer.state.log_history)
 speed = train.throughput(result, data_summary, config)
 train.show_table(speed, "Throughput and memory")"""
 
 SAMPLES = """samples = []
 if result["stopped"] != "handoff":  # a job handed to another worker finishes there
-    prompts = train.sample_prompts(dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts)
+    prompts = train.sample_prompts(
+        dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts, columns=dataset_columns
+    )
     samples = train.show_samples(model, tokenizer, prompts)"""
 
 RESULT = """reporter.status("saving")
@@ -83,11 +89,14 @@ cells = [
     code('train.show_table(train.environment(), "Environment")'),
     md("## Model and LoRA"),
     code(
-        'model, tokenizer, model_info = train.load_model(config)\ntrain.show_table(model_info, "Model")'
+        "model, tokenizer, model_info = train.load_model(config, resume_from_adapter)\n"
+        'train.show_table(model_info, "Model")'
     ),
     md("## Data"),
     code(
-        "train_data, eval_data, data_summary = train.prepare_data(dataset_path, dataset_format, tokenizer, config)\n"
+        "train_data, eval_data, data_summary = train.prepare_data(\n"
+        "    dataset_path, dataset_format, tokenizer, config, dataset_columns\n"
+        ")\n"
         "train.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)"
     ),
     md("## Training\n\nLoss and learning rate by step, then throughput and peak memory."),
@@ -100,6 +109,8 @@ cells = [
     md("## Result"),
     code(RESULT),
 ]
+for number, cell in enumerate(cells):
+    cell.id = f"cell-{number:02d}"  # stable ids: regenerating changes only what changed
 nb = nbf.v4.new_notebook(cells=cells)
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 nb.metadata["language_info"] = {"name": "python"}

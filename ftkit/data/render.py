@@ -18,10 +18,21 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .tinymodel import CHAT_TEMPLATE
-
 if TYPE_CHECKING:
     from datasets import Dataset
+
+# ChatML, for a base model without a template of its own (the tiny test model uses it too), with
+# {% generation %} markers, so transformers can return assistant-token masks.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 IGNORE_INDEX = -100
 COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -42,7 +53,9 @@ def tokenize_example(
     Labels are IGNORE_INDEX on system, user and tool turns and on the prompt, unless
     train_on_inputs; a message with loss_weight 0 is never learned, whatever train_on_inputs says."""
     if "messages" in example:
-        ids, labels = _conversation_tokens(example, tokenizer, chat_template, train_on_inputs)
+        ids, labels = _conversation_tokens(
+            example, tokenizer, chat_template, train_on_inputs, max_seq_length
+        )
     elif "prompt" in example:
         ids, labels = _prompt_completion_tokens(example, tokenizer, train_on_inputs)
     else:
@@ -80,7 +93,7 @@ def build_dataset(
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    from .data import read_examples
+    from .formats import read_examples
 
     rows = (
         tokenize_example(
@@ -175,18 +188,25 @@ def _template_message(message: dict[str, Any], template_knows_tool_calls: bool) 
 
 
 def _conversation_tokens(
-    example: dict[str, Any], tokenizer: Any, chat_template: str | None, train_on_inputs: bool
+    example: dict[str, Any],
+    tokenizer: Any,
+    chat_template: str | None,
+    train_on_inputs: bool,
+    max_seq_length: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    render = _renderer(example, tokenizer, chat_template)
-    text = render(len(example["messages"]), False)
-    spans = _learned_spans(example["messages"], render, text, train_on_inputs)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
             "label masks need a fast tokenizer (character offsets): load it with use_fast=True"
         )
+    render = _renderer(example, tokenizer, chat_template)
+    text = render(len(example["messages"]), False)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    ids = encoded["input_ids"]
-    return ids, _labels_in_spans(ids, encoded["offset_mapping"], spans)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    kept = len(text)  # characters that survive truncation: turns past them need no label
+    if max_seq_length is not None and len(ids) > max_seq_length:
+        kept = offsets[max_seq_length - 1][1]
+    spans = _learned_spans(example["messages"], render, text, train_on_inputs, kept)
+    return ids, _labels_in_spans(ids, offsets, spans)
 
 
 def _learned_spans(
@@ -194,12 +214,19 @@ def _learned_spans(
     render: Callable[[int, bool], str],
     text: str,
     train_on_inputs: bool,
+    kept: int | None = None,
 ) -> list[Span]:
     """The characters that carry labels. Message i spans from the end of the first i messages'
     rendering to the end of the first i+1's; an assistant turn's learned part starts where the
-    generation prompt ends and stops at its end-of-turn token (the whitespace after is not learned)."""
+    generation prompt ends and stops at its end-of-turn token (the whitespace after is not learned).
+
+    Each prefix is rendered whole, so this costs the square of the turns it looks at: it stops at
+    the first ``kept`` characters (what truncation keeps), and data/formats.py caps a conversation's turns."""
+    kept = len(text) if kept is None else kept
     segments, start = [], 0
     for i in range(len(messages)):
+        if start >= kept:
+            break
         end = len(_prefix_of(text, render(i + 1, False)))
         segments.append((start, end))
         start = end
@@ -210,7 +237,7 @@ def _learned_spans(
     for i, ((start, end), message) in enumerate(zip(segments, messages)):
         if message["role"] == "assistant" and message.get("loss_weight", 1.0) != 0:
             body = start + _common_prefix_length(render(i, True)[start:], text[start:end])
-            spans.append((body, len(text[:end].rstrip())))
+            spans.append((body, start + len(text[start:end].rstrip())))
     return spans
 
 

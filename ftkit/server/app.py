@@ -1,0 +1,119 @@
+"""The FastAPI application behind ``ftkit serve``: the routers, auth, limits and error mapping.
+
+It holds one ``Client`` (the public API) and nothing else: the queue, job store and storage stay
+the single source of truth, shared with notebooks and workers; several servers can run at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from ..client import Client
+from . import errors
+from .auth import require_token
+from .limits import BodyLimit
+from .models import ErrorResponse
+from .routes import datasets, health, jobs, sweeps
+
+log = logging.getLogger("ftkit.server")
+MAX_UPLOAD_BYTES = 10 << 30  # 10 GiB
+MAX_BODY_BYTES = 1 << 20  # every other request: 1 MiB
+
+DESCRIPTION = """Drive ftkit from scripts, CI and other languages: upload a data set, train (or
+sweep a grid), follow the job and its logs, download the adapter, retry or delete. The same queue,
+job store and storage as the notebooks.
+
+With `FTKIT_API_TOKEN` set on the server, send `Authorization: Bearer <token>`."""
+
+
+def create_app(
+    client: Client | None = None,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    cors_origins: list[str] | None = None,
+) -> FastAPI:
+    """The app; ``token`` (default: $FTKIT_API_TOKEN) turns bearer-token auth on everywhere."""
+    from .._version import __version__
+    from . import page
+
+    auth = [Depends(require_token)]
+    app = FastAPI(
+        title="ftkit",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,  # served below, behind the same auth as everything else
+        redoc_url=None,
+        openapi_url=None,
+        responses={401: {"model": ErrorResponse, "description": "FTKIT_API_TOKEN is set"}},
+    )
+    app.state.client = client or Client()
+    app.state.token = token if token is not None else os.environ.get("FTKIT_API_TOKEN") or None
+    errors.install(app)
+    for module in (datasets, jobs, sweeps, health):
+        app.include_router(module.router, dependencies=auth)
+    app.include_router(page.router)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        if not page.signed_in(request):
+            return page.sign_in()
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ftkit API")
+
+    app.add_middleware(
+        BodyLimit, limit=max_body_bytes, upload_limit=max_upload_bytes, upload_path="/upload"
+    )
+    if cors_origins:  # off unless asked for: browsers then refuse other sites' scripts
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    cors_origins: list[str] | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> None:
+    """Run the app with uvicorn (blocks). Warns loudly when it listens beyond loopback openly."""
+    import uvicorn
+
+    app = create_app(cors_origins=cors_origins, max_upload_bytes=max_upload_bytes)
+    if not app.state.token and not is_loopback(host):
+        banner = "!" * 78
+        print(
+            f"{banner}\nWARNING: ftkit serve listens on {host}:{port} WITHOUT authentication.\n"
+            "Anyone who reaches this port can upload data, start and cancel jobs, and download\n"
+            "adapters. Set FTKIT_API_TOKEN=<a long random secret> and restart.\n"
+            f"{banner}",
+            file=sys.stderr,
+            flush=True,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)

@@ -1,0 +1,179 @@
+"""Request size limits, and a multipart upload streamed straight to a file on disk.
+
+A body is counted as it arrives: a Content-Length over the limit is refused before a byte is read,
+and a chunked body is cut off with 413 as soon as it passes the limit. An upload never sits in
+memory: python-multipart hands over each piece of the file part, which goes to a temporary file
+named by the server (the client's file name is only kept, cleaned, as the data set's name).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import DatasetError
+
+KNOWN_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet")
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException, so FastAPI's body parsing re-raises it as a 413 instead of a 400."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: at most ``upload_limit`` bytes for POST /upload, ``limit`` elsewhere."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, upload_limit: int, upload_path: str):
+        self.app, self.limit, self.upload_limit, self.upload_path = (
+            app,
+            limit,
+            upload_limit,
+            upload_path,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload_limit if scope["path"] == self.upload_path else self.limit
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body larger than the limit of {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Upload:
+    """The one file part of a multipart body, on disk."""
+
+    path: Path
+    filename: str
+    size: int
+
+
+def clean_filename(raw: str) -> str:
+    """The client's file name as a plain name: its last path component, no control characters."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or name in (".", "..") or any(ord(c) < 32 for c in name) or len(name) > 200:
+        raise DatasetError(
+            f"invalid file name {raw[:80]!r}: send a plain file name such as 'train.jsonl'"
+        )
+    return name
+
+
+def local_name(filename: str) -> str:
+    """The temporary file's name: a fixed stem and only a known suffix, for format detection."""
+    lower = filename.lower()
+    gz = ".gz" if lower.endswith(".gz") else ""
+    base = lower.removesuffix(".gz")
+    suffix = next((s for s in KNOWN_SUFFIXES if base.endswith(s)), "")
+    return f"upload{suffix}{gz}"
+
+
+async def receive_file(
+    stream: AsyncIterator[bytes], content_type: str, folder: Path, field: str = "file"
+) -> Upload:
+    """Parse a multipart body chunk by chunk, writing the part named ``field`` into ``folder``."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or b"boundary" not in params:
+        raise DatasetError(
+            "send the data set as multipart/form-data with a part named 'file' "
+            "(curl -F file=@train.jsonl)"
+        )
+    state: dict = {"headers": {}, "name": b"", "value": b"", "target": None, "file": None}
+    out: dict = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["name"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["name"].lower()] = state["value"]
+        state["name"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        if options.get(b"name") == field.encode() and b"filename" in options and not out:
+            filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
+            path = folder / local_name(filename)
+            state["file"] = open(path, "wb")
+            out.update(path=path, filename=filename, size=0)
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["file"] is not None:
+            state["file"].write(data[start:end])
+            out["size"] += end - start
+
+    def on_part_end() -> None:
+        if state["file"] is not None:
+            state["file"].close()
+            state["file"] = None
+        state["headers"] = {}
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise DatasetError(f"the multipart body cannot be parsed: {exc}") from exc
+    finally:
+        if state["file"] is not None:
+            state["file"].close()
+    if not out:
+        raise DatasetError("no file in the request: send it as the multipart part named 'file'")
+    if out["size"] == 0:
+        os.unlink(out["path"])
+        raise DatasetError(f"{out['filename']}: the file is empty")
+    return Upload(**out)

@@ -1,0 +1,343 @@
+"""Pydantic models for every request and response: the OpenAPI schema is the API's contract.
+
+Field names follow the earlier REST design (``dataset_filename``, ``celery_workers``, ...), so its
+cURL and Postman users keep working. The training configuration is generated from ``TrainConfig``
+so the schema never drifts from what the library accepts; ``TrainConfig`` itself still validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+
+from ..client import MAX_NOTE, MAX_TAGS, TAG
+from ..config import TrainConfig
+from ..jobstore import STATUSES
+from ..spec import JOB_ID
+from ..sweeping import MAX_RUNS, MODES
+
+JobId = typing.Annotated[str, Field(pattern=JOB_ID.pattern, examples=["3f2a9c1b7d4e"])]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+Tag = typing.Annotated[str, Field(pattern=TAG.pattern, examples=["baseline"])]
+
+
+def _config_model() -> type[BaseModel]:
+    """Every TrainConfig field, optional: a field left out takes TrainConfig's default."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name] | None, Field(default=None, description=f"TrainConfig.{f.name}"))
+        for f in dataclasses.fields(TrainConfig)
+    }
+    # strict: 1 is not true and "5" is not 5; extra keys reach TrainConfig, which names the
+    # closest valid one.
+    config = ConfigDict(strict=True, extra="allow", title="TrainConfig")
+    return create_model("TrainConfigIn", __config__=config, **fields)
+
+
+TrainConfigIn = _config_model()
+
+
+class DatasetChoice(BaseModel):
+    """Which uploaded data set: by the file's name or by its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_filename: str | None = Field(
+        default=None, max_length=200, description="an uploaded file's name (the newest upload)"
+    )
+    dataset_id: str | None = Field(
+        default=None, max_length=64, description="an uploaded data set's id (sha256, 8+ chars)"
+    )
+
+
+class RunOptions(BaseModel):
+    """What ``submit`` takes beside the configuration: they change nothing that trains."""
+
+    tags: list[str] | None = Field(
+        default=None,
+        description=f"find the job again with GET /jobs?tag=...; at most {MAX_TAGS}, each "
+        f"matching {TAG.pattern}",
+    )
+    note: str | None = Field(default=None, description=f"for people; {MAX_NOTE} characters")
+    priority: int = Field(default=0, ge=-100, le=100)
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        strict=True,
+        description="how often a run is tried when its worker dies (default: the server's "
+        "FTKIT_MAX_ATTEMPTS, else 3)",
+    )
+
+
+class TrainRequest(DatasetChoice, RunOptions):
+    """Which data set (by the uploaded file's name or its id) and how to train on it."""
+
+    job_id: JobId | None = Field(
+        default=None, description="the id that POST /upload reserved for this training run"
+    )
+    config: TrainConfigIn = Field(default_factory=TrainConfigIn)  # type: ignore[valid-type]
+    resume_from: JobId | None = Field(
+        default=None,
+        description="a past job whose last kept checkpoint (save_steps) this run starts from",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="sent again (a retried request), it returns the job it made the first time",
+    )
+
+
+class TrainResponse(BaseModel):
+    job_id: JobId
+    status: Status = Field(description="queued; a job found by its idempotency_key may be further")
+    message: str
+    created_at: str
+
+
+class RetryResponse(TrainResponse):
+    retry_of: JobId
+    resume_from: JobId | None = Field(
+        description="the job whose checkpoint it starts from (None: from step 1, none was kept)"
+    )
+
+
+class DeleteResponse(BaseModel):
+    job_id: JobId
+    status: Status = Field(description="the job's status when it was deleted")
+    finished_at: str | None
+    tags: list[str]
+    bytes: int = Field(description="bytes freed in storage (its run folder)")
+
+
+class UploadResponse(BaseModel):
+    status: Literal["success"]
+    job_id: JobId = Field(description="reserved for the training run: pass it to POST /train")
+    dataset_id: str
+    filename: str
+    uploaded_at: str
+    format: str
+    rows: int
+    size_bytes: int
+    warnings: list[str] = []
+
+
+class JobResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    output_dir: str | None = None
+    adapter_dir: str | None = None
+    training_duration_seconds: float | None = None
+    dataset_size: int | None = None
+    report: str | None = None
+
+
+class JobStatus(BaseModel):
+    """What ``job.status()`` returns; fields beyond these pass through unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: JobId
+    status: Status
+    progress: float = 0.0
+    current_step: int | None = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    worker: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+    tags: list[str] = []
+    note: str | None = None
+    resume_from: str | None = Field(default=None, description="the job it continues from")
+    config: dict[str, Any] | None = Field(default=None, description="its TrainConfig, whole")
+    dataset: dict[str, Any] | None = None
+
+    @field_validator(
+        "max_attempts", "priority", "tags", "note", "resume_from", "config", "dataset", mode="wrap"
+    )
+    @classmethod
+    def _as_written(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """A record is data anyone with the queue's URL may have written: one of these fields in
+        the wrong shape reads as unset, not as a server error."""
+        try:
+            return handler(value)
+        except ValidationError:
+            assert info.field_name is not None
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    total: int | None = Field(
+        description="jobs with this status (all jobs without a filter); null with a tag, which is "
+        "not counted: a page with fewer than limit jobs is the last"
+    )
+    limit: int
+    offset: int
+
+
+class CancelResponse(BaseModel):
+    job_id: JobId
+    status: Status
+    message: str
+
+
+class MetricRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    epoch: float | None = None
+
+
+class Metrics(BaseModel):
+    job_id: JobId
+    metrics: list[MetricRow]
+
+
+class Logs(BaseModel):
+    job_id: JobId
+    lines: list[str]
+    cursor: int = Field(
+        description="pass it back as ?cursor= to get only the lines after these (opaque)"
+    )
+    status: Status = Field(description="the job's status, read before the lines")
+    ended: bool = Field(
+        description="with ?cursor=: the job had ended and every line was read; stop following"
+    )
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+Number = StrictInt | StrictFloat
+
+
+class SweepRequest(DatasetChoice, RunOptions):
+    """One data set trained over a grid (every combination of ``values``) or ``n`` random draws
+    (from ``values`` and ``ranges``); ``config`` holds the values every run shares. Every run is
+    checked before any is queued."""
+
+    mode: Literal[MODES] = "grid"  # type: ignore[valid-type]
+    values: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        max_length=len(dataclasses.fields(TrainConfig)),
+        description="TrainConfig fields, each with the values to sweep",
+        examples=[{"learning_rate": [1e-4, 2e-4], "lora_r": [8, 16]}],
+    )
+    ranges: dict[str, tuple[Number, Number]] = Field(
+        default_factory=dict,
+        max_length=len(dataclasses.fields(TrainConfig)),
+        description="mode=random: TrainConfig fields, each with its [low, high] (a learning "
+        "rate is drawn log-uniform, an integer field whole)",
+        examples=[{"learning_rate": [1e-5, 1e-3]}],
+    )
+    n: int | None = Field(
+        default=None, ge=1, le=MAX_RUNS, strict=True, description="mode=random: how many runs"
+    )
+    sample_seed: int | None = Field(
+        default=None, strict=True, description="mode=random: the same seed draws the same runs"
+    )
+    config: TrainConfigIn = Field(default_factory=TrainConfigIn)  # type: ignore[valid-type]
+
+
+class SweepRun(BaseModel):
+    job_id: JobId
+    values: dict[str, Any] = Field(description="this run's swept values")
+
+
+class SweepCreated(BaseModel):
+    sweep_id: JobId
+    mode: str
+    swept: list[str]
+    sample_seed: int | None
+    runs: list[SweepRun]
+    message: str
+
+
+class SweepSummary(BaseModel):
+    sweep_id: JobId
+    created_at: str | None
+    mode: str | None
+    swept: list[str]
+    runs: int
+    dataset: str | None
+    tags: list[str]
+    note: str | None
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepSummary]
+
+
+class SweepRunStatus(SweepRun):
+    status: str = Field(description="the job's status, or 'missing' when it was deleted")
+    step: int | None
+    total_steps: int | None
+    final_loss: float | None
+    eval_loss: float | None
+
+
+class BestRun(BaseModel):
+    job_id: JobId
+    by: Literal["eval_loss", "final_loss"]
+    value: float
+
+
+class SweepDetail(SweepSummary):
+    title: str
+    sample_seed: int | None
+    config: dict[str, Any] = Field(description="what every run shares")
+    run_table: list[SweepRunStatus]
+    best: BestRun | None = Field(
+        description="the completed run with the lowest eval loss (else final training loss)"
+    )
+
+
+class SweepCancelled(BaseModel):
+    sweep_id: JobId
+    runs: dict[str, str] = Field(description="each run's status after the cancel")
+    message: str
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    broker: str
+    redis_connected: bool = Field(description="the queue's broker answers (Redis or SQLite)")
+    workers: int
+    celery_workers: int = Field(description="the same count, under the earlier design's name")
+    queue_depth: int
+
+
+class Problem(BaseModel):
+    """One entry of an error's ``detail``: FastAPI's shape, so every 422 reads the same."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int] = []
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[Problem]

@@ -1,0 +1,1 @@
+"""One router per resource: data sets, jobs, health, and the dashboard page."""
