@@ -21,12 +21,21 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"  # small public data sets, see tests/data/README.md
 EXAMPLE_DATA = REPO / "examples" / "example_data.jsonl"
 for name in [
     k for k in os.environ if k.startswith(("FTKIT_", "REDIS_", "STORAGE_", "S3_", "DEFAULT_"))
 ]:
     del os.environ[name]  # tests choose their own backends
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ftkit_home(tmp_path_factory) -> Path:
+    """The per-user folder of the embedded default, for this session only: no test (nor a worker
+    or kernel it starts) reads or writes the real user's queue, storage or logs."""
+    home = tmp_path_factory.mktemp("ftkit-home")
+    os.environ["FTKIT_HOME"] = str(home)
+    return home
 
 
 def free_port() -> int:
@@ -170,8 +179,11 @@ def settings(request, tmp_path):
     common = dict(
         storage=str(tmp_path / "storage"),
         scratch_dir=str(tmp_path / "scratch"),
+        home=str(tmp_path / "home"),
         heartbeat_seconds=0.5,
         worker_grace_seconds=3.0,
+        # Workers on Redis load local models only from allowed folders: this session's temp folder.
+        allowed_model_dirs=(str(request.getfixturevalue("tmp_path_factory").getbasetemp()),),
     )
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
@@ -203,6 +215,9 @@ class WorkerProcess:
             **settings.to_env(),
             "FTKIT_SCRATCH_DIR": str(scratch),
             "PYTHONUNBUFFERED": "1",
+            # Cold kernels: a warm spare costs a full torch import that most tests, which stop the
+            # worker after a job or two, never use. test_end_to_end runs the warm path.
+            "FTKIT_WARM_KERNEL": "0",
             **(env or {}),
         }
         self.log = log
@@ -228,12 +243,27 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the tail of each worker's log: a CI failure explains itself."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for n, worker in enumerate(getattr(item, "ftkit_workers", [])):
+            try:
+                tail = worker.output()[-4000:]
+            except OSError as exc:
+                tail = f"(unreadable: {exc})"
+            report.sections.append((f"worker{n} log (tail)", tail))
+
+
 @pytest.fixture
-def start_worker(settings, tmp_path):
+def start_worker(settings, tmp_path, request):
     """Start workers on demand; each gets its own scratch folder, as on its own machine."""
     from ftkit.client import Client
 
     started: list[WorkerProcess] = []
+    request.node.ftkit_workers = started
 
     def start(
         wait: bool = True, args: tuple[str, ...] = (), env: dict | None = None

@@ -52,12 +52,51 @@ def test_max_steps_none_means_epochs():
     assert TrainConfig(max_steps=None, num_epochs=2.0).max_steps is None
 
 
-def test_settings_default_to_embedded_sqlite_and_local_folder():
-    s = Settings.from_env({})
+def test_settings_default_to_embedded_sqlite_in_the_per_user_folder(tmp_path):
+    s = Settings.from_env({"FTKIT_HOME": str(tmp_path)})
     assert s.broker == "sqlite" and s.redis_url is None
-    assert s.storage == str(Path("storage").resolve()) and s.queue_db == str(
-        Path("storage/queue.db").resolve()
+    assert s.storage == str(tmp_path / "storage") and s.queue_db == str(
+        tmp_path / "storage" / "queue.db"
     )
+    assert s.home == str(tmp_path) and s.queue_location == s.queue_db
+
+
+def test_without_ftkit_home_the_default_is_the_platform_user_data_folder(tmp_path, monkeypatch):
+    import platformdirs
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    s = Settings.from_env({})
+    expected = Path(platformdirs.user_data_dir("ftkit", appauthor=False)).resolve()
+    assert expected.is_relative_to(tmp_path / "xdg")
+    assert s.storage == str(expected / "storage") and s.home == str(expected)
+    assert not expected.exists(), "reading settings creates nothing"
+
+
+def test_the_default_is_the_same_from_any_working_folder(tmp_path, monkeypatch):
+    seen = set()
+    for folder in ("a", "b/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / folder)
+        s = Settings.from_env({"FTKIT_HOME": str(tmp_path / "home")})
+        seen.add((s.storage, s.queue_db))
+    assert len(seen) == 1
+
+
+def test_the_queue_follows_a_storage_folder_given_to_connect(tmp_path):
+    s = Settings.from_env({"FTKIT_HOME": str(tmp_path / "home")}, storage=str(tmp_path / "mine"))
+    assert s.queue_db == str(tmp_path / "mine" / "queue.db")
+
+
+def test_queue_location_never_shows_the_redis_password():
+    s = Settings.from_env({"FTKIT_REDIS_URL": "redis://:s3cret@cache.internal:6380/2"})
+    assert s.queue_location == "redis://cache.internal:6380/2"
+
+
+def test_upload_models_is_auto_always_or_never():
+    assert Settings.from_env({}).upload_models == "auto"
+    assert Settings.from_env({"FTKIT_UPLOAD_MODELS": "Always"}).upload_models == "always"
+    with pytest.raises(ConfigError, match="FTKIT_UPLOAD_MODELS"):
+        Settings.from_env({"FTKIT_UPLOAD_MODELS": "sometimes"})
 
 
 def test_settings_build_a_redis_url_from_parts_with_an_escaped_password():

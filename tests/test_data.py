@@ -1,4 +1,4 @@
-"""ftkit.data on the real data sets in shared/data and on corrupted copies of them."""
+"""ftkit.data on the real data sets in tests/data and on corrupted copies of them."""
 
 from __future__ import annotations
 
@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_DATA
 from ftkit import data
-from ftkit.data import DatasetProfile, inspect_dataset, read_examples, validate_dataset
+from ftkit.data import DatasetProfile, inspect_dataset, read_examples, readers, validate_dataset
 from ftkit.errors import DatasetError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = TEST_DATA
 REAL_FILES = [
-    ("alpaca_en_demo.json", "alpaca", 999, "json"),
+    ("alpaca_en_demo.json", "alpaca", 100, "json"),
     ("identity.json", "alpaca", 91, "json"),
-    ("glaive_toolcall_en_demo.json", "sharegpt", 300, "json"),
-    ("c4_demo.jsonl", "text", 300, "jsonl"),
-    ("v1_sft_demo.jsonl", "chat", 500, "jsonl"),
+    ("glaive_toolcall_en_demo.json", "sharegpt", 50, "json"),
+    ("c4_demo.jsonl", "text", 40, "jsonl"),
+    ("v1_sft_demo.jsonl", "chat", 100, "jsonl"),
     ("toy_chat_fine_tuning.jsonl", "chat", 5, "jsonl"),
 ]
 
@@ -78,7 +79,7 @@ def test_toy_chat_faults_are_named_by_line(max_seq_length):
 
 
 def test_toy_chat_faults_with_the_real_tokenizer(tokenizer):
-    from ftkit.render import count_tokens
+    from ftkit.data.render import count_tokens
 
     profile = inspect_dataset(
         DATA / "toy_chat_fine_tuning.jsonl", tokenizer=tokenizer, max_seq_length=512
@@ -228,7 +229,7 @@ def test_column_mapping_renames_and_names_the_users_column(tmp_path):
 def test_explicit_format_checks_every_record_against_it():
     profile = inspect_dataset(DATA / "c4_demo.jsonl", format="prompt_completion")
     assert (
-        profile.problem_counts["missing_field"] == 2 * 300 and not profile.ok
+        profile.problem_counts["missing_field"] == 2 * 40 and not profile.ok
     )  # no prompt, no completion
 
 
@@ -254,7 +255,7 @@ def test_parquet_file(tmp_path):
     assert (profile.file_kind, profile.format, profile.rows, profile.ok) == (
         "parquet",
         "chat",
-        500,
+        len(records),
         True,
     )
     assert profile.preview[0]["messages"][0]["content"] == "hi"
@@ -271,8 +272,8 @@ def test_json_array_is_decoded_incrementally_with_line_numbers(monkeypatch):
     path = DATA / "alpaca_en_demo.json"
     lines = path.read_text().splitlines()
     starts = [i for i, line in enumerate(lines, start=1) if line.startswith("  {")]
-    monkeypatch.setattr(data, "ARRAY_CHUNK_CHARS", 7)
-    events = list(data._records(data._sniff(path)[0]))
+    monkeypatch.setattr(readers, "ARRAY_CHUNK_CHARS", 7)
+    events = list(readers._records(readers._sniff(path)[0]))
     assert [record for _, record, _ in events] == json.loads(path.read_text())
     assert [line for line, _, _ in events] == starts
 
@@ -281,8 +282,8 @@ def test_minified_json_array_is_read_in_pieces(tmp_path, monkeypatch):
     records = json.loads((DATA / "identity.json").read_text())
     path = tmp_path / "one_line.json"
     path.write_text(json.dumps(records))
-    monkeypatch.setattr(data, "ARRAY_PIECE_BYTES", 100)
-    monkeypatch.setattr(data, "ARRAY_CHUNK_CHARS", 100)
+    monkeypatch.setattr(readers, "ARRAY_PIECE_BYTES", 100)
+    monkeypatch.setattr(readers, "ARRAY_CHUNK_CHARS", 100)
     profile = inspect_dataset(path)
     assert (profile.rows, profile.ok) == (91, True)
 
@@ -498,3 +499,56 @@ def test_import_loads_nothing_heavy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- limits: what would cost memory, recursion or quadratic time gets a line-numbered problem -----
+def test_a_conversation_with_too_many_turns_is_refused_on_its_line(tmp_path):
+    def turns(n: int) -> dict:
+        return chat(*[(("user", "assistant")[i % 2], f"turn {i}") for i in range(n)])
+
+    path = write_lines(tmp_path / "long.jsonl", [HELLO, turns(data.MAX_MESSAGES), turns(20_000)])
+    profile = inspect_dataset(path)
+    assert kinds(profile.problems) == [("too_many_turns", 3)]
+    assert "20,000 messages" in profile.problems[0].message and "split" in profile.problems[0].fix
+
+
+@pytest.mark.parametrize("depth", [data.MAX_DEPTH + 1, 100_000])
+def test_deeply_nested_json_is_a_problem_not_a_recursion_error(tmp_path, depth):
+    nested = "[" * depth + "]" * depth
+    deep_call = HELLO["messages"][:1] + [
+        {"role": "assistant", "content": "x", "tool_calls": [json.loads("[" * 200 + "]" * 200)]}
+    ]
+    path = write_lines(tmp_path / "deep.jsonl", [HELLO, nested, {"messages": deep_call}])
+    profile = inspect_dataset(path)
+    assert kinds(profile.problems) == [("too_deep", 2), ("too_deep", 3)]
+    array = tmp_path / "deep.json"
+    array.write_text(f"[{json.dumps(HELLO)},\n{nested}\n]")
+    assert kinds(inspect_dataset(array).problems)[0] in (("too_deep", 2), ("invalid_json", 2))
+    columns = tmp_path / "deep.csv"
+    shallower = nested[: min(depth, 5000)] + nested[-min(depth, 5000) :]  # CSV fields: < 128 KB
+    columns.write_text(f'messages\n"{shallower}"\n')
+    assert kinds(inspect_dataset(columns).problems) == [("too_deep", 2)]
+
+
+def test_an_over_long_line_is_skipped_unread_with_a_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+    path = write_lines(tmp_path / "big.jsonl", [HELLO, {"text": "x" * 5000}, HELLO])
+    profile = inspect_dataset(path)
+    assert kinds(profile.problems) == [("line_too_long", 2)] and profile.rows == 2
+    assert [p.line for p in profile.warnings] == [3]  # the duplicate of line 1: numbering holds
+
+
+def test_an_over_long_array_element_stops_the_reading_with_a_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(readers, "ARRAY_CHUNK_CHARS", 100)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps([HELLO, {"text": "x" * 5000}, HELLO], indent=1))
+    profile = inspect_dataset(path)
+    assert kinds(profile.problems) == [("element_too_long", 14)] and profile.rows == 1
+
+
+def test_previews_cut_long_texts(tmp_path):
+    profile = inspect_dataset(write_lines(tmp_path / "long.jsonl", [{"text": "y" * 100_000}]))
+    shown = profile.preview[0]["text"]
+    assert shown.startswith("y" * data.PREVIEW_CHARS) and shown.endswith("more characters)")
+    assert len(json.dumps(profile.to_dict())) < 5 * data.PREVIEW_CHARS

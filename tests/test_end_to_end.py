@@ -4,6 +4,7 @@ subprocess -> papermill kernel -> real training steps on a tiny Llama -> report 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,10 @@ STATUS_FIELDS = {
 def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(
     client, start_worker, tiny_model, tmp_path
 ):
-    start_worker()
+    # The production path: a warm kernel (torch and ftkit imported) waits for the job, and a new
+    # one warms after it. Other tests start their workers cold, which costs the same per job.
+    worker = start_worker(env={"FTKIT_WARM_KERNEL": "1"})
+    wait_for(lambda: client.workers()[0]["warm_kernel"], 300, "the warm kernel")
     health = client.health()
     assert health["workers"] == 1 and health["broker_connected"] and health["status"] == "healthy"
 
@@ -50,6 +54,8 @@ def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(
     final = job.wait(timeout=300, progress=False)
 
     assert final["status"] == "completed", final["error"]
+    wait_for(lambda: client.workers()[0]["warm_kernel"], 300, "the next warm kernel")
+    assert "warming a kernel failed" not in worker.output()
     assert STATUS_FIELDS <= final.keys()
     assert final["progress"] == 100.0 and final["current_step"] == final["total_steps"] == 30
     assert final["attempt"] == 1 and final["worker"] and final["error"] is None
@@ -102,8 +108,12 @@ print(out.shape[1] - ids["input_ids"].shape[1])
 
 
 def test_a_missing_base_model_fails_clearly_and_keeps_its_report(client, start_worker, tmp_path):
+    gone = tmp_path / "no-such-model"
+    gone.mkdir()
+    (gone / "config.json").write_text("{}")
+    job = client.submit(EXAMPLE_DATA, base_model=str(gone), max_steps=2)
+    shutil.rmtree(gone)  # moved after submitting: only the worker can notice
     start_worker()
-    job = client.submit(EXAMPLE_DATA, base_model=str(tmp_path / "no-such-model"), max_steps=2)
     final = job.wait(timeout=180, progress=False)
     assert final["status"] == "failed"
     assert "no-such-model" in final["error"] and "not found" in final["error"]
@@ -187,10 +197,10 @@ def test_one_worker_per_gpu(settings, start_worker, client):
     from conftest import wait_for
 
     start_worker(args=("--gpus", "0,1"), wait=False)
-    wait_for(lambda: len(client.workers()) == 2, 60, "two workers")
-    assert {w["pid"] for w in client.workers()} and len(
-        {w["worker_id"] for w in client.workers()}
-    ) == 2
+    workers = wait_for(lambda: len(client.workers()) == 2 and client.workers(), 60, "two workers")
+    assert len({w["worker_id"] for w in workers}) == 2 and len({w["pid"] for w in workers}) == 2
+    # each child process sees only its own device
+    assert sorted(w["cuda_visible_devices"] for w in workers) == ["0", "1"]
 
 
 def test_a_job_shown_in_a_cell_is_its_live_monitor(client, tiny_model):

@@ -3,6 +3,7 @@ refusal, and nothing is written or queued."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -12,7 +13,6 @@ import sys
 import pytest
 
 from conftest import EXAMPLE_DATA
-from ftkit.config import Settings
 from ftkit.errors import ConfigError, DatasetError, FtkitError
 
 BAD_CONFIGS = [
@@ -50,6 +50,31 @@ def test_api_refuses_path_traversal_in_data_set_names(client, name):
     assert nothing_written(client)
 
 
+@pytest.mark.parametrize("name", ["dataset.json", "Dataset.JSON"])
+def test_a_data_set_may_not_take_the_name_of_its_metadata(client, tmp_path, name):
+    with pytest.raises(DatasetError, match="holds its metadata"):
+        client.upload_dataset(EXAMPLE_DATA, name=name)
+    same_name = tmp_path / name
+    same_name.write_bytes(EXAMPLE_DATA.read_bytes())
+    with pytest.raises(DatasetError, match="name='train.json'"):
+        client.upload_dataset(same_name)
+    assert nothing_written(client)
+
+
+@pytest.mark.parametrize(
+    "columns,named",
+    [("{instruction: question}", "not valid JSON"), ('["question"]', "must map"),
+     ('{"questoin": "q"}', "unknown field")],
+)  # fmt: skip
+def test_cli_refuses_bad_columns_with_a_message_not_a_traceback(columns, named):
+    out = subprocess.run(
+        [sys.executable, "-m", "ftkit.cli", "validate", str(EXAMPLE_DATA), "--columns", columns],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize("dataset_id", ["../../etc", "zzzz", "abc", "*"])
 def test_api_refuses_unknown_or_malformed_data_set_ids(client, dataset_id):
     with pytest.raises(FtkitError):
@@ -60,13 +85,10 @@ def test_api_refuses_unknown_or_malformed_data_set_ids(client, dataset_id):
 def test_a_base_model_outside_the_allowed_folders_is_refused(tmp_path, settings):
     from ftkit.client import Client
 
+    # The fixture's own settings (its flushed Redis or its fresh SQLite file, its folders), with only
+    # the allowed folders changed: the count below sees this test's records and no other's.
     client = Client(
-        Settings.from_env(
-            {},
-            storage=settings.storage,
-            queue_db=settings.queue_db,
-            allowed_model_dirs=(str(tmp_path / "models"),),
-        )
+        dataclasses.replace(settings, allowed_model_dirs=(str((tmp_path / "models").resolve()),))
     )
     for model in ("/etc", str(tmp_path / "models" / ".." / "elsewhere"), "~/.ssh"):
         with pytest.raises(ConfigError, match="FTKIT_ALLOWED_MODEL_DIRS"):

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from ftkit import jobstore as jobs
-from ftkit.errors import JobNotFound
+from ftkit.errors import JobExists, JobNotFound
 
 
 @pytest.fixture
@@ -68,11 +69,13 @@ def test_transition_is_compare_and_set(store):
 def test_only_one_of_many_concurrent_claims_wins(store, settings):
     store.create(record("a1"))
     wins = []
+    start = threading.Barrier(8)  # every claimant connected and waiting: the claims race
 
     def claim(name):
-        if jobs.open_store(settings).transition(
-            "a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker=name
-        ):
+        own = jobs.open_store(settings)
+        own.get("a1")  # connect before the barrier, so the claims leave together
+        start.wait(timeout=60)
+        if own.transition("a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker=name):
             wins.append(name)
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
@@ -98,6 +101,29 @@ def test_idempotency_key_returns_the_existing_job(store):
     assert store.create(record("a1", idempotency_key="k")) == "a1"
     assert store.create(record("a2", idempotency_key="k")) == "a1"
     assert store.count() == 1
+
+
+def test_a_taken_job_id_is_refused_and_the_first_record_kept(store, settings):
+    store.create(record("a1", config={"lora_r": 8}))
+    with pytest.raises(JobExists, match="a1"):
+        store.create(record("a1", config={"lora_r": 99}, idempotency_key="k2"))
+    assert store.get("a1")["config"] == {"lora_r": 8} and store.count() == 1
+    assert store.create(record("a2", idempotency_key="k2")) == "a2"  # the key was not kept
+
+    results: list[object] = []
+
+    def create():
+        try:
+            results.append(jobs.open_store(settings).create(record("b1")))
+        except JobExists as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("b1") == 1 and sum(isinstance(r, JobExists) for r in results) == 5
 
 
 def test_metrics_keep_order(store):
@@ -129,11 +155,13 @@ def test_cancel_of_a_running_job_is_a_request(store):
 
 
 def test_heartbeats_expire(store):
-    store.heartbeat("w1", {"host": "h"}, ttl=0.3)
-    store.heartbeat("w2", {"host": "h"}, ttl=30)
+    # A ttl no stall of the machine outlasts between two calls; then wait for it to run out.
+    beat = time.monotonic()
+    store.heartbeat("w1", {"host": "h"}, ttl=3)
+    store.heartbeat("w2", {"host": "h"}, ttl=300)
     assert {w["worker_id"] for w in store.workers()} == {"w1", "w2"}
-    time.sleep(0.5)
-    assert [w["worker_id"] for w in store.workers()] == ["w2"]
+    wait_for(lambda: [w["worker_id"] for w in store.workers()] == ["w2"], 60, "w1 to expire")
+    assert time.monotonic() - beat >= 3 * 0.9, "a heartbeat expired before its ttl"
     store.forget_worker("w2")
     assert store.workers() == []
 
@@ -161,3 +189,149 @@ def test_cancel_records_the_stop_reason_and_is_a_no_op_on_ended_jobs(store):
     assert store.get_field("a1", "stop") == jobs.STOP_CANCEL
     store.transition("a1", jobs.COMPLETED)
     assert store.request_cancel("a1") == jobs.COMPLETED
+
+
+def test_an_expected_none_matches_a_missing_field_on_both_backends(store):
+    store.create(record("a1"))
+    assert store.transition("a1", jobs.QUEUED, expect={"queue_ref": None}, queue_ref="q:1")
+    assert not store.transition("a1", jobs.QUEUED, expect={"queue_ref": None}, queue_ref="q:2")
+    assert store.transition("a1", jobs.QUEUED, expect={"queue_ref": "q:1"}, queue_ref="q:2")
+    assert store.get("a1")["queue_ref"] == "q:2"
+
+
+def test_list_filters_by_tag_newest_first_and_with_a_status(store):
+    for i, tags in enumerate((["a"], ["a", "b"], [], ["b"], ["a"])):
+        store.create(record(f"t{i}", created_at=2000.0 + i, tags=tags))
+    store.transition("t1", jobs.TRAINING)
+    assert [r["job_id"] for r in store.list_jobs(tag="a")] == ["t4", "t1", "t0"]
+    assert [r["job_id"] for r in store.list_jobs(tag="a", limit=2)] == ["t4", "t1"]
+    assert [r["job_id"] for r in store.list_jobs(tag="b")] == ["t3", "t1"]
+    assert [r["job_id"] for r in store.list_jobs(tag="a", status=jobs.QUEUED)] == ["t4", "t0"]
+    assert [r["job_id"] for r in store.list_jobs(tag="b", status=jobs.TRAINING)] == ["t1"]
+    assert store.list_jobs(tag="none") == []
+
+
+def test_delete_removes_the_record_its_rows_and_every_index_entry(store):
+    store.create(record("d1", tags=["x"], idempotency_key="k"))
+    store.create(record("d2", tags=["x"]))
+    store.add_metrics("d1", [{"step": 1, "loss": 1.0}])
+    store.add_logs("d1", ["hello"])
+    store.transition("d1", jobs.FAILED)
+    store.delete("d1")
+    with pytest.raises(JobNotFound):
+        store.get("d1")
+    assert store.metrics("d1") == [] and store.logs("d1") == []
+    assert [r["job_id"] for r in store.list_jobs()] == ["d2"]
+    assert store.list_jobs(status=jobs.FAILED) == [] and store.count(jobs.FAILED) == 0
+    assert [r["job_id"] for r in store.list_jobs(tag="x")] == ["d2"]
+    assert store.create(record("d3", idempotency_key="k")) == "d3"  # the key went with it
+    with pytest.raises(JobNotFound):
+        store.delete("d1")
+
+
+def test_logs_since_reads_each_line_once_across_trimming(store):
+    store.create(record("a1"))
+    store.add_logs("a1", ["one", "two"])
+    lines, cursor = store.logs_since("a1")
+    assert lines == ["one", "two"]
+    assert store.logs_since("a1", cursor) == ([], cursor)
+    store.add_logs("a1", ["three"])
+    lines, cursor = store.logs_since("a1", cursor)
+    assert lines == ["three"]
+    store.add_logs("a1", [f"n{i}" for i in range(jobs.LOG_LINES_KEPT + 5)])
+    lines, cursor = store.logs_since("a1", cursor)
+    assert lines == [f"n{i}" for i in range(5, jobs.LOG_LINES_KEPT + 5)]  # what was kept
+    store.add_logs("a1", ["last"])
+    assert store.logs_since("a1", cursor)[0] == ["last"]
+    assert store.logs_since("nobody") == ([], 0)
+
+
+def test_end_watch_wakes_at_the_end_not_at_the_timeout(store):
+    store.create(record("a1"))
+    store.transition("a1", jobs.TRAINING)
+    with store.end_watch("a1") as sleep:
+        started = time.monotonic()
+        sleep(0.3)  # nothing ends: the whole timeout
+        assert (
+            time.monotonic() - started >= 0.3 and store.get_field("a1", "status") == jobs.TRAINING
+        )
+        ender = threading.Timer(0.3, store.transition, ("a1", jobs.COMPLETED))
+        ender.start()
+        started = time.monotonic()
+        sleep(120)
+        waited = time.monotonic() - started
+        ender.join()
+    assert store.get_field("a1", "status") == jobs.COMPLETED
+    assert waited < 120, "woke at the timeout, not at the end"
+
+
+def test_sweep_records_are_kept_listed_newest_first_by_tag_and_deleted(store):
+    now = time.time()
+    for i, tags in enumerate([["a"], ["a", "b"], []]):
+        store.create_sweep(
+            {"sweep_id": f"s{i}", "created_at": now + i, "tags": tags, "runs": [{"job_id": "j"}]}
+        )
+    assert store.get_sweep("s1") == {
+        "sweep_id": "s1",
+        "created_at": now + 1,
+        "tags": ["a", "b"],
+        "runs": [{"job_id": "j"}],
+    }
+    with pytest.raises(JobExists, match="s1"):
+        store.create_sweep({"sweep_id": "s1", "created_at": now, "tags": []})
+    assert store.get_sweep("s1")["created_at"] == now + 1  # the first one is kept
+    assert [s["sweep_id"] for s in store.list_sweeps()] == ["s2", "s1", "s0"]
+    assert [s["sweep_id"] for s in store.list_sweeps(limit=2)] == ["s2", "s1"]
+    assert [s["sweep_id"] for s in store.list_sweeps(tag="a")] == ["s1", "s0"]
+    assert [s["sweep_id"] for s in store.list_sweeps(tag="a", limit=1)] == ["s1"]
+    assert store.list_sweeps(tag="c") == []
+    store.delete_sweep("s1")
+    with pytest.raises(JobNotFound, match="no sweep"):
+        store.get_sweep("s1")
+    with pytest.raises(JobNotFound):
+        store.delete_sweep("s1")
+    assert [s["sweep_id"] for s in store.list_sweeps()] == ["s2", "s0"]
+
+
+@pytest.mark.parametrize("settings", ["redis"], indirect=True)  # a raw write to a key
+def test_a_garbled_sweep_record_on_redis_hides_no_other(settings):
+    store = jobs.open_store(settings)
+    store.create_sweep({"sweep_id": "good", "created_at": 2.0, "tags": ["t"]})
+    store.create_sweep({"sweep_id": "bad", "created_at": 1.0, "tags": ["t"]})
+    store.r.set("ftkit:sweep:bad", b"\xff not json")
+    store.create_sweep({"sweep_id": "odd", "created_at": 3.0, "tags": "t"})
+    assert [s["sweep_id"] for s in store.list_sweeps()] == ["odd", "good"]
+    assert [s["sweep_id"] for s in store.list_sweeps(tag="t")] == ["good"]
+    with pytest.raises(JobNotFound):
+        store.get_sweep("bad")
+
+
+def test_a_checkpoint_counts_only_once_its_metrics_are_in_the_store(store, settings, tmp_path):
+    # A job resumed from checkpoint-N trains on from step N+1: a row for step N still buffered
+    # when the worker died would be a hole in the history for good.
+    from ftkit.storage import Storage
+    from ftkit.train import Reporter
+
+    store.create(record("a1"))
+    storage = Storage(str(tmp_path / "storage"))
+    reporter = Reporter("a1", store, storage, flush_seconds=3600)
+    reporter.flush()  # the throttle's clock starts: nothing below is due for an hour
+    reporter.metric({"step": 10, "loss": 1.5}, current_step=10)
+    assert store.metrics("a1") == []
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    reporter.save_checkpoint(folder)
+    assert store.metrics("a1") == [{"step": 10, "loss": 1.5}]
+    assert storage.listdir(*Storage.run_parts("a1", "checkpoints")) == ["checkpoint-10"]
+
+
+def test_an_orphaned_kernel_writes_nothing_more(store):
+    from ftkit.train import Reporter
+
+    store.create(record("a1"))
+    reporter = Reporter("a1", store)
+    reporter.stop_reason = "orphaned"  # its worker died: the job is re-queued for another
+    reporter.metric({"step": 11, "loss": 1.0}, current_step=11)
+    reporter.flush()
+    assert store.metrics("a1") == [] and store.get_field("a1", "current_step") is None

@@ -26,14 +26,31 @@ def test_all_is_exactly_the_public_names():
         "connect",
         "get_job",
         "monitor",
+        "example_data",
+        "start_local_worker",
+        "NoWorkerWarning",
     ):
         assert name in ftkit.__all__
+
+
+def test_no_public_name_is_shadowed_by_a_submodule_once_imported():
+    # Importing ftkit.X sets the attribute ftkit.X to the module: a function of the same name
+    # (loaded lazily) would work once and then be replaced by its own module.
+    code = (
+        "import importlib, pkgutil, ftkit\n"
+        "for m in pkgutil.walk_packages(ftkit.__path__, 'ftkit.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print([n for n in ftkit.__all__ if type(getattr(ftkit, n)).__name__ == 'module'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_import_loads_no_heavy_stack_and_connects_to_nothing():
     code = (
         "import sys, ftkit; heavy = [m for m in ('torch', 'transformers', 'papermill', 'trl', 'peft', 'unsloth', "
-        "'datasets', 'redis', 'huey', 'ipywidgets') if m in sys.modules]; print(heavy)"
+        "'datasets', 'redis', 'huey', 'ipywidgets', 'fastapi', 'uvicorn', 'starlette', 'python_multipart') "
+        "if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
+from conftest import TEST_DATA
 from ftkit.data import read_examples
-from ftkit.render import IGNORE_INDEX, build_dataset, count_tokens, tokenize_example
+from ftkit.data.render import IGNORE_INDEX, build_dataset, count_tokens, tokenize_example
 from ftkit.tinymodel import CHAT_TEMPLATE
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = TEST_DATA
 END = "<|im_end|>"
 NO_MARKERS = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 LLAMA3_LIKE = (  # headers, a BOS, and an end token the tiny vocabulary does not know: plain text to it
@@ -228,7 +228,7 @@ def test_build_dataset_from_a_real_file(tokenizer):
     ds = build_dataset(
         DATA / "v1_sft_demo.jsonl", format="chat", tokenizer=tokenizer, max_seq_length=4096
     )
-    assert len(ds) == 500 and ds.column_names == ["input_ids", "attention_mask", "labels"]
+    assert len(ds) == 100 and ds.column_names == ["input_ids", "attention_mask", "labels"]
     row = ds[0]
     assert learned_runs(row, tokenizer) == assistant_texts(first("v1_sft_demo.jsonl", "chat"))
 
@@ -246,7 +246,7 @@ def test_build_dataset_drops_examples_with_nothing_to_learn(tokenizer):
         tokenizer=tokenizer,
         max_seq_length=48,
     )  # the first answer starts past 48 tokens in some examples
-    assert len(full) == 300 > len(short) > 0
+    assert len(full) == 50 > len(short) > 0
     assert all(any(label != IGNORE_INDEX for label in labels) for labels in short["labels"])
 
 
@@ -255,3 +255,50 @@ def test_build_dataset_skips_records_with_errors(tokenizer):
         DATA / "toy_chat_fine_tuning.jsonl", format="chat", tokenizer=tokenizer, max_seq_length=512
     )
     assert len(ds) == 4  # line 4 has no user message
+
+
+# -- cost: rendering a long conversation ---------------------------------------------------------
+def long_chat(turns: int) -> dict:
+    return {
+        "messages": [
+            {
+                "role": ("user", "assistant")[i % 2],
+                "content": f"{('question', 'answer')[i % 2]} {i}",
+            }
+            for i in range(turns)
+        ]
+    }
+
+
+@pytest.fixture
+def rendered_messages(tokenizer, monkeypatch) -> list[int]:
+    """How many messages each chat-template render was given: the work of one label mask."""
+    counts: list[int] = []
+    original = tokenizer.apply_chat_template
+
+    def counting(messages, *args, **kwargs):
+        counts.append(len(messages))
+        return original(messages, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", counting)
+    return counts
+
+
+def test_turns_past_truncation_cost_one_render_each(tokenizer, rendered_messages):
+    work, rows = {}, {}
+    for turns in (200, 400, 800):
+        rendered_messages.clear()
+        rows[turns] = tokenize(long_chat(turns), tokenizer, max_seq_length=64)
+        work[turns] = sum(rendered_messages)
+    # doubling the turns adds one render of the added turns (the whole text, to tokenize it);
+    # the prefixes rendered to find turn boundaries stop where truncation does
+    assert work[400] - work[200] == 200 and work[800] - work[400] == 400, work
+    assert rows[200] == rows[400] == rows[800]
+
+
+def test_a_truncated_conversation_keeps_the_labels_of_the_untruncated_one(tokenizer):
+    example = long_chat(40)
+    whole = tokenize(example, tokenizer)
+    assert len(whole["input_ids"]) > 100
+    cut = tokenize(example, tokenizer, max_seq_length=100)
+    assert cut == {name: values[:100] for name, values in whole.items()}

@@ -100,13 +100,13 @@ def test_the_config_table_has_every_field(finished):
 def test_model_data_environment_and_throughput_sections(finished):
     client, jobs = finished
     report = report_of(client, jobs[0])
-    model = html_of(outputs_of(report, "load_model(config)"))
+    model = html_of(outputs_of(report, "train.load_model("))
     assert "trainable_parameters" in model and "backend" in model and "hf" in model
     data = html_of(outputs_of(report, "prepare_data"))
     assert "sha256" in data and "tokens mean" in data and "eval_examples" in data
     env = html_of(outputs_of(report, "train.environment()"))
     assert all(k in env for k in ("python", "torch", "transformers", "trl", "peft", "CPU", "host"))
-    speed = html_of(outputs_of(report, "make_trainer"))
+    speed = html_of(outputs_of(report, "train.fit("))
     assert "tokens/s" in speed and "peak process RSS" in speed
 
 
@@ -209,8 +209,12 @@ def test_the_same_config_data_and_seed_give_the_same_loss_curve(finished):
 def test_a_failed_job_still_renders_its_report_with_the_failing_cell(
     client, start_worker, tmp_path
 ):
+    gone = tmp_path / "missing-model"
+    gone.mkdir()
+    (gone / "config.json").write_text("{}")
+    job = client.submit(EXAMPLE_DATA, base_model=str(gone), max_steps=2)
+    shutil.rmtree(gone)  # moved after submitting: only the worker can notice
     start_worker()
-    job = client.submit(EXAMPLE_DATA, base_model=str(tmp_path / "missing-model"), max_steps=2)
     final = job.wait(timeout=120, progress=False)
     assert final["status"] == "failed"
     html = client.storage.read_text("runs", job.id, "report.html")

@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 from ftkit import train
 from ftkit.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # real training steps: `make test-fast` leaves them out
+
 
 def run(tiny_model, tmp_path, path, fmt, **overrides):
-    config = TrainConfig(
-        base_model=str(tiny_model),
-        max_steps=3,
-        batch_size=2,
-        max_seq_length=128,
-        learning_rate=1e-3,
-        **overrides,
-    )
+    settings = dict(max_steps=3, batch_size=2, max_seq_length=128, learning_rate=1e-3)
+    config = TrainConfig(base_model=str(tiny_model), **{**settings, **overrides})
     model, tokenizer, info = train.load_model(config)
     data, eval_data, summary = train.prepare_data(str(path), fmt, tokenizer, config)
     trainer = train.make_trainer(
@@ -38,7 +36,7 @@ def run(tiny_model, tmp_path, path, fmt, **overrides):
     ],
 )
 def test_a_few_steps_train_on_each_format(name, fmt, tiny_model, tmp_path):
-    trainer, result, summary, info = run(tiny_model, tmp_path, SHARED_DATA / name, fmt)
+    trainer, result, summary, info = run(tiny_model, tmp_path, TEST_DATA / name, fmt)
     assert result["global_step"] == 3 and result["stopped"] is None
     assert (
         summary["trained_tokens"] > 0
@@ -50,7 +48,7 @@ def test_a_few_steps_train_on_each_format(name, fmt, tiny_model, tmp_path):
 
 def test_packing_trains_padding_free(tiny_model, tmp_path):
     trainer, result, summary, _ = run(
-        tiny_model, tmp_path, SHARED_DATA / "alpaca_en_demo.json", "alpaca", packing=True
+        tiny_model, tmp_path, TEST_DATA / "alpaca_en_demo.json", "alpaca", packing=True
     )
     assert result["global_step"] == 3 and trainer.args.padding_free
 
@@ -59,10 +57,50 @@ def test_validation_split_logs_eval_loss(tiny_model, tmp_path):
     trainer, _, summary, _ = run(
         tiny_model,
         tmp_path,
-        SHARED_DATA / "identity.json",
+        TEST_DATA / "identity.json",
         "alpaca",
         validation_split=0.2,
         eval_steps=1,
     )
     assert summary["eval_examples"] == 19
     assert any("eval_loss" in row for row in trainer.state.log_history)
+
+
+def test_eval_steps_0_evaluates_once_at_the_end(tiny_model, tmp_path):
+    trainer, result, _, _ = run(
+        tiny_model, tmp_path, TEST_DATA / "identity.json", "alpaca", validation_split=0.2
+    )
+    evals = [row for row in trainer.state.log_history if "eval_loss" in row]
+    assert len(evals) == 1 and evals[0]["step"] == result["global_step"] == 3
+
+
+def test_a_long_run_prints_a_bounded_log_and_keeps_every_step(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(train, "MAX_LOG_LINES", 5)  # 50 in use: the same rule, fewer steps
+    trainer, result, _, _ = run(
+        tiny_model, tmp_path, TEST_DATA / "identity.json", "alpaca", max_steps=20
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [
+        "1/20",
+        "4/20",
+        "8/20",
+        "12/20",
+        "16/20",
+        "20/20",
+    ]
+    assert [row["step"] for row in trainer.state.log_history if "loss" in row] == list(range(1, 21))
+
+
+def test_training_shows_no_library_deprecation_warnings(tiny_model, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(tiny_model, tmp_path, TEST_DATA / "identity.json", "alpaca", max_steps=1)
+    deprecations = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+        and "deprecated" in str(w.message)
+    ]
+    assert not deprecations

@@ -1,0 +1,97 @@
+"""What the fault tests share: jobs long enough to interrupt, sized from this machine's measured
+step time, and ways to kill what runs them."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+
+import pytest
+
+from conftest import EXAMPLE_DATA, wait_for
+
+redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
+sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+# The job store's contract runs on both backends in test_jobs.py; each slow fault test runs on one
+# of them, alternating, to keep the suite short.
+
+
+FAST = {"env": {"FTKIT_KILL_GRACE_SECONDS": "3"}}
+
+
+SLOW_JOB = dict(
+    max_steps=30,
+    batch_size=8,
+    gradient_accumulation_steps=4,
+    max_seq_length=256,
+    learning_rate=3e-3,
+    save_steps=5,
+)
+
+
+def slow_job(client, tiny_model, **overrides):
+    """A job with steps big enough to interrupt between: its length comes from ``steps_past``."""
+    return client.submit(EXAMPLE_DATA, **{"base_model": str(tiny_model), **SLOW_JOB, **overrides})
+
+
+@pytest.fixture(scope="session")
+def seconds_per_step(tiny_model, tmp_path_factory) -> float:
+    """One step of the slow job on this machine, measured in this process (the kernel runs the
+    same code): the median gap between steps 2 to 5 of a real run."""
+    from transformers import TrainerCallback
+
+    from ftkit import train
+    from ftkit.config import TrainConfig
+
+    config = TrainConfig(
+        base_model=str(tiny_model), **{**SLOW_JOB, "max_steps": 5, "save_steps": 0}
+    )
+    model, tokenizer, _ = train.load_model(config)
+    data, eval_data, _ = train.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
+    folder = tmp_path_factory.mktemp("step-time")
+    trainer = train.make_trainer(
+        model, tokenizer, data, eval_data, config, str(folder), train.Reporter(None)
+    )
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    train.train(trainer, train.Reporter(None))
+    gaps = sorted(b - a for a, b in zip(ends[1:], ends[2:]))
+    return gaps[len(gaps) // 2]
+
+
+def steps_past(step: int, seconds_per_step: float, seconds: float = 10.0) -> int:
+    """A job length that keeps training about ``seconds`` after ``step`` on this machine: long
+    enough for an interrupt seen at ``step`` to land mid-training on a fast machine too."""
+    return step + max(12, math.ceil(seconds / seconds_per_step))
+
+
+def step_of(job) -> int:
+    return job.status()["current_step"] or 0
+
+
+def assert_history_continues(job, total: int) -> None:
+    steps = [m["step"] for m in job.metrics()]
+    assert steps == list(range(1, total + 1)), steps
+
+
+def kill_kernel_of(client, worker, job) -> int:
+    """SIGKILL the kernel running ``job`` (as the out-of-memory killer would); its pid."""
+    import psutil
+
+    pid = wait_for(
+        lambda: next(
+            (w["kernel_pid"] for w in client.workers() if w.get("current_job") == job.id), None
+        ),
+        30,
+        "the worker's heartbeat to name the job's kernel",
+    )
+    kernel = psutil.Process(pid)
+    assert kernel.parent().pid == worker.proc.pid  # the job's kernel, started by this worker
+    kernel.send_signal(signal.SIGKILL)
+    return pid

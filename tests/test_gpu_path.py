@@ -1,0 +1,246 @@
+"""The CUDA worker's decisions, checked where a CPU can check them.
+
+Backend, dtype and 4-bit choices are pure functions of a ``Machine``: each is tested on this real
+machine (``probe()``) and on machines described by hand (an H200, a T4, a CUDA box without
+unsloth or bitsandbytes). Out-of-memory is tested with a real ``torch.OutOfMemoryError`` raised
+inside a real training step, by a model that holds only so many sequences at once."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import EXAMPLE_DATA
+from ftkit import train
+from ftkit.config import TrainConfig
+from ftkit.device import Machine, choose_4bit, choose_backend, choose_dtype, probe
+from ftkit.errors import ConfigError, OutOfMemory
+
+H200 = Machine(cuda=True, capability=(9, 0), name="NVIDIA H200", unsloth=True, bitsandbytes=True)
+A100_PLAIN = Machine(cuda=True, capability=(8, 0), name="NVIDIA A100-SXM4-80GB")
+T4 = Machine(cuda=True, capability=(7, 5), name="Tesla T4", unsloth=True, bitsandbytes=True)
+CPU = Machine(cuda=False)
+
+
+# -- the decisions, on this machine ---------------------------------------------------------------
+def test_probe_reads_this_machine():
+    machine = probe()
+    assert machine.cuda == torch.cuda.is_available()
+    assert machine.bitsandbytes == (importlib.util.find_spec("bitsandbytes") is not None)
+    if not machine.cuda:
+        assert machine.name == "CPU" and machine.capability is None and not machine.unsloth
+
+
+def test_auto_on_this_machine_matches_what_it_offers():
+    machine = probe()
+    expected = "unsloth" if machine.cuda and machine.unsloth else "hf"
+    assert choose_backend("auto", machine) == expected == train.pick_backend("auto")
+    if not machine.cuda:
+        assert choose_dtype(machine) == "float32"
+        assert choose_4bit(None, machine) is False
+
+
+# -- the decisions, on machines described by hand -------------------------------------------------
+@pytest.mark.parametrize(
+    "machine,backend,dtype,four_bit",
+    [
+        (H200, "unsloth", "bfloat16", True),
+        (A100_PLAIN, "hf", "bfloat16", False),  # CUDA, but neither unsloth nor bitsandbytes
+        (T4, "unsloth", "float16", True),  # torch may call a T4 bf16-capable (emulated): not here
+        (CPU, "hf", "float32", False),
+    ],
+)
+def test_auto_choices(machine, backend, dtype, four_bit):
+    assert choose_backend("auto", machine) == backend
+    assert choose_dtype(machine) == dtype
+    assert choose_4bit(None, machine) is four_bit
+    assert choose_backend("hf", machine) == "hf" and choose_4bit(False, machine) is False
+
+
+def test_unsloth_asked_for_without_cuda_is_refused_clearly():
+    with pytest.raises(ConfigError, match=r"backend='unsloth' needs a CUDA GPU.*backend='auto'"):
+        choose_backend("unsloth", CPU)
+
+
+def test_unsloth_asked_for_where_it_does_not_import_says_why():
+    broken = Machine(cuda=True, capability=(9, 0), unsloth_error="ImportError: no module xformers")
+    with pytest.raises(ConfigError, match=r"does not import.*xformers.*ftkit\[unsloth\]"):
+        choose_backend("unsloth", broken)
+    assert choose_backend("auto", broken) == "hf"
+
+
+def test_4bit_asked_for_needs_cuda_and_bitsandbytes():
+    assert choose_4bit(True, H200) is True
+    with pytest.raises(ConfigError, match=r"load_in_4bit=True.*no CUDA device.*load_in_4bit=False"):
+        choose_4bit(True, CPU)
+    with pytest.raises(ConfigError, match=r"needs bitsandbytes.*NVIDIA A100.*ftkit\[qlora\]"):
+        choose_4bit(True, A100_PLAIN)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None,
+    reason="this machine can load in 4 bits",
+)
+def test_a_4bit_job_on_this_machine_is_refused_before_any_model_loads(tmp_path):
+    # the base model does not exist: the 4-bit refusal must come first
+    config = TrainConfig(base_model=str(tmp_path / "no-model"), load_in_4bit=True)
+    with pytest.raises(ConfigError, match="load_in_4bit=True"):
+        train.load_model(config)
+
+
+def test_load_in_4bit_takes_true_false_or_none():
+    assert TrainConfig().load_in_4bit is None
+    assert TrainConfig(load_in_4bit=False).load_in_4bit is False
+    with pytest.raises(ConfigError, match="load_in_4bit"):
+        TrainConfig(load_in_4bit="yes")  # type: ignore[arg-type]
+
+
+# -- out of memory --------------------------------------------------------------------------------
+def _register_capped_llama():
+    """A Llama whose memory holds ``max_rows`` sequences at once: its token embedding, the first
+    module every forward pass runs (trl's fused-head forward calls the backbone directly), raises
+    torch.OutOfMemoryError on a larger batch, as the CUDA caching allocator does when an allocation
+    fails."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    class CappedLlamaConfig(LlamaConfig):
+        model_type = "ftkit-capped-llama"
+
+        def __init__(self, max_rows: int = 2, **kwargs):
+            self.max_rows = max_rows
+            super().__init__(**kwargs)
+
+    class CappedEmbedding(torch.nn.Embedding):
+        batches: list[int] = []  # rows of every training batch the model was asked to hold
+
+        def __init__(self, *args, max_rows: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.max_rows = max_rows
+
+        def forward(self, input_ids):
+            rows = input_ids.shape[0]
+            if self.training:
+                CappedEmbedding.batches.append(rows)
+            if rows > self.max_rows:
+                gib = rows * input_ids.shape[1] / 2**10
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate {gib:.2f} GiB (batch of {rows} rows, "
+                    f"room for {self.max_rows})"
+                )
+            return super().forward(input_ids)
+
+    class CappedLlama(LlamaForCausalLM):
+        config_class = CappedLlamaConfig
+        batches = CappedEmbedding.batches
+
+        def __init__(self, config):
+            super().__init__(config)
+            plain = self.model.embed_tokens
+            self.model.embed_tokens = CappedEmbedding(
+                plain.num_embeddings,
+                plain.embedding_dim,
+                plain.padding_idx,
+                max_rows=config.max_rows,
+            )
+
+    AutoConfig.register(CappedLlamaConfig.model_type, CappedLlamaConfig)
+    AutoModelForCausalLM.register(CappedLlamaConfig, CappedLlama)
+    return CappedLlamaConfig, CappedLlama
+
+
+@pytest.fixture(scope="module")
+def capped_model(tiny_model, tmp_path_factory):
+    """The tiny model's weights and tokenizer, as a model with room for 2 sequences."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    config_cls, model_cls = _register_capped_llama()
+    tiny = LlamaForCausalLM.from_pretrained(tiny_model)
+    capped = model_cls(config_cls(max_rows=2, **tiny.config.to_diff_dict()))
+    capped.load_state_dict(tiny.state_dict())
+    dest = tmp_path_factory.mktemp("models") / "capped-llama"
+    capped.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(dest)
+    return dest, model_cls
+
+
+def fit(model_dir, tmp_path, **overrides):
+    config = TrainConfig(
+        base_model=str(model_dir), max_steps=3, max_seq_length=64, learning_rate=1e-3, **overrides
+    )
+    model, tokenizer, _ = train.load_model(config)
+    data, _, _ = train.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
+    return train.fit(model, tokenizer, data, None, config, str(tmp_path), train.Reporter(None))
+
+
+def test_the_capped_model_trains_within_its_room(capped_model, tmp_path):
+    model_dir, model_cls = capped_model
+    model_cls.batches.clear()
+    trainer, result = fit(model_dir, tmp_path, batch_size=2)
+    assert result["global_step"] == 3 and set(model_cls.batches) == {2}
+
+
+def test_out_of_memory_ends_the_job_naming_batch_size_and_sequence_length(capped_model, tmp_path):
+    model_dir, _ = capped_model
+    with pytest.raises(OutOfMemory) as failure:
+        fit(model_dir, tmp_path, batch_size=4)
+    message = str(failure.value)
+    assert "in the first training step at batch_size=4 and max_seq_length=64" in message
+    assert "auto_batch_size=True" in message and "load_in_4bit=True" in message
+    assert "torch said: CUDA out of memory" in message  # the allocator's own words are kept
+
+
+def test_auto_batch_size_retries_at_half_the_batch_keeping_the_effective_batch(
+    capped_model, tmp_path
+):
+    model_dir, model_cls = capped_model
+    model_cls.batches.clear()
+    trainer, result = fit(
+        model_dir, tmp_path, batch_size=8, gradient_accumulation_steps=3, auto_batch_size=True
+    )
+    # 8 rows do not fit, nor 4; 2 do, accumulated 12 times: 24 sequences per step, as asked
+    assert model_cls.batches[:2] == [8, 4] and set(model_cls.batches[2:]) == {2}
+    assert (result["batch_size"], result["gradient_accumulation_steps"]) == (2, 12)
+    args = trainer.args
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 8 * 3
+    assert result["global_step"] == 3 and len(model_cls.batches[2:]) == 3 * 12
+    assert all("loss" in row for row in trainer.state.log_history[:3])
+
+
+def test_auto_batch_size_still_fails_clearly_when_one_sequence_does_not_fit(capped_model, tmp_path):
+    from transformers import AutoConfig
+
+    model_dir, _ = capped_model
+    config = AutoConfig.from_pretrained(model_dir)
+    config.max_rows = 0  # not even one sequence fits
+    config.save_pretrained(model_dir)
+    try:
+        with pytest.raises(OutOfMemory, match="even after retrying.*batch_size=1 and max_seq"):
+            fit(model_dir, tmp_path, batch_size=2, auto_batch_size=True)
+    finally:
+        config.max_rows = 2
+        config.save_pretrained(model_dir)
+
+
+@pytest.mark.parametrize(
+    "batch,smaller", [(8, 4), (6, 3), (3, 1), (2, 1), (1, None), (12, 6), (7, 1)]
+)
+def test_smaller_batch_divides_the_batch_exactly(batch, smaller):
+    assert train.smaller_batch(batch) == smaller
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+@pytest.mark.skipif(
+    torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None,
+    reason="this machine can load in 4 bits",
+)
+def test_a_4bit_job_on_a_cpu_worker_fails_at_once_saying_what_to_change(
+    client, start_worker, tiny_model
+):
+    start_worker()
+    job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), max_steps=2, load_in_4bit=True)
+    final = job.wait(timeout=180, progress=False)
+    assert final["status"] == "failed" and final["current_step"] in (None, 0)
+    assert "load_in_4bit=True" in final["error"] and "no CUDA device" in final["error"]

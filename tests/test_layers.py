@@ -1,0 +1,167 @@
+"""Imports run one way: no module of ftkit imports a module above it in the layer order.
+
+Read from the source with ast, function-level (lazy) imports included: a lazy import still ties
+two rooms together, and the circles it makes are the ones a newcomer trips over.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import ftkit
+
+ROOT = Path(ftkit.__file__).parent
+
+# Lower numbers sit lower in the house; a module may import only modules with a smaller number.
+# A new module must be placed here (the test fails for one that is not).
+RANK: dict[str, float] = {
+    # errors and config
+    "ftkit._version": 0,
+    "ftkit.errors": 0,
+    "ftkit.config": 1,
+    # storage, job store, machine facts, kernels
+    "ftkit.storage": 2,
+    "ftkit.jobstore": 2,
+    "ftkit.device": 2,
+    "ftkit.kernels": 2,
+    # the data layer, room by room
+    "ftkit.data.problems": 2.1,
+    "ftkit.data.readers": 2.2,
+    "ftkit.data.conversations": 2.3,
+    "ftkit.data.formats": 2.4,
+    "ftkit.data.render": 2.5,
+    "ftkit.data.profile": 2.6,
+    "ftkit.data": 2.7,
+    # what builds on them: the signed spec, the kernel's training code, test model, figures
+    "ftkit.spec": 3,
+    "ftkit.train": 3,
+    "ftkit.tinymodel": 3,
+    "ftkit.plots": 3,
+    "ftkit.output_log": 3,
+    # the queue, then the report, then the worker and the client
+    "ftkit.queue": 4,
+    "ftkit.report": 4.5,
+    "ftkit.runs": 4.8,
+    "ftkit.lineage": 4.8,
+    "ftkit.worker": 5,
+    "ftkit.client": 5,
+    "ftkit.sweeping": 5.5,
+    # panels, then the face, then the HTTP layer over it, then the command line over everything
+    "ftkit.widgets": 6,
+    "ftkit.runs_widgets": 6.5,
+    "ftkit": 7,
+    "ftkit.server.auth": 8.1,
+    "ftkit.server.errors": 8.1,
+    "ftkit.server.limits": 8.1,
+    "ftkit.server.models": 8.1,
+    "ftkit.server.deps": 8.1,
+    "ftkit.server.routes.datasets": 8.2,
+    "ftkit.server.routes.health": 8.2,
+    "ftkit.server.routes.jobs": 8.2,
+    "ftkit.server.routes.sweeps": 8.21,
+    "ftkit.server.routes": 8.25,
+    "ftkit.server.page": 8.3,
+    "ftkit.server.app": 8.4,
+    "ftkit.server": 8.5,
+    "ftkit.cli": 9,
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = ("ftkit", *path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every ftkit module ``name`` imports, anywhere in the file; ``from pkg import mod`` counts as
+    importing ``pkg.mod``, ``from pkg import name`` as importing ``pkg``."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "ftkit"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package[: len(package) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != "ftkit":
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return found - {name}
+
+
+def upward_imports() -> list[str]:
+    found = modules()
+    wrong = []
+    for name, path in found.items():
+        for target in sorted(imports_of(name, path, set(found))):
+            if RANK.get(target, float("inf")) >= RANK.get(name, float("-inf")):
+                wrong.append(f"{name} ({RANK.get(name)}) imports {target} ({RANK.get(target)})")
+    return wrong
+
+
+def test_every_module_has_a_place_in_the_layers():
+    assert set(modules()) == set(RANK)
+
+
+def test_no_module_imports_one_above_it():
+    assert upward_imports() == []
+
+
+def test_the_reading_sees_lazy_and_relative_imports():
+    """The checker itself: a function-level relative import is found and resolved to its module."""
+    found = modules()
+    assert "ftkit.data.render" in imports_of(
+        "ftkit.data.profile", found["ftkit.data.profile"], set(found)
+    )
+    assert "ftkit.widgets" in imports_of("ftkit", found["ftkit"], set(found))  # lazy, in panel()
+    assert "ftkit.worker" in imports_of("ftkit.cli", found["ftkit.cli"], set(found))
+
+
+def test_the_queue_runs_what_the_worker_hands_it_and_a_client_queue_only_enqueues(tmp_path):
+    """The queue knows no worker: tasks are registered by name, their bodies come from the caller."""
+    from ftkit.config import Settings
+    from ftkit.queue import TASK_NAME, enqueue, make_huey
+
+    settings = Settings.from_env({}, queue_db=str(tmp_path / "queue.db"), home=str(tmp_path))
+    client_side = make_huey(settings)
+    enqueue(client_side, "0123456789ab")
+    message = client_side.dequeue()
+    with pytest.raises(RuntimeError, match="only enqueues: a worker runs it"):
+        message.execute()
+    ran: list[str] = []
+    worker_side = make_huey(settings, run_job=ran.append, refuse=lambda *a: None)
+    enqueue(client_side, "ba9876543210")  # enqueued by a client, run by a worker
+    worker_side.execute(worker_side.dequeue())
+    assert ran == ["ba9876543210"]
+    assert type(message).__name__ == TASK_NAME
+
+
+def test_every_module_a_warm_kernel_imports_exists():
+    """The warm-up is code in a string: a module that moved (ftkit.render became ftkit.data.render)
+    would only log a warning on each worker, and every job would pay the cold import."""
+    from importlib.util import find_spec
+
+    from ftkit.kernels import WARM_UP
+
+    names = [
+        alias.name
+        for node in ast.walk(ast.parse(WARM_UP))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])
+    ]
+    missing = [name for name in names if find_spec(name) is None]
+    assert not missing, f"the kernel warm-up imports modules that do not exist: {missing}"
+    assert "ftkit.train" in names and "ftkit.data.render" in names  # what every job runs

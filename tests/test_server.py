@@ -1,0 +1,873 @@
+"""`ftkit serve` over real HTTP: a uvicorn subprocess on a free loopback port, the same queue, job
+store and storage as a notebook, a real worker for the cURL flow of the README."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import hypothesis
+import pytest
+import schemathesis
+from apiserver import ApiServer, serve_in_thread, start_server
+
+from conftest import EXAMPLE_DATA, REPO, wait_for
+
+GOOD = EXAMPLE_DATA.read_bytes()
+BAD = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n{"text": 5}\n'
+
+
+@pytest.fixture
+def api(settings, tmp_path):
+    server = serve_in_thread(settings, tmp_path / "api")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_process(settings, tmp_path):
+    """`ftkit serve` itself, as a subprocess."""
+    server = start_server(settings, tmp_path / "api")
+    yield server
+    server.stop()
+
+
+def ok(response):
+    status, body, _ = response
+    assert status == 200, body
+    return body
+
+
+# -- the cURL flow -----------------------------------------------------------------------------------
+def readme_curl_flow() -> str:
+    """The README's cURL block from its ``URL=`` line on (the lines before start the processes
+    the test starts itself)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- curl-flow:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return block[block.index("URL=") :]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_the_readme_curl_flow_uploads_trains_and_downloads(
+    settings, api_process, start_worker, tiny_model, tmp_path
+):
+    api = api_process
+    start_worker()
+    cwd = tmp_path / "repo"  # what `make demo` leaves: the example data and ./storage/tiny-llama
+    (cwd / "examples").mkdir(parents=True)
+    shutil.copy(EXAMPLE_DATA, cwd / "examples")
+    (cwd / "storage").mkdir()
+    (cwd / "storage" / "tiny-llama").symlink_to(tiny_model)
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_curl_flow()],
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "FTKIT_URL": api.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + api.output()[-3000:]
+    job_id = re.search(r"adapter-([0-9a-f]{12})\.zip", run.stdout).group(1)  # type: ignore[union-attr]
+    final = json.loads(run.stdout[run.stdout.index('{\n  "status"') :].split("\n}\n")[0] + "}")
+    assert final["status"] == "completed", run.stdout
+    assert final["result"]["adapter_dir"] and final["result"]["training_duration_seconds"] > 0
+    with zipfile.ZipFile(cwd / f"adapter-{job_id}.zip") as zf:
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())
+    # The server is a view over the same records a notebook reads: no second source of truth.
+    from ftkit.client import Client
+
+    status = Client(settings).get_job(job_id).status()
+    assert status["status"] == "completed" and status["result"] == final["result"]
+    metrics = ok(api.request("GET", f"/metrics/{job_id}"))["metrics"]
+    assert len(metrics) >= 5 and all(m["loss"] > 0 for m in metrics if m.get("loss") is not None)
+    assert ok(api.request("GET", f"/logs/{job_id}"))["lines"]
+    report = ok(api.request("GET", f"/report/{job_id}"))
+    assert b"<html" in report.lower() and job_id.encode() in report
+    health = ok(api.request("GET", "/health"))
+    assert health["status"] == "healthy" and health["workers"] == health["celery_workers"] == 1
+
+
+# -- upload, reservation, train ------------------------------------------------------------------------
+def test_upload_reserves_the_job_id_that_train_then_uses(api, client):
+    up = ok(api.upload("train.jsonl", GOOD))
+    assert up["status"] == "success" and up["filename"] == "train.jsonl"
+    assert (
+        up["rows"] == 120 and up["format"] == "chat" and re.fullmatch(r"[0-9a-f]{12}", up["job_id"])
+    )
+    assert api.request("GET", f"/status/{up['job_id']}")[0] == 404  # reserved, not yet a job
+    train = ok(
+        api.request(
+            "POST",
+            "/train",
+            {"dataset_filename": "train.jsonl", "job_id": up["job_id"], "config": {"max_steps": 3}},
+        )
+    )
+    assert train["job_id"] == up["job_id"] and train["status"] == "queued"
+    status = ok(api.request("GET", f"/status/{up['job_id']}"))
+    assert status["status"] == "queued" and status["total_steps"] == 3
+    assert status["dataset"]["id"] == up["dataset_id"]
+    assert client.get_job(up["job_id"]).status()["config"]["max_steps"] == 3  # the same record
+    # The reserved id is used once; an id no upload issued is refused, naming the field.
+    again = api.request("POST", "/train", {"job_id": up["job_id"], "config": {}})
+    assert again[0] == 409 and "exists" in again[1]["detail"]
+    made_up = api.request(
+        "POST", "/train", {"dataset_id": up["dataset_id"], "job_id": "0123456789ab"}
+    )
+    assert made_up[0] == 422 and made_up[1]["detail"][0]["loc"] == ["body", "job_id"]
+    # Without a job id: a new one, the data set found by its id.
+    fresh = ok(api.request("POST", "/train", {"dataset_id": up["dataset_id"][:12]}))
+    assert fresh["job_id"] != up["job_id"]
+    assert client.count_jobs() == 2
+
+
+def test_a_reserved_id_belongs_to_its_data_set(api):
+    first = ok(api.upload("a.jsonl", GOOD))
+    ok(api.upload("b.jsonl", b'{"text": "another data set"}\n'))
+    wrong = api.request(
+        "POST", "/train", {"dataset_filename": "b.jsonl", "job_id": first["job_id"]}
+    )
+    assert wrong[0] == 422 and "reserved for data set a.jsonl" in wrong[1]["detail"][0]["msg"]
+
+
+def test_the_client_file_name_is_never_a_path(api, settings):
+    up = ok(api.upload("../../etc/evil.jsonl", GOOD))
+    assert up["filename"] == "evil.jsonl"
+    stored = sorted(p.name for p in Path(settings.storage).rglob("*.jsonl"))
+    assert stored == ["evil.jsonl"]
+    assert not list(Path(settings.storage).parent.glob("etc"))
+    # The one name that would overwrite the data with its metadata is refused.
+    status, body, _ = api.upload("dataset.json", GOOD)
+    assert status == 422 and "rename the file" in body["detail"][0]["msg"]
+
+
+# -- every error code ------------------------------------------------------------------------------
+def test_bad_data_is_a_422_with_line_numbered_problems(api, settings):
+    status, body, _ = api.upload("bad.jsonl", BAD)
+    assert status == 422
+    lines = {d["loc"][2] for d in body["detail"] if len(d["loc"]) > 2}
+    assert {2, 3} <= lines, body
+    assert any("line 2" in d["msg"] and "Fix:" in d["msg"] for d in body["detail"])
+    assert not (Path(settings.storage) / "datasets").exists()  # nothing stored
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"lora_r": 0}, "lora_r"),
+        ({"learning_rate": 5}, "learning_rate"),
+        ({"lerning_rate": 0.1}, "lerning_rate"),
+        ({"batch_size": "2"}, "batch_size"),  # a string is not a number
+    ],
+)
+def test_an_invalid_config_is_a_422_naming_the_field(api, config, field):
+    ok(api.upload("train.jsonl", GOOD))
+    status, body, _ = api.request(
+        "POST", "/train", {"dataset_filename": "train.jsonl", "config": config}
+    )
+    assert status == 422, body
+    assert body["detail"][0]["loc"][:3] == ["body", "config", field], body
+    if field == "lerning_rate":
+        assert "did you mean 'learning_rate'" in body["detail"][0]["msg"]
+
+
+def test_errors_map_to_status_codes(api):
+    up = ok(api.upload("train.jsonl", GOOD))
+    queued = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    cases = [
+        (("POST", "/train", {"dataset_filename": "nope.jsonl"}), 404),
+        (("POST", "/train", {"dataset_id": "0" * 64}), 404),
+        (("POST", "/train", {"config": {}}), 422),  # no data set named
+        (("POST", "/train", {"dataset_filename": "train.jsonl", "bogus": 1}), 422),
+        (("GET", "/status/0123456789ab", None), 404),
+        (("GET", "/status/NOT-AN-ID", None), 422),
+        (("GET", "/metrics/0123456789ab", None), 404),
+        (("GET", "/logs/0123456789ab", None), 404),
+        (("GET", "/report/0123456789ab", None), 404),
+        (("GET", f"/report/{queued}", None), 404),  # no report yet
+        (("GET", "/download/0123456789ab", None), 404),
+        (("GET", f"/download/{queued}", None), 409),  # no adapter yet
+        (("DELETE", "/job/0123456789ab", None), 404),
+        (("GET", "/jobs?status=bogus", None), 422),
+        (("GET", "/jobs?limit=0", None), 422),
+    ]
+    for (method, path, body), expected in cases:
+        status, got, _ = api.request(method, path, body)
+        assert status == expected, (method, path, status, got)
+        assert got["detail"], got
+    assert (
+        api.request("POST", "/upload", data=b"x", headers={"Content-Type": "text/plain"})[0] == 422
+    )
+    assert up["dataset_id"]
+
+
+def test_jobs_are_listed_filtered_paginated_and_cancelled(api):
+    ok(api.upload("train.jsonl", GOOD))
+    ids = [
+        ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+        for _ in range(3)
+    ]
+    page1 = ok(api.request("GET", "/jobs?limit=2"))
+    page2 = ok(api.request("GET", "/jobs?limit=2&offset=2"))
+    assert page1["total"] == 3 and [j["job_id"] for j in page1["jobs"] + page2["jobs"]] == ids[::-1]
+    cancelled = ok(api.request("DELETE", f"/job/{ids[0]}"))
+    assert cancelled == {"job_id": ids[0], "status": "cancelled", "message": "cancelled"}
+    only = ok(api.request("GET", "/jobs?status=cancelled"))
+    assert [j["job_id"] for j in only["jobs"]] == [ids[0]] and only["total"] == 1
+    assert ok(api.request("GET", "/jobs?status=queued"))["total"] == 2
+    assert ok(api.request("DELETE", f"/job/{ids[0]}"))["status"] == "cancelled"  # idempotent
+
+
+def test_health_docs_and_schema(api):
+    health = ok(api.request("GET", "/health"))
+    assert health == {
+        "status": "degraded",  # no worker
+        "broker": health["broker"],
+        "redis_connected": True,
+        "workers": 0,
+        "celery_workers": 0,
+        "queue_depth": 0,
+    }
+    schema = ok(api.request("GET", "/openapi.json"))
+    assert {"/upload", "/train", "/status/{job_id}", "/jobs", "/job/{job_id}", "/download/{job_id}",
+            "/report/{job_id}", "/metrics/{job_id}", "/logs/{job_id}", "/health", "/retry/{job_id}",
+            "/delete/{job_id}", "/sweep", "/sweeps", "/sweep/{sweep_id}"} == set(schema["paths"])  # fmt: skip
+    assert b"swagger-ui" in ok(api.request("GET", "/docs"))
+
+
+# -- runs people manage: tags and notes, logs by cursor, retry, delete, sweeps ------------------------
+def ids(reply) -> list[str]:
+    return [j["job_id"] for j in ok(reply)["jobs"]]
+
+
+def test_train_takes_tags_a_note_attempts_and_an_idempotency_key(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    body = {"dataset_filename": "train.jsonl", "tags": ["baseline", "lr-1e-4"], "note": "first <try>",
+            "max_attempts": 2, "idempotency_key": "ci-run-41", "config": {"max_steps": 3}}  # fmt: skip
+    first = ok(api.request("POST", "/train", body))
+    again = ok(api.request("POST", "/train", body))  # a retried request: the same job, once
+    assert again["job_id"] == first["job_id"] and client.count_jobs() == 1
+    assert "queued:" in first["message"] and "submitted before" in again["message"]
+    job = first["job_id"]
+    status = ok(api.request("GET", f"/status/{job}"))
+    assert (status["tags"], status["note"]) == (["baseline", "lr-1e-4"], "first <try>")
+    assert status["max_attempts"] == 2 and status["config"]["max_steps"] == 3
+    assert status["resume_from"] is None and "idempotency_key" not in status
+    other = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl", "tags": ["x"]}))
+
+    # The per-tag index, alone or with a status; a tag's total is not counted.
+    by_tag = ok(api.request("GET", "/jobs?tag=baseline"))
+    assert [j["job_id"] for j in by_tag["jobs"]] == [job] and by_tag["total"] is None
+    assert ids(api.request("GET", "/jobs?tag=baseline&status=cancelled")) == []
+    ok(api.request("DELETE", f"/job/{job}"))
+    assert ids(api.request("GET", "/jobs?tag=baseline&status=cancelled")) == [job]
+    assert ids(api.request("GET", "/jobs?tag=x&status=queued")) == [other["job_id"]]
+    status, got, _ = api.request("GET", "/jobs?tag=no%20spaces")
+    assert status == 422 and got["detail"][0]["loc"] == ["query", "tag"], got
+
+    # The same checks as submit: a 422 naming the field, and nothing queued.
+    for extra, field, words in [
+        ({"tags": "baseline"}, "tags", "valid list"),
+        ({"tags": ["no spaces"]}, "tags", "a tag is 1-64"),
+        ({"tags": [f"t{i}" for i in range(21)]}, "tags", "at most 20"),
+        ({"note": "x" * 5000}, "note", "at most 4000"),
+        ({"max_attempts": 0}, "max_attempts", "greater than or equal to 1"),
+        ({"max_attempts": "2"}, "max_attempts", "integer"),
+        ({"resume_from": "nope"}, "resume_from", "pattern"),
+        ({"resume_from": "0123456789ab"}, "resume_from", "no job 0123456789ab"),
+        ({"resume_from": other["job_id"]}, "resume_from", "kept no checkpoint"),
+        ({"idempotency_key": ""}, "idempotency_key", "at least 1 character"),
+    ]:
+        status, got, _ = api.request("POST", "/train", {"dataset_filename": "train.jsonl", **extra})
+        assert status == 422, (extra, got)
+        assert got["detail"][0]["loc"][:2] == ["body", field], (extra, got)
+        assert words in got["detail"][0]["msg"], (extra, got)
+    assert client.count_jobs() == 2
+
+
+def test_a_garbled_record_reads_with_those_fields_unset(api, client):
+    """Records are written by anyone with the queue's URL: a field of the wrong shape is not a 500."""
+    ok(api.upload("train.jsonl", GOOD))
+    job = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    client.store.update(job, tags="x", note=5, max_attempts="many", config=[1], resume_from=7)
+    status = ok(api.request("GET", f"/status/{job}"))
+    assert (status["tags"], status["note"], status["max_attempts"]) == ([], None, None)
+    assert status["config"] is None and status["resume_from"] is None
+    assert ids(api.request("GET", "/jobs")) == [job]
+
+
+def test_a_script_reads_logs_by_cursor_each_line_once(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    job = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    client.store.add_logs(job, ["one", "two"])
+    first = ok(api.request("GET", f"/logs/{job}?cursor=0"))
+    assert first["lines"] == ["one", "two"] and first["status"] == "queued"
+    assert first["ended"] is False
+    quiet = ok(api.request("GET", f"/logs/{job}?cursor={first['cursor']}"))
+    assert quiet["lines"] == [] and quiet["cursor"] == first["cursor"] and not quiet["ended"]
+    client.store.add_logs(job, ["three"])
+    new = ok(api.request("GET", f"/logs/{job}?cursor={first['cursor']}"))
+    assert new["lines"] == ["three"]
+    # Without a cursor: the tail, and the cursor to follow on from it.
+    tail = ok(api.request("GET", f"/logs/{job}?n=2"))
+    assert tail["lines"] == ["two", "three"] and tail["cursor"] == new["cursor"]
+
+    ok(api.request("DELETE", f"/job/{job}"))  # its final event follows the final status
+    last = ok(api.request("GET", f"/logs/{job}?cursor={new['cursor']}"))
+    assert last["status"] == "cancelled" and "cancelled while queued" in last["lines"][-1]
+    assert not last["ended"]  # lines came: ask again
+    end = ok(api.request("GET", f"/logs/{job}?cursor={last['cursor']}"))
+    assert end == {"job_id": job, "lines": [], "cursor": last["cursor"], "status": "cancelled",
+                   "ended": True}  # fmt: skip
+    for path, code in [
+        ("/logs/0123456789ab?cursor=0", 404),
+        (f"/logs/{job}?cursor=-1", 422),
+        (f"/logs/{job}?cursor=x", 422),
+    ]:
+        assert api.request("GET", path)[0] == code, path
+
+
+def test_retry_makes_a_new_job_and_delete_removes_one_for_good(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    body = {"dataset_filename": "train.jsonl", "tags": ["keep"], "note": "n",
+            "config": {"max_steps": 4, "lora_r": 4}}  # fmt: skip
+    job = ok(api.request("POST", "/train", body))["job_id"]
+    status, got, _ = api.request("POST", f"/retry/{job}")
+    assert status == 409 and "queued: only a failed or cancelled job is retried" in got["detail"]
+    status, got, _ = api.request("POST", f"/delete/{job}")  # queued: refused without force
+    assert status == 409 and "force" in got["detail"], got
+    assert ok(api.request("GET", f"/status/{job}"))["status"] == "queued"  # refused: untouched
+
+    ok(api.request("DELETE", f"/job/{job}"))  # cancels, as before
+    retry = ok(api.request("POST", f"/retry/{job}"))
+    assert retry["retry_of"] == job and retry["job_id"] != job and retry["status"] == "queued"
+    assert retry["resume_from"] is None and "from step 1" in retry["message"]
+    again = ok(api.request("GET", f"/status/{retry['job_id']}"))
+    before = ok(api.request("GET", f"/status/{job}"))
+    assert (again["tags"], again["note"], again["config"]) == (["keep"], "n", before["config"])
+
+    gone = ok(api.request("POST", f"/delete/{retry['job_id']}?force=true"))  # cancels it first
+    assert gone["status"] == "cancelled" and gone["tags"] == ["keep"]
+    gone = ok(api.request("POST", f"/delete/{job}"))
+    assert gone == {"job_id": job, "status": "cancelled", "finished_at": gone["finished_at"],
+                    "tags": ["keep"], "bytes": 0}  # fmt: skip
+    assert client.jobs() == [] and ok(api.request("GET", "/jobs?tag=keep"))["jobs"] == []
+    for method, path, code in [
+        ("GET", f"/status/{job}", 404),
+        ("POST", f"/delete/{job}", 404),
+        ("POST", f"/retry/{job}", 404),
+        ("POST", "/retry/0123456789ab", 404),
+        ("POST", "/delete/NOT-AN-ID", 422),
+        ("POST", "/delete/0123456789ab?force=maybe", 422),
+    ]:
+        assert api.request(method, path)[0] == code, (method, path)
+
+
+def sweep_values(reply) -> list[dict]:
+    return [run["values"] for run in ok(reply)["runs"]]
+
+
+def test_a_sweep_is_queued_listed_shown_and_cancelled_over_http(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    body = {"dataset_filename": "train.jsonl", "values": {"learning_rate": [1e-4, 2e-4],
+            "lora_r": [8, 16]}, "config": {"max_steps": 3}, "tags": ["grid-a"], "note": "lr x r"}  # fmt: skip
+    made = ok(api.request("POST", "/sweep", body))
+    sweep = made["sweep_id"]
+    assert [r["values"] for r in made["runs"]] == [
+        {"learning_rate": lr, "lora_r": r} for lr in (1e-4, 2e-4) for r in (8, 16)
+    ]
+    assert made["swept"] == ["learning_rate", "lora_r"] and f"sweep:{sweep}" in made["message"]
+    runs = ok(api.request("GET", f"/jobs?tag=sweep:{sweep}"))["jobs"]
+    assert sorted(j["job_id"] for j in runs) == sorted(r["job_id"] for r in made["runs"])
+    assert all(j["tags"] == ["grid-a", f"sweep:{sweep}"] and j["note"] == "lr x r" for j in runs)
+    assert {(j["config"]["learning_rate"], j["config"]["lora_r"]) for j in runs} == {
+        (lr, r) for lr in (1e-4, 2e-4) for r in (8, 16)
+    }
+
+    seeded = {"dataset_filename": "train.jsonl", "mode": "random", "n": 3, "sample_seed": 7,
+              "ranges": {"learning_rate": [1e-5, 1e-3]}, "values": {"lora_r": [8, 16]}}  # fmt: skip
+    drawn = sweep_values(api.request("POST", "/sweep", seeded))
+    assert drawn == sweep_values(api.request("POST", "/sweep", seeded))  # the same draw again
+    assert all(1e-5 <= d["learning_rate"] <= 1e-3 and d["lora_r"] in (8, 16) for d in drawn)
+
+    listed = ok(api.request("GET", "/sweeps"))["sweeps"]
+    assert len(listed) == 3 and listed[-1]["sweep_id"] == sweep
+    assert listed[-1] == {"sweep_id": sweep, "created_at": listed[-1]["created_at"],
+                          "mode": "grid", "swept": ["learning_rate", "lora_r"], "runs": 4,
+                          "dataset": "train.jsonl", "tags": ["grid-a"], "note": "lr x r"}  # fmt: skip
+    assert [s["sweep_id"] for s in ok(api.request("GET", "/sweeps?tag=grid-a"))["sweeps"]] == [
+        sweep
+    ]
+    assert ok(api.request("GET", "/sweeps?tag=nothing"))["sweeps"] == []
+    assert api.request("GET", "/sweeps?tag=a%20b")[0] == 422
+
+    detail = ok(api.request("GET", f"/sweep/{sweep}"))
+    assert detail["config"]["max_steps"] == 3 and "learning_rate" not in detail["config"]
+    assert [(r["job_id"], r["values"], r["status"]) for r in detail["run_table"]] == [
+        (r["job_id"], r["values"], "queued") for r in made["runs"]
+    ]
+    assert detail["best"] is None and detail["title"].startswith(f"sweep {sweep}: grid")
+
+    cancelled = ok(api.request("DELETE", f"/sweep/{sweep}"))
+    assert set(cancelled["runs"].values()) == {"cancelled"} and "4 of 4" in cancelled["message"]
+    assert {r["status"] for r in ok(api.request("GET", f"/sweep/{sweep}"))["run_table"]} == {
+        "cancelled"
+    }
+    assert "0 of 4" in ok(api.request("DELETE", f"/sweep/{sweep}"))["message"]
+    for method, path, code in [
+        ("GET", "/sweep/0123456789ab", 404),
+        ("DELETE", "/sweep/0123456789ab", 404),
+        ("GET", "/sweep/not-an-id", 422),
+    ]:
+        assert api.request(method, path)[0] == code, (method, path)
+
+
+@pytest.mark.parametrize(
+    "extra, loc, words",
+    [
+        ({"values": {"batch_size": [2, 0]}}, ["values", "batch_size"], "run 2 of 2"),
+        ({"values": {"lerning_rate": [1e-4]}}, ["values", "lerning_rate"], "'learning_rate'"),
+        ({"ranges": {"learning_rate": [1e-5, 1e-3]}}, ["ranges", "learning_rate"], "random"),
+        ({"mode": "random", "values": {"lora_r": [8, 16]}}, ["n"], "number of runs"),
+        ({"values": {}}, [], "at least one field with several values"),
+        ({"values": {"lora_r": [8, 16]}, "config": {"lora_r": 4}}, ["values", "lora_r"], "fixed"),
+        ({"values": {"lora_r": [8]}, "ranges": {"lora_r": [8, 9]}}, ["values", "lora_r"],
+         "in values and in ranges"),
+        ({"values": {"lora_r": [8, 16]}, "tags": ["a b"]}, ["tags"], "a tag is"),
+        ({"values": {"lora_r": [8, 16]}, "config": {"batch_size": "2"}}, ["config", "batch_size"],
+         "integer"),
+        ({"mode": "random", "n": 2, "ranges": {"lora_r": [8.5, 16]}}, ["ranges", "lora_r"],
+         "two whole numbers"),
+        ({"values": {"lora_r": [8, 16]}, "mode": "grid", "n": 2}, ["n"], "mode='random'"),
+        ({"values": {"lora_r": [8, 16]}, "max_attempts": 0}, ["max_attempts"], "1"),
+        ({"values": {"lora_r": [8, 16]}, "dataset_filename": None}, ["dataset_filename"],
+         "name the data set"),
+    ],
+)  # fmt: skip
+def test_a_bad_sweep_is_a_422_naming_the_field_and_queues_nothing(api, client, extra, loc, words):
+    ok(api.upload("train.jsonl", GOOD))
+    body = {"dataset_filename": "train.jsonl", **extra}
+    status, got, _ = api.request("POST", "/sweep", body)
+    assert status == 422, got
+    assert got["detail"][0]["loc"] == ["body", *loc], got
+    assert words in got["detail"][0]["msg"], got
+    assert client.count_jobs() == 0 and ok(api.request("GET", "/sweeps"))["sweeps"] == []
+
+
+def test_the_dashboard_filters_jobs_by_tag_lists_sweeps_and_escapes_records(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    train = {"dataset_filename": "train.jsonl"}
+    tagged = ok(api.request("POST", "/train", {**train, "tags": ["baseline"]}))["job_id"]
+    other = ok(api.request("POST", "/train", {**train, "tags": ["other"]}))["job_id"]
+    body = {**train, "values": {"lora_r": [8, 16]}, "tags": ["grid-a"], "note": "<b>r</b>"}
+    sweep = ok(api.request("POST", "/sweep", body))
+    runs = [r["job_id"] for r in sweep["runs"]]
+    # Records are written by anyone with the queue's URL: what they hold is shown, never run.
+    hostile = "<img src=x onerror=alert(1)>"
+    client.store.update(other, note=hostile, tags=["other", hostile])
+    client.store.create_sweep({"sweep_id": "0123456789ab", "created_at": time.time(),
+                               "mode": hostile, "swept": {"lora_r": {"values": [8]}},
+                               "dataset": {"name": hostile}, "tags": ["ok", hostile],
+                               "note": hostile, "runs": [{"job_id": other, "values": {}}]})  # fmt: skip
+
+    page = ok(api.request("GET", "/")).decode()
+    assert all(job in page for job in (tagged, other, *runs))
+    assert sweep["sweep_id"] in page and "0123456789ab" in page  # the recent sweeps
+    assert "<img" not in page  # escaped: text, not markup
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;b&gt;r&lt;/b&gt;" in page
+
+    page = ok(api.request("GET", "/?tag=baseline")).decode()
+    assert tagged in page and not any(job in page for job in (other, *runs))
+    assert "tagged <b class='tag-shown'>baseline</b>" in page and "value='baseline'" in page
+    assert "no sweeps tagged baseline" in page
+    # A sweep's id links to its runs: the jobs tagged sweep:<id>.
+    link = f"/?tag=sweep%3A{sweep['sweep_id']}"
+    assert f"href='{link}'" in ok(api.request("GET", "/")).decode()
+    page = ok(api.request("GET", link)).decode()
+    assert all(job in page for job in runs) and tagged not in page and other not in page
+    page = ok(api.request("GET", "/?tag=grid-a&status=queued")).decode()
+    assert sweep["sweep_id"] in page and "0123456789ab" not in page
+    assert "name='status' value='queued'" in page  # the form keeps the status filter
+    # A job's page shows its tags (as links to the filter) and its note, escaped.
+    page = ok(api.request("GET", f"/ui/job/{other}")).decode()
+    assert (
+        "<img" not in page
+        and f"class='note'>{hostile.replace('<', '&lt;').replace('>', '&gt;')}" in page
+    )
+    assert "href='/?tag=other'" in page
+    # Not a tag: said so, and every job shown.
+    page = ok(api.request("GET", "/?tag=%3Cx%3E%20y")).decode()
+    assert "&lt;x&gt; y is not a tag" in page and tagged in page and other in page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_script_follows_deletes_and_sweeps_real_jobs_over_http(
+    settings, api, client, start_worker, tiny_model
+):
+    start_worker()
+    ok(api.upload("train.jsonl", GOOD))
+    common = {"base_model": str(tiny_model), "batch_size": 2, "max_seq_length": 128}
+    train = {"dataset_filename": "train.jsonl", "config": {**common, "max_steps": 2}}
+    job = ok(api.request("POST", "/train", train))["job_id"]
+
+    # The README's follow loop: each reply's cursor back, until a reply says ended.
+    replies, lines, cursor = [], [], 0
+    deadline = time.monotonic() + 600
+    while True:
+        got = ok(api.request("GET", f"/logs/{job}?cursor={cursor}"))
+        replies.append(got)
+        lines += got["lines"]
+        cursor = got["cursor"]
+        if got["ended"]:
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.2)
+    assert replies[0]["status"] not in ("completed", "failed", "cancelled")  # followed live
+    assert got["status"] == "completed", lines
+    assert lines == client.get_job(job).logs(500)  # every kept line, once each, in order
+    assert any("picked up by worker" in line for line in lines)  # an ftkit event
+    assert any(line.startswith("step 2/2") for line in lines)  # printed by a cell
+    assert lines[-1].endswith("completed")  # the final event, written after the final status
+    status, body, _ = api.request("POST", f"/retry/{job}")
+    assert status == 409 and "completed" in body["detail"]
+
+    # A running job's delete is refused; with force it is cancelled first, then removed.
+    long = {"dataset_filename": "train.jsonl", "config": {**common, "max_steps": 100_000}}
+    busy = ok(api.request("POST", "/train", long))["job_id"]
+    wait_for(
+        lambda: ok(api.request("GET", f"/status/{busy}"))["status"] == "training",
+        300,
+        "the long job to train",
+    )
+    status, body, _ = api.request("POST", f"/delete/{busy}")
+    assert status == 409 and "is training" in body["detail"] and "force" in body["detail"]
+    assert ok(api.request("GET", f"/status/{busy}"))["status"] == "training"
+    gone = ok(api.request("POST", f"/delete/{busy}?force=true", timeout=300))
+    assert gone["status"] == "cancelled" and api.request("GET", f"/status/{busy}")[0] == 404
+
+    # A two-run grid through the worker; the best run is the one compare names.
+    sweep = ok(api.request("POST", "/sweep", {**train, "values": {"learning_rate": [1e-3, 3e-3]}}))
+    sweep_id = sweep["sweep_id"]
+
+    def ended() -> bool:
+        table = ok(api.request("GET", f"/sweep/{sweep_id}"))["run_table"]
+        return all(r["status"] in ("completed", "failed", "cancelled") for r in table)
+
+    wait_for(ended, 600, "the sweep's runs to end")
+    detail = ok(api.request("GET", f"/sweep/{sweep_id}"))
+    table = detail["run_table"]
+    assert [r["status"] for r in table] == ["completed", "completed"], table
+    for row in table:
+        status = ok(api.request("GET", f"/status/{row['job_id']}"))
+        assert status["config"]["learning_rate"] == row["values"]["learning_rate"]
+        assert row["step"] == row["total_steps"] == 2
+        assert row["final_loss"] == status["result"]["final_loss"] is not None
+    best = min(table, key=lambda r: r["final_loss"])
+    assert detail["best"] == {"job_id": best["job_id"], "by": "final_loss",
+                              "value": best["final_loss"]}  # fmt: skip
+    from ftkit import sweeping
+
+    assert sweeping.get(client, sweep_id).compare().best["job_id"] == best["job_id"]
+
+
+# -- security and limits ---------------------------------------------------------------------------
+@pytest.fixture
+def locked(settings, tmp_path, monkeypatch):
+    """A server with a token (from FTKIT_API_TOKEN, as `ftkit serve` reads it) and a 1 MiB upload
+    limit."""
+    monkeypatch.setenv("FTKIT_API_TOKEN", "s3cret-token-for-tests")
+    server = serve_in_thread(settings, tmp_path / "locked", max_upload_bytes=1 << 20)
+    server.token = "s3cret-token-for-tests"
+    yield server
+    server.stop()
+
+
+def test_with_a_token_every_endpoint_needs_it(locked):
+    up = ok(locked.upload("train.jsonl", GOOD))  # with the bearer token
+    for method, path in [
+        ("GET", "/health"), ("GET", "/jobs"), ("GET", f"/status/{up['job_id']}"),
+        ("POST", "/train"), ("DELETE", f"/job/{up['job_id']}"), ("GET", f"/metrics/{up['job_id']}"),
+        ("GET", f"/logs/{up['job_id']}"), ("GET", f"/report/{up['job_id']}"),
+        ("GET", f"/download/{up['job_id']}"), ("GET", "/openapi.json"), ("POST", "/upload"),
+    ]:  # fmt: skip
+        status, body, headers = locked.request(method, path, auth=False)
+        assert status == 401, (method, path, status, body)
+        assert headers.get("www-authenticate") == "Bearer"
+        wrong = locked.request(method, path, auth=False, headers={"Authorization": "Bearer nope"})
+        assert wrong[0] == 401
+    assert ok(locked.request("GET", "/health"))["redis_connected"] is True
+    # The page and the docs ask for the token once, then keep it in a cookie.
+    status, page, _ = locked.request("GET", "/", auth=False)
+    assert status == 401 and b"name='token'" in page
+    assert locked.request("GET", "/docs", auth=False)[0] == 401
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert locked.request("POST", "/login", data=b"token=nope", headers=form, auth=False)[0] == 401
+    cookie = login_cookie(locked)
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    status, page, _ = locked.request("GET", "/", auth=False, headers=jar)
+    assert status == 200 and b"live workers" in page
+    assert locked.request("GET", "/jobs", auth=False, headers=jar)[0] == 200
+
+
+def login_cookie(server: ApiServer) -> str:
+    import http.client
+
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=10)
+    conn.request(
+        "POST",
+        "/login",
+        body=f"token={server.token}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 303, resp.read()
+    return resp.getheader("set-cookie") or ""
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_without_a_token_serving_beyond_loopback_warns_loudly(settings, tmp_path):
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftkit.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        env={**__import__("os").environ, **settings.to_env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first = "".join(proc.stdout.readline() for _ in range(4))  # type: ignore[union-attr]
+        assert (
+            "WARNING" in first and "WITHOUT authentication" in first and "FTKIT_API_TOKEN" in first
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_cors_is_off_by_default(api):
+    status, _, headers = api.request(
+        "OPTIONS",
+        "/jobs",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "DELETE"},
+    )
+    assert status == 405 and "access-control-allow-origin" not in {k.lower() for k in headers}
+
+
+def test_request_bodies_are_limited(locked, settings):
+    # Declared too large: refused before a byte of the body is read (or even sent).
+    status, body = declared_only(locked, "/upload", 2 << 20)
+    assert status == 413 and b"limit of 1048576 bytes" in body
+    # Chunked, without a length: cut off once past the limit, nothing stored.
+    assert (
+        chunked_upload(locked, "big.jsonl", (b'{"text": "%d"}\n' % i for i in range(200_000)))[0]
+        == 413
+    )
+    assert not (Path(settings.storage) / "datasets").exists()
+    scratch = Path(settings.scratch_dir) / "uploads"
+    assert not scratch.exists() or not any(scratch.iterdir())  # the partial upload is gone
+    # Any other body: 1 MiB, declared or not.
+    assert declared_only(locked, "/train", (1 << 20) + 1)[0] == 413
+    small = locked.request("POST", "/train", data=b"{" + b" " * 1000 + b"}",
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert small[0] == 422
+
+
+def declared_only(server: ApiServer, path: str, length: int) -> tuple[int, bytes]:
+    """Send only the headers of a POST declaring ``length`` bytes (Expect: 100-continue, as curl
+    does for large bodies) and read the answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    conn.putrequest("POST", path)
+    for name, value in {
+        "Content-Type": "multipart/form-data; boundary=x",
+        "Content-Length": str(length),
+        "Expect": "100-continue",
+        "Authorization": f"Bearer {server.token}",
+    }.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def chunked_upload(server: ApiServer, name: str, pieces) -> tuple[int, bytes]:
+    """POST /upload with Transfer-Encoding: chunked, the body generated as it is sent."""
+    import http.client
+
+    boundary = "ftkit-chunked-3b9e"
+
+    def body():
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        buf = bytearray()
+        for piece in pieces:
+            buf += piece
+            if len(buf) >= 1 << 20:
+                yield bytes(buf)
+                buf.clear()
+        yield bytes(buf) + f"\r\n--{boundary}--\r\n".encode()
+
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=300)
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if server.token:
+        headers["Authorization"] = f"Bearer {server.token}"
+    try:
+        conn.request("POST", "/upload", body=body(), headers=headers, encode_chunked=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered 413 and closed while we were still sending
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_large_upload_streams_to_disk_without_sitting_in_memory(api_process, settings):
+    api = api_process
+    rows = 120_000  # ~105 MB of distinct chat examples
+    pad = "x" * 760
+
+    def pieces():
+        for i in range(rows):
+            yield (
+                b'{"messages": [{"role": "user", "content": "question %d %s"}, '
+                b'{"role": "assistant", "content": "answer %d"}]}\n' % (i, pad.encode(), i)
+            )
+
+    size = sum(len(p) for p in pieces())
+    ok(api.upload("warm.jsonl", GOOD))  # every code path imported before we measure
+    pid = api.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to now
+    before = proc_kb(pid, "VmRSS")
+    start = time.monotonic()
+    status, body = chunked_upload(api, "large.jsonl", pieces())
+    seconds = time.monotonic() - start
+    assert status == 200, body
+    up = json.loads(body)
+    assert up["rows"] == rows and up["size_bytes"] == size
+    peak_rise = proc_kb(pid, "VmHWM") - before
+    print(
+        f"\nupload of {size / 1e6:.0f} MB: server peak RSS rose {peak_rise / 1024:.1f} MB "
+        f"({peak_rise * 1024 / size:.3f} of the size) in {seconds:.1f} s"
+    )
+    assert peak_rise * 1024 < size / 4  # held whole it would rise by at least the size
+
+
+def proc_kb(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+# -- the schema as the contract ---------------------------------------------------------------------
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_generated_requests_never_get_a_server_error(api):
+    """Every operation of the served OpenAPI schema, with schemathesis' generated requests (valid
+    and invalid): no 5xx. (schemathesis.pytest.from_fixture does not run under this pytest, so
+    each operation's strategy runs under hypothesis here.)"""
+    from schemathesis.generation import GenerationMode
+
+    ok(api.upload("train.jsonl", GOOD))
+    schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 16
+    calls: list[str] = []
+    for operation, mode in itertools.product(operations, GenerationMode):
+        generated_calls(api, operation.as_strategy(mode), mode.value, calls)
+    assert len(calls) >= 16 * 2 * 3, calls
+    print("\n" + "\n".join(f"{n:4} x {c}" for c, n in sorted(Counter(calls).items())))
+
+
+def generated_calls(api: ApiServer, strategy, mode: str, calls: list[str]) -> None:
+    """Run a few generated cases of one operation; call_and_validate raises on a 5xx."""
+    from schemathesis.checks import not_a_server_error
+
+    @hypothesis.settings(
+        max_examples=6,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(case=strategy)
+    def check(case):
+        response = case.call_and_validate(base_url=api.url, checks=[not_a_server_error], timeout=30)
+        calls.append(f"{case.method} {case.path} {mode} {response.status_code}")
+
+    check()
+
+
+def test_submit_takes_a_chosen_job_id_once(client):
+    from ftkit.errors import ConfigError, JobExists
+
+    ds = client.upload_dataset(EXAMPLE_DATA)
+    reserved = client.reserve_job_id(ds)
+    assert client.reserved_dataset(reserved) == ds
+    job = client.submit(ds, job_id=reserved, max_steps=2)
+    assert job.id == reserved and job.status()["status"] == "queued"
+    with pytest.raises(JobExists):
+        client.submit(ds, job_id=reserved, max_steps=2)
+    for bad in ("ABCDEF012345", "12345", "../../etc/x", 7):
+        with pytest.raises(ConfigError) as info:
+            client.submit(ds, job_id=bad)
+        assert info.value.field == "job_id"
+    assert client.count_jobs() == 1 and client.huey.pending_count() == 1  # queued once
+
+
+def test_over_s3_storage_a_data_set_is_found_by_its_file_name(redis_server, s3_server, tmp_path):
+    """The reservation and the lookup by name live in storage: the same over S3 (moto)."""
+    import uuid
+
+    from ftkit.config import Settings
+
+    redis_server.flush()
+    bucket = f"ftkit-{uuid.uuid4().hex[:10]}"
+    s3_server.make_bucket(bucket)
+    settings = Settings.from_env(
+        {},
+        redis_url=redis_server.url,
+        storage=f"s3://{bucket}/team",
+        s3_endpoint_url=s3_server.endpoint,
+        scratch_dir=str(tmp_path / "scratch"),
+    )
+    api = serve_in_thread(settings, tmp_path / "api")
+    try:
+        up = ok(api.upload("train.jsonl", GOOD))
+        other = ok(api.upload("other.jsonl", b'{"text": "one"}\n'))
+        body = {"dataset_filename": "train.jsonl", "job_id": up["job_id"]}
+        assert ok(api.request("POST", "/train", body))["job_id"] == up["job_id"]
+        fresh = ok(api.request("POST", "/train", {"dataset_filename": "other.jsonl"}))
+        status = ok(api.request("GET", f"/status/{fresh['job_id']}"))
+        assert status["dataset"]["id"] == other["dataset_id"]
+    finally:
+        api.stop()
+
+
+def test_an_unreachable_broker_is_a_503(tmp_path):
+    from conftest import free_port
+    from ftkit.config import Settings
+
+    settings = Settings.from_env(
+        {}, redis_url=f"redis://127.0.0.1:{free_port()}/0", storage=str(tmp_path / "storage")
+    )
+    api = serve_in_thread(settings, tmp_path / "api")
+    try:
+        status, health, _ = api.request("GET", "/health")
+        assert status == 503 and health["status"] == "unhealthy"
+        assert health["redis_connected"] is False
+        status, body, _ = api.request("GET", "/jobs")
+        assert status == 503 and "cannot reach Redis" in body["detail"]
+    finally:
+        api.stop()

@@ -1,0 +1,54 @@
+"""The soak, short: jobs through two workers while a worker, a kernel and redis-server are
+SIGKILLed and storage goes away during an upload. Executions are counted by the per-attempt
+markers in storage: every job ends completed, with its training run to its end exactly once.
+
+The worker is killed mid-training here: a worker killed after a job's training ended but before
+the job's end was recorded makes the next attempt train again, which the full soak (kills at any
+moment of a job) counts as duplicated and the README states as the remaining window."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(1800)  # about 7 minutes on 2 busy cores: every job trains for real
+def test_no_job_is_lost_stuck_or_trained_twice_through_every_kind_of_fault():
+    faults = ["--worker-kills=1", "--worker-kill-during=training", "--kernel-kills=1"]
+    faults += ["--redis-kills=1", "--outages=1"]
+    soak = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "soak.py"), "--jobs=4", "--steps=12", *faults]
+        + ["--fault-gap=2", "--submit-gap=3", "--outage-seconds=6", "--deadline=900"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,  # its workers, kernels and servers go with it, whatever happens
+    )
+    try:
+        stdout, stderr = soak.communicate(timeout=1700)
+    finally:
+        try:
+            os.killpg(soak.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert soak.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    line = next(line for line in stdout.splitlines() if line.startswith("COUNTS "))
+    counts = json.loads(line[len("COUNTS ") :])
+    report = stdout[-3000:]
+    # each fault really happened (a skipped one says so in the output)
+    for kind in ("worker kills", "kernel kills", "Redis kills", "storage outages"):
+        assert counts[kind] == 1, report
+    assert counts["storage retries waited out"] >= 1, report
+    assert (counts["lost"], counts["stuck"], counts["duplicated"]) == (0, 0, 0), report
+    assert counts["completed"] == 4, report
