@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA = REPO / "examples" / "example_data.jsonl"
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"  # in the repository: benches run on a fresh clone
 
 
 def free_port() -> int:
@@ -58,30 +58,56 @@ def settings_in(work: Path, redis_url: str | None = None):
         storage=str(work / "storage"),
         queue_db=str(work / "queue.db"),
         scratch_dir=str(work / "scratch"),
+        allowed_model_dirs=(str(work.parent),),  # workers on Redis load local models from here only
     )
 
 
 @contextlib.contextmanager
-def worker(settings, wait_warm: bool = True):
-    """An `ftkit worker` subprocess; waits until its heartbeat says a warm kernel is ready."""
+def worker(settings, warm: bool = True, log: Path | None = None, count: int = 1):
+    """``count`` `ftkit worker` subprocesses (their output to ``log``, numbered after the first);
+    waits until each heartbeats, and with ``warm`` until each has a warm kernel ready."""
     from ftkit.client import Client
 
     client = Client(settings)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftkit.cli", "worker"],
-        env={**os.environ, **settings.to_env()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(
-            lambda: client.workers() and (not wait_warm or client.workers()[0].get("warm_kernel")),
-            180,
+    procs = []
+    for n in range(count):
+        out = open(log.with_suffix(f".{n}.log") if log else os.devnull, "wb")  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ftkit.cli", "worker"],
+                env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         )
+    try:
+        try:
+            wait_until(lambda: len(client.workers()) >= count, 300)
+            if warm:
+                wait_warm(client)
+        except TimeoutError:  # say why: the workers' own words
+            for n in range(count if log else 0):
+                path = log.with_suffix(f".{n}.log")
+                print(f"--- {path.name}:\n{path.read_text(errors='replace')[-3000:]}", flush=True)
+            raise TimeoutError(f"{count} worker(s) not ready (warm) in 300 s") from None
         yield client
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
+def wait_warm(client, since: float = 0.0, timeout: float = 300) -> None:
+    """Until every worker says its spare kernel is warm in a heartbeat sent after ``since`` (a
+    job's end, say): the beat before that job took the spare still says warm."""
+    wait_until(
+        lambda: (
+            (ws := client.workers())
+            and all(w.get("warm_kernel") and w.get("last_seen", 0) > since for w in ws)
+        ),
+        timeout,
+    )
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05):

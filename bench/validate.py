@@ -1,7 +1,7 @@
 """Validation speed and memory: ``inspect_dataset`` beside a plain read of the same file (every line
 ``json.loads``-ed), on a generated chat JSONL, side by side in one run.
 
-    python bench/validate.py [--mb 500]
+    python bench/validate.py [--mb 500] [--repeat 3]
 
 Each measurement runs in a fresh process; the wall time is the child's whole life (interpreter
 start included) and the peak memory is the child's ru_maxrss, read with os.wait4. A forked child's
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument(
         "--mb", type=int, default=500, help="size of the generated file in MB (default 500)"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each reader, interleaved")
     parser.add_argument("--write-to", type=Path, help=argparse.SUPPRESS)  # the generating child
     args = parser.parse_args()
     if args.write_to:
@@ -113,24 +115,43 @@ def main() -> None:
         size_mb = path.stat().st_size / (1 << 20)
         print(f"generated {size_mb:.0f} MB of chat JSONL in {made['seconds']:.1f} s")
         floor = measure(["-c", "pass"])
-        results = {name: measure(["-c", code, str(path)]) for name, code in READERS.items()}
-    plain, ftkit = results.values()
-    assert plain["rows"] == ftkit["rows"], results
-    print(f"{int(plain['rows']):,} rows; each reader in a fresh process")
-    print(f"  {'':26} {'seconds':>8} {'MB/s':>8} {'peak MB':>8}")
-    for name, r in results.items():
-        print(f"  {name:26} {r['seconds']:8.1f} {size_mb / r['seconds']:8.1f} {r['peak_mb']:8.0f}")
-    print(f"  {'(a bare interpreter)':26} {floor['seconds']:8.2f} {'':>8} {floor['peak_mb']:8.0f}")
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in READERS}
+        for _ in range(args.repeat):  # interleaved: drift on the machine hits both alike
+            for name, code in READERS.items():
+                runs[name].append(measure(["-c", code, str(path)]))
+    plain, ftkit = runs.values()
+    assert plain[0]["rows"] == ftkit[0]["rows"], runs
     print(
-        f"  inspect_dataset / plain read: {ftkit['seconds'] / plain['seconds']:.2f}x the time, "
-        f"{ftkit['peak_mb'] / plain['peak_mb']:.2f}x the peak memory"
+        f"{int(plain[0]['rows']):,} rows; each reader in a fresh process, median of {args.repeat}"
+    )
+    print(f"  {'':26} {'seconds':>8} {'MB/s':>8} {'peak MB':>8}")
+    for name, found in runs.items():
+        seconds = statistics.median(r["seconds"] for r in found)
+        peak = statistics.median(r["peak_mb"] for r in found)
+        print(f"  {name:26} {seconds:8.1f} {size_mb / seconds:8.1f} {peak:8.0f}")
+    print(f"  {'(a bare interpreter)':26} {floor['seconds']:8.2f} {'':>8} {floor['peak_mb']:8.0f}")
+    ratios = [f["seconds"] / p["seconds"] for f, p in zip(ftkit, plain)]
+    mine = statistics.median(r["peak_mb"] for r in ftkit)
+    theirs = statistics.median(r["peak_mb"] for r in plain)
+    print(
+        f"  inspect_dataset / plain read: {statistics.median(ratios):.2f}x the time "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}), {mine / theirs:.2f}x the peak memory"
     )
     figure = (
-        f"{size_mb / ftkit['seconds']:.0f} vs {size_mb / plain['seconds']:.0f} MB/s "
-        f"({ftkit['seconds'] / plain['seconds']:.2f}x the time), "
-        f"peak {ftkit['peak_mb']:.0f} / {plain['peak_mb']:.0f} MB"
+        f"{statistics.median(ratios):.2f}x the time (range {min(ratios):.2f}-{max(ratios):.2f}; "
+        f"{size_mb / statistics.median(r['seconds'] for r in ftkit):.0f} vs "
+        f"{size_mb / statistics.median(r['seconds'] for r in plain):.0f} MB/s), "
+        f"peak {mine:.0f} / {theirs:.0f} MB"
     )
-    print("RESULT " + json.dumps({f"validate {size_mb:.0f} MB JSONL (ftkit / plain read)": figure}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                f"validate {size_mb:.0f} MB JSONL, ftkit inspect_dataset / plain read + json.loads, "
+                f"N={args.repeat}": figure
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
