@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM = false
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,s3,dev]'
+	$(PY) -m pip install -q -e '.[worker,s3,server,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,10 +28,10 @@ demo: install
 	$(VENV)/bin/ftkit demo
 
 test: install redis browser-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: install redis
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow and not browser"
 
 check: install
 	$(VENV)/bin/ruff check ftkit tests bench
