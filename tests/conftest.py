@@ -18,6 +18,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Two test processes share two cores, each with workers and kernels that train: torch's default
+# of a thread per core makes them fight (a training step measured three times slower).
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO = Path(__file__).resolve().parents[1]

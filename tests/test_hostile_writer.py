@@ -99,7 +99,6 @@ def attack(redis_server, tiny_model, tmp_path_factory):
     # 1. A parameter name that is code, as the record was left (signature now wrong) ...
     j = world.jobs["injection"] = world.submit()
     world.write(j, config={**world.record(j)["config"], injected: 1})
-    then_a_legit_job()
     # ... and re-signed by someone holding the secret: the configuration check must catch it.
     j = world.jobs["injection_resigned"] = world.submit()
     world.write(j, config={**world.record(j)["config"], injected: 1})
@@ -111,11 +110,9 @@ def attack(redis_server, tiny_model, tmp_path_factory):
         world.write(bad_id, **{**template, "job_id": bad_id, "status": "queued"})
         enqueue(world.client.huey, bad_id)
         world.jobs[name] = bad_id
-    then_a_legit_job()
     # 3. A value changed after submit.
     j = world.jobs["changed_value"] = world.submit()
     world.write(j, config={**world.record(j)["config"], "max_steps": 50})
-    then_a_legit_job()
     # 4. A data set reference that points at a local file outside storage (re-signed).
     for name, dataset in (
         ("dataset_name", {"name": "../../../../../../etc/passwd"}),
@@ -124,7 +121,6 @@ def attack(redis_server, tiny_model, tmp_path_factory):
         j = world.jobs[name] = world.submit()
         world.write(j, dataset={**world.record(j)["dataset"], **dataset})
         world.resign(j)
-    then_a_legit_job()
     # 5. A base model outside the worker's allowed folders (re-signed; the client never saw it).
     j = world.jobs["model_outside"] = world.submit()
     world.write(j, config={**world.record(j)["config"], "base_model": str(tmp)})
@@ -223,7 +219,7 @@ def test_a_replayed_message_does_not_run_a_finished_job_again(attack):
     assert "skipping job" in attack.worker.output()
 
 
-def test_every_legitimate_job_completes_after_each_attack(attack):
+def test_legitimate_jobs_queued_between_and_after_the_attacks_complete(attack):
     for job_id in attack.legit:
         record = attack.record(job_id)
         assert record["status"] == "completed", record.get("error")
