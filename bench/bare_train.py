@@ -1,6 +1,7 @@
 """The baseline: the same LoRA training as an ftkit job, as a plain script (no queue, no notebook):
 load the model, build the data set, train, save the adapter. ``warm_seconds`` is that work alone,
-after the imports, as in a process that has them already (a worker's warm kernel does).
+after the imports and a first throw-away model load, as in a process that has done them already
+(a worker's warm kernel has).
 
 python bench/bare_train.py MODEL_DIR DATA.jsonl OUT_DIR MAX_STEPS
 """
@@ -14,7 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: 
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from ftkit.data.render import build_dataset  # noqa: E402  -- identical tokens and label masks
+from ftkit.train import warm_up_model_loading  # noqa: E402
 
+# A worker's warm kernel has loaded a throw-away model (the lazy set-up of a first load): so has
+# this process, or the job would be compared against a colder start than its own.
+warm_up_model_loading()
 imported = time.perf_counter()  # from here on: what a warm process does for the same job
 model_dir, data, out, max_steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 set_seed(3407)

@@ -104,3 +104,25 @@ def test_training_shows_no_library_deprecation_warnings(tiny_model, tmp_path):
         and "deprecated" in str(w.message)
     ]
     assert not deprecations
+
+
+def test_the_kernel_warm_up_loads_a_throw_away_model_and_leaves_no_files(tmp_path, monkeypatch):
+    """A warm kernel's first real model load should find transformers' and peft's lazy set-up
+    done: the warm-up loads (and discards) a model saved the way a base model is."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    load = AutoModelForCausalLM.from_pretrained.__func__
+    loaded: list[list[str]] = []
+
+    def spy(cls, folder, *args, **kwargs):
+        loaded.append(sorted(p.name for p in Path(folder).iterdir()))
+        return load(cls, folder, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    train.warm_up_model_loading()
+    assert loaded and "model.safetensors" in loaded[0] and "config.json" in loaded[0]
+    assert not list(tmp_path.glob("ftkit-warm-*"))  # its temporary folder is gone
