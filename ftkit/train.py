@@ -225,9 +225,16 @@ def progress_callback(reporter: Reporter):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 from .errors import StorageError
+                from .storage import through_outages
 
                 try:
-                    reporter.save_checkpoint(folder)
+                    if 0 < state.max_steps <= state.global_step:
+                        # The last step waits out an outage, as the marker and the adapter after it
+                        # do (the job cannot end without storage): a worker killed later leaves a
+                        # next attempt nothing to train again.
+                        through_outages(reporter.save_checkpoint, folder)
+                    else:
+                        reporter.save_checkpoint(folder)
                 except StorageError as exc:  # a checkpoint only shortens a resume: train on
                     reporter.log(
                         f"could not save {folder.name} to storage, training goes on: {exc}"

@@ -126,3 +126,41 @@ def test_the_kernel_warm_up_loads_a_throw_away_model_and_leaves_no_files(tmp_pat
     train.warm_up_model_loading()
     assert loaded and "model.safetensors" in loaded[0] and "config.json" in loaded[0]
     assert not list(tmp_path.glob("ftkit-warm-*"))  # its temporary folder is gone
+
+
+def test_the_last_checkpoint_waits_out_a_storage_outage_and_the_others_do_not(
+    tmp_path, monkeypatch
+):
+    """A worker killed after training ended resumes from the last checkpoint; if an outage had
+    cost that one, the next attempt would train the end again (the soak saw it once)."""
+    from types import SimpleNamespace
+
+    from ftkit.errors import StorageUnavailable
+    from ftkit.storage import Storage
+
+    storage = Storage(str(tmp_path / "storage"))
+    put_dir, outage = storage.put_dir, {"failures": 0, "calls": 0}
+
+    def put_dir_in_an_outage(*args, **kwargs):
+        outage["calls"] += 1
+        if outage["failures"]:
+            outage["failures"] -= 1
+            raise StorageUnavailable("storage did not answer (the test's outage)")
+        return put_dir(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "put_dir", put_dir_in_an_outage)
+    callback = train.progress_callback(train.Reporter("0123456789ab", None, storage))
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"))
+    for step in (10, 20):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+    saved = Storage.run_parts("0123456789ab", "checkpoints")
+
+    outage.update(failures=1, calls=0)
+    callback.on_save(args, SimpleNamespace(global_step=10, max_steps=20), None)
+    assert outage["calls"] == 1 and storage.listdir(*saved) == []  # training went on without it
+
+    outage.update(failures=2, calls=0)
+    callback.on_save(args, SimpleNamespace(global_step=20, max_steps=20), None)
+    assert outage["calls"] == 3 and storage.listdir(*saved) == ["checkpoint-20"]
