@@ -42,6 +42,7 @@ args = SFTConfig(
     seed=3407,
     max_length=256,
     use_cpu=True,
+    bf16=False,  # as the job on a CPU (ftkit.device.choose_dtype); trl's default is bf16 autocast
     report_to="none",
     disable_tqdm=True,
     dataloader_num_workers=0,
