@@ -127,6 +127,13 @@ class Reporter:
         self.store.add_logs(self.job_id, logs)
         return True
 
+    def orphaned(self) -> bool:
+        """Whether this kernel's worker is gone, looked at now (``should_stop`` looks twice a
+        second): what an orphan saves, a checkpoint or a marker, would race the next attempt."""
+        if self.job_id is not None and self.stop_reason is None and os.getppid() != self._parent:
+            self.stop_reason = "orphaned"
+        return self.stop_reason == "orphaned"
+
     def should_stop(self) -> bool:
         """True when the job was cancelled, timed out, is being handed back, or its worker is gone."""
         if self.store is None or self.stop_reason:
@@ -142,7 +149,7 @@ class Reporter:
 
     def save_checkpoint(self, folder: str | Path) -> None:
         """Copy a trainer checkpoint to storage (``complete`` written last), keeping only the newest."""
-        if self.storage is None:
+        if self.storage is None or self.orphaned():
             return
         from .storage import Storage
 
@@ -162,7 +169,7 @@ class Reporter:
         """Leave this attempt's marker in storage: its training ran from ``first_step`` to the end.
         Written as soon as training ends, before anything is uploaded, so a training run that ends
         twice (a kill after this point) leaves two markers; waits out a storage outage."""
-        if self.storage is None or self.job_id is None:
+        if self.storage is None or self.job_id is None or self.orphaned():
             return
         import json
 

@@ -164,3 +164,21 @@ def test_the_last_checkpoint_waits_out_a_storage_outage_and_the_others_do_not(
     outage.update(failures=2, calls=0)
     callback.on_save(args, SimpleNamespace(global_step=20, max_steps=20), None)
     assert outage["calls"] == 3 and storage.listdir(*saved) == ["checkpoint-20"]
+
+
+def test_a_kernel_whose_worker_died_saves_no_checkpoint_and_no_marker(tmp_path):
+    """A worker SIGKILLed in a job's last half second of training left its kernel running on: it
+    finished, and its marker and checkpoint raced the next attempt's (a job counted twice)."""
+    from ftkit.storage import Storage
+
+    storage = Storage(str(tmp_path / "storage"))
+    reporter = train.Reporter("0123456789ab", None, storage)
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    reporter._parent = -1  # as after the worker died: this process has another parent now
+    reporter.save_checkpoint(folder)
+    reporter.training_finished(0, 20)
+    assert reporter.stop_reason == "orphaned"
+    assert storage.listdir(*Storage.run_parts("0123456789ab", "checkpoints")) == []
+    assert storage.trained_markers("0123456789ab") == []
