@@ -141,9 +141,7 @@ class Reporter:
         now = time.monotonic()
         if now - self._last_poll >= self.poll_seconds:
             self._last_poll = now
-            if os.getppid() != self._parent:
-                self.stop_reason = "orphaned"  # the worker died: nobody would upload what we make
-            else:
+            if not self.orphaned():  # a dead worker: nobody would upload what we make
                 self.stop_reason = self._safely(self.store.get_field, self.job_id, "stop")
         return bool(self.stop_reason)
 
