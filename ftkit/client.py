@@ -580,7 +580,7 @@ class Job:
             raise ConfigError(
                 f"job {self.id} is {record['status']}: only a failed or cancelled job is retried"
             )
-        kept = newest_checkpoint(self._client.storage, self.id) is not None
+        kept = newest_checkpoint(self._client.storage, self.id, to_continue=True) is not None
         return self._client.submit(
             record["dataset"]["id"],
             record["config"],

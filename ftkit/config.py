@@ -257,7 +257,7 @@ class TrainConfig:
     max_seq_length: int = 2048
     seed: int = 3407
     load_in_4bit: bool | None = None  # QLoRA; None: where the worker can (CUDA + bitsandbytes)
-    save_steps: int = 0  # checkpoint every N steps; 0: only the final adapter
+    save_steps: int = 0  # checkpoint every N steps; 0: only the last step's weights
     logging_steps: int = 1
     backend: str = "auto"  # auto: unsloth where CUDA and unsloth are present, else hf
     train_on_inputs: bool = False  # False: loss only on assistant/completion tokens

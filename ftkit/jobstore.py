@@ -36,6 +36,9 @@ STATUSES = (QUEUED, *ACTIVE, *FINAL)
 LOG_LINES_KEPT = 500
 # Why a running job is asked to stop: read by the kernel with one cheap field read per poll.
 STOP_CANCEL, STOP_HANDOFF, STOP_TIMEOUT = "cancel", "handoff", "timeout"
+# Why a kernel stopped on its own: the record names another run of the job (another attempt or
+# worker) than the one it is, so it saves nothing and its worker leaves the job alone.
+STOPPED_SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class JobStore:
 
     def get_field(self, job_id: str, name: str) -> Any:
         """One field, cheaply (the cancel check reads this at every training step)."""
+        raise NotImplementedError
+
+    def get_fields(self, job_id: str, *names: str) -> dict[str, Any]:
+        """A few fields in one read (a kernel's poll: stop request, worker, attempt); a missing
+        field reads None."""
         raise NotImplementedError
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -473,6 +481,10 @@ class RedisJobStore(JobStore):
     def get_field(self, job_id: str, name: str) -> Any:
         raw = self._call(self.r.hget, self._k("job", job_id), name)
         return None if raw is None else json.loads(raw)
+
+    def get_fields(self, job_id: str, *names: str) -> dict[str, Any]:
+        raws = self._call(self.r.hmget, self._k("job", job_id), list(names))
+        return {n: None if raw is None else json.loads(raw) for n, raw in zip(names, raws)}
 
     def update(self, job_id: str, **fields: Any) -> None:
         if "status" in fields:
@@ -918,6 +930,20 @@ class SqliteJobStore(JobStore):
             .fetchone()
         )
         return None if row is None or row[0] is None else json.loads(row[0])
+
+    def get_fields(self, job_id: str, *names: str) -> dict[str, Any]:
+        picks = ", ".join("data -> ?" for _ in names)
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {picks} FROM ftkit_jobs WHERE job_id=?",  # only placeholders: no names
+                (*(f'$."{name}"' for name in names), job_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return dict.fromkeys(names)
+        return {n: None if raw is None else json.loads(raw) for n, raw in zip(names, row)}
 
     def update(self, job_id: str, **fields: Any) -> None:
         if "status" in fields:

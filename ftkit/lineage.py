@@ -41,13 +41,19 @@ def checkpoint_step(name: str) -> int | None:
     return int(step) if prefix == "checkpoint" and step.isdigit() and len(step) < 10 else None
 
 
-def newest_checkpoint(storage: Storage, job_id: str) -> str | None:
-    """The name (checkpoint-N) of the job's newest checkpoint whose upload completed, or None."""
+def newest_checkpoint(storage: Storage, job_id: str, *, to_continue: bool = False) -> str | None:
+    """The name (checkpoint-N) of the job's newest checkpoint whose upload completed, or None.
+
+    With ``to_continue`` (another job continuing this one), only a checkpoint with its optimizer
+    state: a job without ``save_steps`` keeps only its last step's weights (so that its own next
+    attempt has nothing to train again), and a job continuing it starts from its adapter."""
     parts = Storage.run_parts(job_id, "checkpoints")
     complete = [
         name
         for name in storage.listdir(*parts)
-        if checkpoint_step(name) is not None and storage.exists(*parts, name, "complete")
+        if checkpoint_step(name) is not None
+        and storage.exists(*parts, name, "complete")
+        and (not to_continue or storage.exists(*parts, name, "optimizer.pt"))
     ]
     return max(complete, key=lambda n: checkpoint_step(n) or 0, default=None)
 
@@ -75,7 +81,7 @@ def start_point(
     except JobNotFound:
         raise ConfigError(f"resume_from: no job {parent}", field="resume_from") from None
     status = record.get("status")
-    checkpoint = newest_checkpoint(storage, parent)
+    checkpoint = newest_checkpoint(storage, parent, to_continue=True)
     if checkpoint is None and not (status == COMPLETED and has_adapter(storage, parent)):
         raise ConfigError(
             f"resume_from: job {parent} ({status}) kept no checkpoint to continue from, and only "

@@ -199,10 +199,13 @@ class Storage:
             self.fs.rm(target)
             raise OSError(f"{target}: stored {stored} bytes of {expected}")
 
-    def put_dir(self, local: str | os.PathLike, *parts: str) -> str:
-        """Copy a local folder in, file by file (each one atomic)."""
+    def put_dir(self, local: str | os.PathLike, *parts: str, skip: tuple[str, ...] = ()) -> str:
+        """Copy a local folder in, file by file (each one atomic), leaving out the top-level files
+        named in ``skip``."""
         local = Path(local)
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            if file.parent == local and file.name in skip:
+                continue
             rel = file.relative_to(local).as_posix()
             self.put_file(file, *parts, *rel.split("/"))
         return self.path(*parts)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .jobstore import STOPPED_SUPERSEDED
 
+# Why a kernel stops saving and reporting: its worker died, or the job is another run's now.
+ORPHANED, SUPERSEDED = "orphaned", STOPPED_SUPERSEDED
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MAX_LOG_LINES = 50  # step lines a run prints (and keeps in its log); metrics keep every step
 
@@ -41,6 +46,7 @@ class Reporter:
         # read from the record, which anyone with Redis access can edit: it names a file, so a number
         ok = isinstance(attempt, int) and not isinstance(attempt, bool) and 1 <= attempt <= 1000
         self.attempt = attempt if ok else 0
+        self._attempt_read = attempt  # as the record had it: what a later read must still say
         self.flush_seconds, self.poll_seconds = flush_seconds, poll_seconds
         self._metrics: list[dict[str, Any]] = []
         self._logs: list[str] = []
@@ -60,6 +66,7 @@ class Reporter:
         from .jobstore import open_store
         from .storage import Storage
 
+        die_with_parent()
         settings = Settings.from_env()
         store = open_store(settings)
         return cls(
@@ -107,8 +114,8 @@ class Reporter:
         self.flush(force=False)
 
     def flush(self, force: bool = True) -> None:
-        if self.stop_reason == "orphaned":
-            # the job is another worker's now: rows from here would race its resumed history
+        if self.stop_reason in (ORPHANED, SUPERSEDED):
+            # the job is another run's now: rows from here would race its resumed history
             self._metrics, self._logs, self._progress = [], [], {}
             return
         if self.store is None or not (
@@ -131,23 +138,70 @@ class Reporter:
         """Whether this kernel's worker is gone, looked at now (``should_stop`` looks twice a
         second): what an orphan saves, a checkpoint or a marker, would race the next attempt."""
         if self.job_id is not None and self.stop_reason is None and os.getppid() != self._parent:
-            self.stop_reason = "orphaned"
-        return self.stop_reason == "orphaned"
+            self.stop_reason = ORPHANED
+        return self.stop_reason == ORPHANED
+
+    def superseded(self, record: dict[str, Any]) -> bool:
+        """Whether the record names another run of the job than this one: another attempt (its
+        worker was taken for dead and the job re-queued) or another worker (a broker restored from
+        an older state let a second worker claim it). This run then stops and saves nothing."""
+        if self.store is None or self.stop_reason is not None or self.worker is None:
+            return self.stop_reason == SUPERSEDED
+        if record.get("worker") != self.worker or record.get("attempt") != self._attempt_read:
+            self.stop_reason = SUPERSEDED
+            print(
+                f"[ftkit] this run (attempt {self.attempt}, worker {self.worker}) stops: the job "
+                f"is attempt {record.get('attempt')} on worker {record.get('worker')} now",
+                flush=True,
+            )
+        return self.stop_reason == SUPERSEDED
+
+    def owns_the_job(self) -> bool:
+        """Looked at when this run would write what the job keeps (a checkpoint, a marker): its
+        worker is alive and the record still names this run (read now, not at the last poll)."""
+        if self.orphaned():
+            return False
+        while self.store is not None and self.stop_reason is None:
+            fields = self._safely(self.store.get_fields, self.job_id, "worker", "attempt")
+            if fields is not None:
+                self.superseded(fields)
+                break
+            time.sleep(1.0)  # the broker is away: whose run this is can only be read from it
+            if self.orphaned():
+                break
+        return self.stop_reason not in (ORPHANED, SUPERSEDED)
 
     def should_stop(self) -> bool:
-        """True when the job was cancelled, timed out, is being handed back, or its worker is gone."""
+        """True when the job was cancelled, timed out, is being handed back, or is no longer this
+        run's (its worker is gone, or the record names another attempt or worker)."""
         if self.store is None or self.stop_reason:
             return bool(self.stop_reason)
         now = time.monotonic()
         if now - self._last_poll >= self.poll_seconds:
             self._last_poll = now
             if not self.orphaned():  # a dead worker: nobody would upload what we make
-                self.stop_reason = self._safely(self.store.get_field, self.job_id, "stop")
+                fields = self._safely(
+                    self.store.get_fields, self.job_id, "stop", "worker", "attempt"
+                )
+                if fields is not None and not self.superseded(fields):
+                    self.stop_reason = fields.get("stop")
         return bool(self.stop_reason)
 
-    def save_checkpoint(self, folder: str | Path) -> None:
-        """Copy a trainer checkpoint to storage (``complete`` written last), keeping only the newest."""
-        if self.storage is None or self.orphaned():
+    def save_checkpoint(
+        self,
+        folder: str | Path,
+        *,
+        trained: tuple[int, int] | None = None,
+        weights_only: bool = False,
+    ) -> None:
+        """Copy a trainer checkpoint to storage (``complete`` written last), keeping only the newest.
+
+        ``trained=(first_step, last_step)`` marks the last step's checkpoint: this attempt's marker
+        is written just before ``complete``, so a training run counts once it can no longer be run
+        again (a later attempt resumes at its end), and a kill between the two shows as a second
+        marker, never as none. ``weights_only`` leaves out the optimizer and scheduler states, which
+        a run that has ended never reads again (a job without ``save_steps`` keeps only this)."""
+        if self.storage is None or not self.owns_the_job():
             return
         from .storage import Storage
 
@@ -156,22 +210,22 @@ class Reporter:
         self.flush()
         name = Path(folder).name
         parts = Storage.run_parts(str(self.job_id), "checkpoints")
-        self.storage.put_dir(folder, *parts, name)
+        skip = ("optimizer.pt", "scheduler.pt") if weights_only else ()
+        self.storage.put_dir(folder, *parts, name, skip=skip)
+        if trained is not None:
+            self._mark_trained(*trained)
         self.storage.write_text(str(time.time()), *parts, name, "complete")
         for old in self.storage.listdir(*parts):
             if old != name:
                 self.storage.remove(*parts, old)
         self.log(f"checkpoint {name} saved to storage")
 
-    def training_finished(self, first_step: int, last_step: int) -> None:
-        """Leave this attempt's marker in storage: its training ran from ``first_step`` to the end.
-        Written as soon as training ends, before anything is uploaded, so a training run that ends
-        twice (a kill after this point) leaves two markers; waits out a storage outage."""
-        if self.storage is None or self.job_id is None or self.orphaned():
-            return
+    def _mark_trained(self, first_step: int, last_step: int) -> None:
+        """Leave this attempt's marker in storage (runs/<job>/attempts/<n>.trained): its training
+        ran from ``first_step`` to the end. What the soak counts executions by."""
         import json
 
-        from .storage import Storage, through_outages
+        from .storage import Storage
 
         marker = json.dumps(
             {
@@ -183,11 +237,27 @@ class Reporter:
                 "finished_at": time.time(),
             }
         )
-        through_outages(
-            self.storage.write_text,
-            marker,
-            *Storage.trained_marker_parts(self.job_id, self.attempt),
-        )
+        self.storage.write_text(marker, *Storage.trained_marker_parts(self.job_id, self.attempt))
+
+
+_watched_parent: list[int] = []
+
+
+def die_with_parent(poll_seconds: float = 0.1) -> None:
+    """SIGKILL this kernel within ``poll_seconds`` of its worker's death (its parent changes). A
+    dead parent sends no signal, and an orphan that trained on would race the job's next attempt,
+    which another worker starts once the dead one's heartbeat lapses. Once per process."""
+    if _watched_parent:
+        return
+    parent = os.getppid()
+    _watched_parent.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ftkit-die-with-parent", daemon=True).start()
 
 
 def saves_checkpoints(args) -> bool:
@@ -200,6 +270,8 @@ def progress_callback(reporter: Reporter):
     from transformers import TrainerCallback
 
     class FtkitProgress(TrainerCallback):
+        first_step = 0  # where this run's training began: 0, or the checkpoint it resumed from
+
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
             self.first_step = state.global_step
@@ -214,9 +286,9 @@ def progress_callback(reporter: Reporter):
                 control.should_save = (
                     reporter.stop_reason == "handoff"
                 )  # another worker resumes from here
-            elif saves_checkpoints(args) and 0 < state.max_steps <= state.global_step:
-                # The last step is kept too: a worker that dies after training ends (while the
-                # report and adapter are saved) leaves a later attempt nothing to train again.
+            elif 0 < state.max_steps <= state.global_step:
+                # The last step is kept, by every job: a worker that dies after training ends
+                # (while the report and adapter are saved) leaves a later attempt nothing to train.
                 control.should_save = True
             return control
 
@@ -234,10 +306,15 @@ def progress_callback(reporter: Reporter):
 
                 try:
                     if 0 < state.max_steps <= state.global_step:
-                        # The last step waits out an outage, as the marker and the adapter after it
-                        # do (the job cannot end without storage): a worker killed later leaves a
-                        # next attempt nothing to train again.
-                        through_outages(reporter.save_checkpoint, folder)
+                        # Training has run to its end: this checkpoint carries the attempt's
+                        # marker and waits out an outage, as the adapter upload after it does (the
+                        # job cannot end without storage).
+                        through_outages(
+                            reporter.save_checkpoint,
+                            folder,
+                            trained=(self.first_step, state.global_step),
+                            weights_only=not saves_checkpoints(args),
+                        )
                     else:
                         reporter.save_checkpoint(folder)
                 except StorageError as exc:  # a checkpoint only shortens a resume: train on
@@ -580,11 +657,6 @@ def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None
         reporter.log(f"resuming from {Path(resume_from_checkpoint).name}")
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     reporter.flush()
-    first_step = (
-        int(Path(resume_from_checkpoint).name.rsplit("-", 1)[-1]) if resume_from_checkpoint else 0
-    )
-    if reporter.stop_reason is None and output.global_step > first_step:
-        reporter.training_finished(first_step, output.global_step)
     strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
     if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
         trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
@@ -941,6 +1013,7 @@ def warm_up() -> None:
     from .jobstore import open_store
     from .storage import Storage
 
+    die_with_parent()  # an idle kernel, too, goes with the worker that started it
     # Only a head start: a problem here shows, with its own message, when the job runs.
     with contextlib.suppress(Exception):
         settings = Settings.from_env()

@@ -46,7 +46,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "learning_rate": ("Training", "Peak learning rate (linear decay)"),
     "warmup_steps": ("Training", "Linear warm-up steps"),
     "seed": ("Advanced", "Random seed: same seed, data and config give the same run"),
-    "save_steps": ("Advanced", "Checkpoint every N steps (0: only the final adapter)"),
+    "save_steps": ("Advanced", "Checkpoint every N steps (0: only the last step's weights)"),
     "logging_steps": ("Advanced", "Report loss every N steps"),
     "auto_batch_size": (
         "Advanced",

@@ -165,7 +165,7 @@ def execute_job(job_id: str) -> None:
         else:
             outputs = json.loads((run_dir / "output" / "result.json").read_text())
             stopped = outputs["result"].get("stopped")
-            if stopped != jobs.STOP_HANDOFF:
+            if stopped not in (jobs.STOP_HANDOFF, jobs.STOPPED_SUPERSEDED):
                 through_storage_outages(upload_outputs, rt, job_id, run_dir)
             final, fields = (
                 jobs.COMPLETED,
@@ -175,12 +175,16 @@ def execute_job(job_id: str) -> None:
         log.exception("job %s failed", job_id)
         fields = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        final, fields = apply_stop_request(stopped, spec, final, fields)
-        event = None
-        if final == RETRY:
-            final, fields, event = through_outages(retry_or_give_up, rt, job_id, fields)
-        fields["report"] = save_report(rt, job_id, report, record, final, fields)
-        finish(rt, job_id, final, fields, event)
+        if stopped == jobs.STOPPED_SUPERSEDED:  # the job is another run's: its report, its end
+            note = f"worker {rt.worker_id} stopped its run of attempt {record.get('attempt')}"
+            through_outages(rt.store.add_event, job_id, f"{note}: the job is another run's now")
+        else:
+            final, fields = apply_stop_request(stopped, spec, final, fields)
+            event = None
+            if final == RETRY:
+                final, fields, event = through_outages(retry_or_give_up, rt, job_id, fields)
+            fields["report"] = save_report(rt, job_id, report, record, final, fields)
+            finish(rt, job_id, final, fields, event)
         if rt.kernel is not None:  # one kernel, one job: nothing of this job leaks into the next
             from .kernels import shutdown
 
@@ -437,7 +441,7 @@ def continue_from(rt: Runtime, job_id: str, run_dir: Path, parent: str) -> tuple
     checkpoint (adapter, optimizer state and step; its history starts with the parent's), else
     from the parent's adapter (its weights only: a fresh optimizer, steps from 1). The local
     checkpoint and adapter folders, one of them ""."""
-    name = newest_checkpoint(rt.storage, parent)
+    name = newest_checkpoint(rt.storage, parent, to_continue=True)
     if name is not None:
         local = inside(run_dir, "output", "checkpoints", name)
         rt.storage.get_dir(

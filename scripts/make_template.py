@@ -33,7 +33,7 @@ learning_rate = 2e-4
 warmup_steps = 0
 seed = 3407
 logging_steps = 1
-save_steps = 0                                # checkpoint every N steps; 0: only the final adapter
+save_steps = 0                                # checkpoint every N steps; 0: only the last step's weights
 train_on_inputs = False                       # False: loss only on assistant / completion tokens
 packing = False                               # several short examples per sequence
 validation_split = 0.0                        # fraction held out for eval loss
@@ -58,7 +58,7 @@ speed = train.throughput(result, data_summary, config)
 train.show_table(speed, "Throughput and memory")"""
 
 SAMPLES = """samples = []
-if result["stopped"] != "handoff":  # a job handed to another worker finishes there
+if result["stopped"] not in ("handoff", "superseded"):  # the job finishes in another run
     prompts = train.sample_prompts(
         dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts, columns=dataset_columns
     )

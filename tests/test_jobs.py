@@ -335,3 +335,55 @@ def test_an_orphaned_kernel_writes_nothing_more(store):
     reporter.metric({"step": 11, "loss": 1.0}, current_step=11)
     reporter.flush()
     assert store.metrics("a1") == [] and store.get_field("a1", "current_step") is None
+
+
+def test_several_fields_are_read_in_one_go(store):
+    store.create(record("a1"))
+    store.update("a1", worker="w1", attempt=2, stop=None)
+    assert store.get_fields("a1", "worker", "attempt", "stop", "no_such_field") == {
+        "worker": "w1",
+        "attempt": 2,
+        "stop": None,
+        "no_such_field": None,
+    }
+    assert store.get_fields("b2", "worker") == {"worker": None}
+
+
+@pytest.mark.parametrize("now", [{"worker": "w2"}, {"attempt": 2}])
+def test_a_run_the_record_no_longer_names_stops_and_saves_nothing(store, tmp_path, now):
+    # Another worker claimed the job (a broker restored from an older state let it), or the job
+    # was re-queued as its next attempt (this run's worker was taken for dead): this run's
+    # checkpoint and marker would race the run the record names.
+    from ftkit.storage import Storage
+    from ftkit.train import Reporter
+
+    store.create(record("a1"))
+    store.update("a1", worker="w1", attempt=1)
+    storage = Storage(str(tmp_path / "storage"))
+    reporter = Reporter("a1", store, storage, worker="w1", attempt=1, poll_seconds=3600)
+    assert not reporter.should_stop()  # the first poll: the record names this run
+    store.update("a1", **now)
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    reporter.save_checkpoint(folder, trained=(0, 20))  # looked at when it writes, not at a poll
+    assert reporter.stop_reason == "superseded" and reporter.should_stop()
+    assert storage.listdir(*Storage.run_parts("a1", "checkpoints")) == []
+    assert storage.trained_markers("a1") == []
+    reporter.metric({"step": 20, "loss": 1.0}, current_step=20)
+    reporter.flush()
+    assert store.metrics("a1") == [] and store.get_field("a1", "current_step") is None
+
+
+def test_a_poll_stops_a_run_the_record_no_longer_names(store):
+    from ftkit.train import Reporter
+
+    store.create(record("a1"))
+    store.update("a1", worker="w1", attempt=1)
+    reporter = Reporter("a1", store, worker="w1", attempt=1, poll_seconds=0)
+    assert not reporter.should_stop()
+    store.update("a1", stop="cancel")
+    assert reporter.should_stop() and reporter.stop_reason == "cancel"
+    store.update("a1", stop=None, attempt=2)
+    moved_on = Reporter("a1", store, worker="w1", attempt=1, poll_seconds=0)
+    assert moved_on.should_stop() and moved_on.stop_reason == "superseded"

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
 
-from conftest import TEST_DATA
+from conftest import TEST_DATA, wait_for
 from ftkit import train
 from ftkit.config import TrainConfig
 
@@ -150,7 +151,7 @@ def test_the_last_checkpoint_waits_out_a_storage_outage_and_the_others_do_not(
 
     monkeypatch.setattr(storage, "put_dir", put_dir_in_an_outage)
     callback = train.progress_callback(train.Reporter("0123456789ab", None, storage))
-    args = SimpleNamespace(output_dir=str(tmp_path / "out"))
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"), save_strategy="steps")
     for step in (10, 20):
         folder = tmp_path / "out" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -177,8 +178,77 @@ def test_a_kernel_whose_worker_died_saves_no_checkpoint_and_no_marker(tmp_path):
     folder.mkdir()
     (folder / "trainer_state.json").write_text("{}")
     reporter._parent = -1  # as after the worker died: this process has another parent now
-    reporter.save_checkpoint(folder)
-    reporter.training_finished(0, 20)
+    reporter.save_checkpoint(folder, trained=(0, 20))
     assert reporter.stop_reason == "orphaned"
     assert storage.listdir(*Storage.run_parts("0123456789ab", "checkpoints")) == []
     assert storage.trained_markers("0123456789ab") == []
+
+
+def test_a_kernel_dies_with_the_worker_that_started_it(tmp_path):
+    """A worker SIGKILLed sends its kernel no signal: the kernel notices its parent changed and
+    kills itself, before another worker's attempt at the job could start."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = (
+        "import time; from ftkit.train import die_with_parent; die_with_parent(); "
+        "print('ready', flush=True); time.sleep(600)"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"kid = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert kid.stdout.readline().strip() == 'ready'\n"
+        "print(kid.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    kernel = psutil.Process(int(worker.stdout.readline()))
+    try:
+        assert kernel.is_running() and kernel.ppid() == worker.pid
+        worker.kill()
+        worker.wait()
+
+        def gone() -> bool:
+            try:
+                return kernel.status() == psutil.STATUS_ZOMBIE  # dead, not reaped by its new parent
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_for(gone, 60, "the orphaned kernel's end")
+    finally:
+        worker.kill()
+        if kernel.is_running():
+            kernel.kill()
+
+
+def test_the_last_checkpoint_carries_the_marker_written_before_it_counts(tmp_path, monkeypatch):
+    """The marker goes in before ``complete``: a kill between the two leaves a marker and a
+    checkpoint a later attempt cannot resume from (it trains again: two markers, counted), never
+    a resumable end with no marker. A job without save_steps keeps the weights, not the optimizer."""
+    from ftkit.errors import StorageUnavailable
+    from ftkit.storage import Storage
+
+    storage = Storage(str(tmp_path / "storage"))
+    reporter = train.Reporter("0123456789ab", None, storage, attempt=2)
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        (folder / name).write_text(name)
+    write_text = storage.write_text
+
+    def killed_before_complete(text, *parts):
+        if parts[-1] == "complete":
+            raise StorageUnavailable("the test's kill, between the marker and the checkpoint")
+        return write_text(text, *parts)
+
+    monkeypatch.setattr(storage, "write_text", killed_before_complete)
+    with pytest.raises(StorageUnavailable):
+        reporter.save_checkpoint(folder, trained=(10, 20), weights_only=True)
+    assert storage.trained_markers("0123456789ab") == ["2.trained"]
+    marker = json.loads(storage.read_text(*Storage.trained_marker_parts("0123456789ab", 2)))
+    assert (marker["attempt"], marker["first_step"], marker["last_step"]) == (2, 10, 20)
+    saved = Storage.run_parts("0123456789ab", "checkpoints", "checkpoint-20")
+    assert sorted(storage.listdir(*saved)) == ["adapter_model.safetensors", "trainer_state.json"]
+    assert not storage.exists(*saved, "complete")
