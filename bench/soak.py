@@ -4,7 +4,9 @@ executions, not log lines. Each attempt whose training runs to its end leaves a 
 
 Faults, each of them real:
 - worker:  a worker that is running a job is SIGKILLed (a supervisor starts a new one), at any
-           moment of the job, or only mid-training with ``--worker-kill-during training``;
+           moment of the job, only mid-training (``--worker-kill-during training``) or at the end
+           of training (``end``: from its last step on, while the last checkpoint, the marker, the
+           samples and the upload are written); a list (``training,end``) takes turns;
 - kernel:  the notebook kernel of a job in mid-training is SIGKILLed, as the out-of-memory killer would;
 - redis:   redis-server (``--appendonly yes --appendfsync everysec``) is SIGKILLed and restarted on
            the same folder;
@@ -285,28 +287,33 @@ class Soak:
         self.say(f"no moment for {what}: skipped")
         return None
 
-    def busy_worker(self):
+    def busy_worker(self, during: str):
+        def at_the_moment(record: dict) -> bool:
+            step = record.get("current_step") or 0
+            if during == "training":
+                return record["status"] == "training" and step <= self.args.steps * 2 // 3
+            if during == "end":
+                return record["status"] in ("training", "saving") and step >= self.args.steps - 1
+            return True
+
         running = [w for w in self.client.workers() if w.get("current_job")]
-        if self.args.worker_kill_during == "training":
-            running = [
-                w
-                for w in running
-                if self.client.store.get(w["current_job"])["status"] == "training"
-                and (self.client.store.get(w["current_job"]).get("current_step") or 0)
-                <= self.args.steps * 2 // 3
-            ]
+        running = [w for w in running if at_the_moment(self.client.store.get(w["current_job"]))]
         procs = {p.pid: p for p in self.workers if p.poll() is None}
         return next(((w, procs[w["pid"]]) for w in running if w["pid"] in procs), None)
 
     def kill_worker(self) -> None:
-        found = self.when(self.busy_worker, "a worker kill")
+        kinds = self.args.worker_kill_during.split(",")
+        during = kinds[self.faults["worker"] % len(kinds)]
+        found = self.when(lambda: self.busy_worker(during), f"a worker kill ({during})")
         if found:
             info, proc = found
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             self.workers[self.workers.index(proc)] = self.start_worker()
             self.faults["worker"] += 1
-            self.say(f"SIGKILLed worker {info['worker_id']} running job {info['current_job']}")
+            self.say(
+                f"SIGKILLed worker {info['worker_id']} running job {info['current_job']} ({during})"
+            )
 
     def kill_kernel(self) -> None:
         import psutil
@@ -487,9 +494,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--worker-kill-during",
-        choices=("job", "training"),
         default="job",
-        help="kill a worker at any moment of a job, or only mid-training",
+        help="kill a worker at any moment of a job (job), mid-training (training) or from a job's "
+        "last step on (end); a comma-separated list takes turns",
     )
     parser.add_argument("--outage-seconds", type=float, default=15.0, help="longest storage outage")
     parser.add_argument("--fault-gap", type=float, default=10.0, help="most seconds between faults")
@@ -501,6 +508,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (worker logs)")
     args = parser.parse_args()
+    for during in args.worker_kill_during.split(","):
+        if during not in ("job", "training", "end"):
+            parser.error(f"--worker-kill-during: {during!r} is not one of job, training, end")
     soak = Soak(args)
     try:
         counts = soak.run()

@@ -237,7 +237,9 @@ class Reporter:
                 "finished_at": time.time(),
             }
         )
-        self.storage.write_text(marker, *Storage.trained_marker_parts(self.job_id, self.attempt))
+        self.storage.write_text(
+            marker, *Storage.trained_marker_parts(str(self.job_id), self.attempt)
+        )
 
 
 _watched_parent: list[int] = []
