@@ -222,23 +222,38 @@ class JobStore:
         self.add_logs(job_id, [f"[ftkit {time.strftime('%H:%M:%S')}] {message}"])
 
     def orphans(self) -> list[dict[str, Any]]:
-        """Active jobs whose worker no longer heartbeats. Only their records are read: a heartbeat
-        costs the same with one running job or a thousand."""
-        live = {w["worker_id"] for w in self.workers()}
+        """Active jobs whose worker no longer heartbeats, or heartbeats without them: a live
+        worker's heartbeat noted after the job's claim (``noted_at`` is taken before the worker
+        reads its job, which it names from before its claim on) that names no job or another one
+        means the worker has moved on, as when a Redis restored from an older state forgot the
+        job's end. Only these records are read: a heartbeat costs the same with one running job or
+        a thousand."""
+        live = {w["worker_id"]: w for w in self.workers()}
         found = []
         for job_id, worker in sorted(self.holders().items()):
-            if isinstance(worker, str) and worker in live:
+            beat = live.get(worker) if isinstance(worker, str) else None
+            if beat is not None and (beat.get("current_job") == job_id or "noted_at" not in beat):
                 continue
             try:
                 record = self.get(job_id)
             except JobNotFound:
                 continue  # deleted meanwhile
-            held_by = record.get("worker")
-            if record.get("status") in ACTIVE and not (
-                isinstance(held_by, str) and held_by in live
-            ):
+            if record.get("status") in ACTIVE and not running(record, live):
                 found.append(record)
         return found
+
+
+def running(record: dict[str, Any], live: dict[str, dict[str, Any]]) -> bool:
+    """Whether the live worker the record names may be running the job: it says so, or its last
+    heartbeat was noted before it claimed the job (a second of slack for clock steps)."""
+    held_by = record.get("worker")
+    beat = live.get(held_by) if isinstance(held_by, str) else None
+    if beat is None:
+        return False
+    noted_at, claimed_at = beat.get("noted_at"), record.get("started_at")
+    if beat.get("current_job") == record["job_id"] or not isinstance(noted_at, (int, float)):
+        return True
+    return not isinstance(claimed_at, (int, float)) or noted_at <= claimed_at + 1.0
 
 
 def _dumps(value: Any) -> str:

@@ -263,14 +263,18 @@ def requeue_orphans(store: jobs.JobStore, huey, *, only: str | None = None) -> l
         if only is None
         else [r for r in [store.get(only)] if r["status"] in jobs.ACTIVE]
     )
+    live = {w["worker_id"] for w in store.workers()} if orphans else set()
     for record in orphans:
-        job_id, worker, attempt = (
-            record["job_id"],
-            record.get("worker"),
-            int(record.get("attempt", 1)),
-        )
+        job_id, worker, attempt = record["job_id"], record.get("worker"), record.get("attempt", 1)
         max_attempts = max_attempts_of(record)
-        why = f"worker {worker} stopped heart-beating during {record['status']}"
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            attempt = max_attempts  # a record edited by hand: no number to count on, so no retry
+        why = (
+            f"worker {worker} is alive but no longer running it (its end was lost, as when "
+            f"Redis restarts from an older state) during {record['status']}"
+            if worker in live
+            else f"worker {worker} stopped heart-beating during {record['status']}"
+        )
         if attempt >= max_attempts:
             if store.transition(
                 job_id,

@@ -278,6 +278,10 @@ def progress_callback(reporter: Reporter):
             self.started = time.monotonic()
             self.first_step = state.global_step
             reporter.status("training", total_steps=state.max_steps, current_step=state.global_step)
+            if 0 < state.max_steps <= state.global_step:
+                # Resumed at its end: the trainer would still take one more step (it looks at
+                # max_steps only after a step), past the end and at a restarted learning rate.
+                raise TrainedAlready(state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if reporter.should_stop():
@@ -302,7 +306,9 @@ def progress_callback(reporter: Reporter):
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            # A run resumed at its end trains nothing, yet the trainer may save again (the control
+            # state restored from the checkpoint asks it to): that checkpoint is in storage already.
+            if folder.is_dir() and state.global_step > self.first_step:
                 from .errors import StorageError
                 from .storage import through_outages
 
@@ -652,20 +658,31 @@ def make_trainer(
     return trainer
 
 
+class TrainedAlready(Exception):
+    """Raised from the trainer's start when the checkpoint it resumed from is training's end."""
+
+
 def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
     """Run the trainer (from a checkpoint when resuming); the result says why it stopped early, if it did."""
     started = time.monotonic()
     if resume_from_checkpoint:
         reporter.log(f"resuming from {Path(resume_from_checkpoint).name}")
-    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+        global_step, train_loss = output.global_step, output.training_loss
+    except TrainedAlready:  # the checkpoint's weights and history are loaded: nothing to train
+        reporter.log(f"{Path(str(resume_from_checkpoint)).name} is training's end: no step left")
+        global_step = trainer.state.global_step
+        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+        train_loss = sum(losses) / len(losses) if losses else None
     reporter.flush()
     strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
     if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
         trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
-        "global_step": output.global_step,
-        "train_loss": output.training_loss,
+        "global_step": global_step,
+        "train_loss": train_loss,
         "stopped": reporter.stop_reason,
     }
 

@@ -61,6 +61,7 @@ class Runtime:
     kernels: Any = None  # KernelPool
     kernel: Any = None  # the running job's kernel manager
     current_job: str | None = None
+    claiming: str | None = None  # the job being claimed, until it is current_job
     jobs_done: int = 0
     started_at: float = field(default_factory=time.time)
 
@@ -114,22 +115,28 @@ def execute_job(job_id: str) -> None:
     if not is_job_id(job_id):  # never let it near a path
         log.warning("dropping a task whose job id is malformed: %r", str(job_id)[:80])
         return
-    record = claim(rt, job_id)
-    if record is None:
-        return
+    # Heartbeats name the job from before the claim on: one that does not, sent after the claim,
+    # tells the reapers this worker is not running it (JobStore.orphans).
+    rt.claiming = job_id
     try:
-        spec = verify_record(rt, record)
-    except RecordRefused as exc:
-        refuse(rt, job_id, str(exc))
-        return
-    run_dir = inside(rt.scratch, "runs", spec.job_id)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "output").mkdir(parents=True)
+        record = claim(rt, job_id)
+        if record is None:
+            return
+        try:
+            spec = verify_record(rt, record)
+        except RecordRefused as exc:
+            refuse(rt, job_id, str(exc))
+            return
+        run_dir = inside(rt.scratch, "runs", spec.job_id)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        (run_dir / "output").mkdir(parents=True)
+        rt.current_job = job_id
+    finally:
+        rt.claiming = None
     report = run_dir / "report.ipynb"
     final: str = jobs.FAILED
     fields: dict[str, Any] = {"error": "the worker stopped before the job ended"}
     stopped: str | None = None  # why training stopped early, when it did
-    rt.current_job = job_id
     try:
         data_path = through_storage_outages(stage_dataset, rt, job_id, spec.dataset)
         if spec.model:  # a local model folder the client uploaded: use the staged copy
@@ -736,11 +743,13 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
     }
     while not stop.is_set():
         try:
+            noted_at = time.time()  # before the job is read: see JobStore.orphans
             rt.store.heartbeat(
                 rt.worker_id,
                 {
                     **static,
-                    "current_job": rt.current_job,
+                    "noted_at": noted_at,
+                    "current_job": rt.current_job or rt.claiming,
                     "kernel_pid": kernel_pid(rt.kernel) if rt.kernel is not None else None,
                     "jobs_done": rt.jobs_done,
                     "warm_kernel": bool(rt.kernels and rt.kernels.ready),

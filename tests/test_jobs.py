@@ -175,6 +175,26 @@ def test_orphans_are_active_jobs_without_a_live_worker(store):
     assert [r["job_id"] for r in store.orphans()] == ["b"]
 
 
+def test_a_live_worker_that_moved_on_no_longer_holds_its_job(store):
+    # What a Redis restored from an older state leaves: a job's end forgotten, the record active
+    # and naming a worker that is alive and busy with something else (or nothing). A heartbeat
+    # noted before the claim says nothing yet: the worker may not have read its new job.
+    claimed_at = 1000.0
+    for job_id in ("named", "other", "idle", "early", "old-worker"):
+        store.create(record(job_id))
+        store.transition(job_id, jobs.TRAINING, worker=f"w-{job_id}", started_at=claimed_at)
+    beats = {
+        "named": {"current_job": "named", "noted_at": claimed_at + 60},
+        "other": {"current_job": "c", "noted_at": claimed_at + 60},
+        "idle": {"current_job": None, "noted_at": claimed_at + 60},
+        "early": {"current_job": None, "noted_at": claimed_at - 0.1},
+        "old-worker": {"current_job": None},  # a worker from before noted_at: taken at its word
+    }
+    for job_id, beat in beats.items():
+        store.heartbeat(f"w-{job_id}", beat, ttl=60)
+    assert [r["job_id"] for r in store.orphans()] == ["idle", "other"]
+
+
 def test_trim_metrics_keeps_the_history_up_to_a_checkpoint(store):
     store.create(record("a1"))
     store.add_metrics("a1", [{"step": s, "loss": 1.0} for s in range(1, 8)])

@@ -120,6 +120,29 @@ def test_a_run_the_record_no_longer_names_stops_and_the_job_trains_once(
     assert worker.proc.poll() is None
 
 
+@redis_only
+def test_a_job_whose_end_redis_forgot_is_ended_again_without_training_again(
+    client, start_worker, tiny_model
+):
+    # redis-server killed under appendfsync everysec loses up to a second of writes: the job's
+    # end among them, the record is left active, naming a worker that is alive and has moved on.
+    worker = start_worker(**FAST)
+    job = slow_job(client, tiny_model, max_steps=6, save_steps=0)
+    assert job.wait(timeout=600, progress=False)["status"] == "completed"
+    assert client.store.transition(job.id, "saving", allowed=("completed",))  # as if restored
+    final = wait_for(
+        lambda: (r := job.status())["status"] == "completed" and r["attempt"] == 2 and r,
+        600,
+        "the job's second end",
+    )
+    logs = "\n".join(job.logs(500))
+    assert "is alive but no longer running it" in logs and "resuming from checkpoint-6" in logs
+    assert "checkpoint-6 is training's end: no step left" in logs and "step 7" not in logs
+    assert client.storage.trained_markers(job.id) == ["1.trained"]  # trained to its end once
+    assert final["result"]["global_step"] == 6
+    assert worker.proc.poll() is None
+
+
 @sqlite_only
 def test_drain_finishes_the_running_job_before_exiting(client, start_worker, tiny_model):
     worker = start_worker(args=("--drain",))

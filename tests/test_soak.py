@@ -2,9 +2,9 @@
 SIGKILLed and storage goes away during an upload. Executions are counted by the per-attempt
 markers in storage: every job ends completed, with its training run to its end exactly once.
 
-The worker is killed mid-training here: a worker killed after a job's training ended but before
-the job's end was recorded makes the next attempt train again, which the full soak (kills at any
-moment of a job) counts as duplicated and the README states as the remaining window."""
+One worker is killed mid-training, the other from a job's last step on: while the last
+checkpoint, the marker, the sample answers and the upload are written, where a kernel left to
+finish on its own, or a next attempt that found nothing to resume from, would train twice."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(1800)  # about 7 minutes on 2 busy cores: every job trains for real
 def test_no_job_is_lost_stuck_or_trained_twice_through_every_kind_of_fault():
-    faults = ["--worker-kills=1", "--worker-kill-during=training", "--kernel-kills=1"]
+    faults = ["--worker-kills=2", "--worker-kill-during=training,end", "--kernel-kills=1"]
     faults += ["--redis-kills=1", "--outages=1"]
     soak = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "soak.py"), "--jobs=4", "--steps=12", *faults]
@@ -47,7 +47,9 @@ def test_no_job_is_lost_stuck_or_trained_twice_through_every_kind_of_fault():
     counts = json.loads(line[len("COUNTS ") :])
     report = stdout[-3000:]
     # each fault really happened (a skipped one says so in the output)
-    for kind in ("worker kills", "kernel kills", "Redis kills", "storage outages"):
+    assert counts["worker kills"] == 2, report
+    assert "(training)" in stdout and "(end)" in stdout, report
+    for kind in ("kernel kills", "Redis kills", "storage outages"):
         assert counts[kind] == 1, report
     assert counts["storage retries waited out"] >= 1, report
     assert (counts["lost"], counts["stuck"], counts["duplicated"]) == (0, 0, 0), report
