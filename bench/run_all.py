@@ -33,7 +33,8 @@ BENCHES = [
     ("storage.py", ["--mb", "512", "--repeat", "3"], ["--mb", "40", "--repeat", "1"]),
     (
         "soak.py",
-        ["--jobs", "6", "--steps", "20"],
+        ["--jobs", "6", "--steps", "20", "--worker-kills", "3"]
+        + ["--worker-kill-during", "job,training,end"],
         ["--jobs", "4"] + [f"--{k}=1" for k in SOAK_FAULTS],
     ),
 ]
