@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -63,18 +61,19 @@ class Reporter:
         if not job_id:
             return cls(None)
         from .config import Settings
-        from .jobstore import open_store
+        from .jobstore import open_store, through_outages
         from .storage import Storage
 
-        die_with_parent()
         settings = Settings.from_env()
         store = open_store(settings)
+        # which run this is, as the record says: a Redis restarting now must not fail the job
+        claimed = through_outages(store.get_fields, job_id, "worker", "attempt")
         return cls(
             job_id,
             store,
             Storage(settings.storage, endpoint_url=settings.s3_endpoint_url),
-            worker=store.get_field(job_id, "worker"),
-            attempt=store.get_field(job_id, "attempt"),
+            worker=claimed["worker"],
+            attempt=claimed["attempt"],
         )
 
     def _safely(self, fn, *args: Any, **kwargs: Any) -> Any:
@@ -240,26 +239,6 @@ class Reporter:
         self.storage.write_text(
             marker, *Storage.trained_marker_parts(str(self.job_id), self.attempt)
         )
-
-
-_watched_parent: list[int] = []
-
-
-def die_with_parent(poll_seconds: float = 0.1) -> None:
-    """SIGKILL this kernel within ``poll_seconds`` of its worker's death (its parent changes). A
-    dead parent sends no signal, and an orphan that trained on would race the job's next attempt,
-    which another worker starts once the dead one's heartbeat lapses. Once per process."""
-    if _watched_parent:
-        return
-    parent = os.getppid()
-    _watched_parent.append(parent)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="ftkit-die-with-parent", daemon=True).start()
 
 
 def saves_checkpoints(args) -> bool:
@@ -1032,7 +1011,6 @@ def warm_up() -> None:
     from .jobstore import open_store
     from .storage import Storage
 
-    die_with_parent()  # an idle kernel, too, goes with the worker that started it
     # Only a head start: a problem here shows, with its own message, when the job runs.
     with contextlib.suppress(Exception):
         settings = Settings.from_env()

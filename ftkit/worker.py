@@ -21,7 +21,7 @@ from . import jobstore as jobs
 from .config import Settings
 from .data import checked_columns
 from .errors import ConfigError
-from .jobstore import JobStore, open_store
+from .jobstore import JobStore, open_store, through_outages
 from .lineage import (
     ADAPTER_FILES,
     CHECKPOINT_FILES,
@@ -319,23 +319,6 @@ def inside(root: Path, *parts: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise RecordRefused(f"refusing a path outside {root}: {'/'.join(parts)!r}")
     return path
-
-
-def through_outages(fn, *args: Any, patience: float = 600.0, **kwargs: Any) -> Any:
-    """Call a job-store function, waiting out a broker outage (a Redis restart) with back-off: a
-    job's claim and its final status must not be lost to a few seconds without Redis."""
-    from .errors import BrokerUnavailable
-
-    deadline, delay = time.monotonic() + patience, 0.2
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except BrokerUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("job store unreachable, retrying in %.1f s: %s", delay, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 @phase("finish")

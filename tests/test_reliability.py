@@ -169,6 +169,34 @@ def test_queued_jobs_and_records_survive_a_redis_restart_with_aof(
         server.stop()
 
 
+def test_a_kernel_that_starts_while_redis_restarts_waits_for_it(tmp_path, monkeypatch):
+    # Seen in the soak: a job's first cell read its record during a Redis restart and failed.
+    import threading
+
+    from ftkit.config import Settings
+    from ftkit.jobstore import open_store
+    from ftkit.train import Reporter
+
+    server = RedisServer(port=free_port(), dir=tmp_path, appendonly=True)
+    server.start()
+    try:
+        settings = Settings.from_env({}, redis_url=server.url, storage=str(tmp_path / "storage"))
+        store = open_store(settings)
+        store.create({"job_id": "0123456789ab", "status": "queued", "created_at": time.time()})
+        store.update("0123456789ab", worker="w1", attempt=2)
+        for name, value in settings.to_env().items():
+            monkeypatch.setenv(name, value)
+        server.stop()
+        # started while Redis is down, back once the kernel has met the outage at least once
+        restart = threading.Timer(1.5, server.start)
+        restart.start()
+        reporter = Reporter.for_job("0123456789ab")
+        restart.join()
+        assert (reporter.worker, reporter.attempt) == ("w1", 2)
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def start_worker_for(tmp_path, tiny_model):
     """Workers and a client on a redis-server the test owns (so it can restart it)."""
