@@ -14,7 +14,8 @@ Faults, each of them real:
            proxy stops listening and resets its connections for a while, moto keeps its state.
 
 Jobs are submitted while the faults happen (a client retries with an idempotency key, as a user
-would). lost: the record vanished or the job did not end completed; stuck: not final by the
+would), each with attempts enough for every planned kill to strike it (a job that uses up its
+``max_attempts`` fails, naming them: by design, not a loss). lost: the record vanished or the job did not end completed; stuck: not final by the
 deadline; duplicated: more than one marker.
 
     python bench/soak.py [--jobs 12] [--worker-kills 2] [--kernel-kills 2] [--redis-kills 2]
@@ -252,6 +253,8 @@ class Soak:
                     gradient_accumulation_steps=2,
                     max_seq_length=256,
                     save_steps=10,
+                    # every planned kill may strike the same job: none may use up its attempts
+                    max_attempts=1 + self.args.worker_kills + self.args.kernel_kills,
                     idempotency_key=key,
                 ),
                 f"submit job {n}",

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from .errors import BrokerUnavailable
 from .jobstore import LOG_LINES_KEPT, JobStore
 
 log = logging.getLogger("ftkit.worker")
@@ -73,6 +74,12 @@ class OutputLog:
                 return
             try:
                 self.store.add_logs(self.job_id, lines)
+            except BrokerUnavailable as exc:  # a Redis restart: they go out with the next lines
+                with self._lock:
+                    self._pending = (lines + self._pending)[-LOG_LINES_KEPT:]
+                log.warning(
+                    "could not log %d output lines of job %s yet: %s", len(lines), self.job_id, exc
+                )
             except Exception as exc:  # the output stays in the report; training goes on
                 log.warning(
                     "could not log %d output lines of job %s: %s", len(lines), self.job_id, exc

@@ -138,20 +138,16 @@ def execute_job(job_id: str) -> None:
     fields: dict[str, Any] = {"error": "the worker stopped before the job ended"}
     stopped: str | None = None  # why training stopped early, when it did
     try:
-        data_path = through_storage_outages(stage_dataset, rt, job_id, spec.dataset)
+        data_path = patiently(stage_dataset, rt, job_id, spec.dataset)
         if spec.model:  # a local model folder the client uploaded: use the staged copy
-            spec = spec.with_base_model(
-                through_storage_outages(stage_model, rt, job_id, spec.model)
-            )
+            spec = spec.with_base_model(patiently(stage_model, rt, job_id, spec.model))
         checkpoints = run_dir / "output" / "checkpoints"
-        resume = through_storage_outages(restore_checkpoint, rt, job_id, checkpoints)
+        resume = patiently(restore_checkpoint, rt, job_id, checkpoints)
         adapter = ""
         if not resume and spec.resume_from:  # its own checkpoint first: a later attempt of it
-            resume, adapter = through_storage_outages(
-                continue_from, rt, job_id, run_dir, spec.resume_from
-            )
+            resume, adapter = patiently(continue_from, rt, job_id, run_dir, spec.resume_from)
             record["started_from"] = Path(resume).name if resume else "adapter"
-            rt.store.update(job_id, started_from=record["started_from"])
+            through_outages(rt.store.update, job_id, started_from=record["started_from"])
         rt.kernel = phase("kernel")(rt.kernels.take)()
         output = OutputLog(rt.store, job_id)
         try:
@@ -166,14 +162,14 @@ def execute_job(job_id: str) -> None:
         finally:
             output.close()
         if notebook_error:
-            fields, stopped = notebook_error, rt.store.get_field(job_id, "stop")
+            fields, stopped = notebook_error, through_outages(rt.store.get_field, job_id, "stop")
             if fields.pop("kernel_died", False) and not stopped:
                 final = RETRY  # killed from outside (out of memory, say), not by our watchdog
         else:
             outputs = json.loads((run_dir / "output" / "result.json").read_text())
             stopped = outputs["result"].get("stopped")
             if stopped not in (jobs.STOP_HANDOFF, jobs.STOPPED_SUPERSEDED):
-                through_storage_outages(upload_outputs, rt, job_id, run_dir)
+                patiently(upload_outputs, rt, job_id, run_dir)
             final, fields = (
                 jobs.COMPLETED,
                 {"result": job_result(rt, job_id, outputs, record), "error": None},
@@ -201,6 +197,13 @@ def execute_job(job_id: str) -> None:
         rt.jobs_done += 1
         shutil.rmtree(run_dir / "output" / "checkpoints", ignore_errors=True)
         shutil.rmtree(run_dir / "parent", ignore_errors=True)
+
+
+def patiently(fn, *args: Any) -> Any:
+    """A step of a job that waits out a storage outage and a broker outage both (staging and
+    upload write events as they go): each step is safe to repeat, and a Redis restart is never the
+    job's fault."""
+    return through_outages(through_storage_outages, fn, *args)
 
 
 def apply_stop_request(

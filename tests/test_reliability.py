@@ -197,6 +197,43 @@ def test_a_kernel_that_starts_while_redis_restarts_waits_for_it(tmp_path, monkey
         server.stop()
 
 
+def test_output_lines_written_during_a_redis_restart_reach_the_log_after_it(tmp_path):
+    from ftkit.jobstore import RedisJobStore
+    from ftkit.output_log import OutputLog
+
+    server = RedisServer(port=free_port(), dir=tmp_path, appendonly=True)
+    server.start()
+    try:
+        store = RedisJobStore(server.url)
+        store.create({"job_id": "0123456789ab", "status": "queued", "created_at": time.time()})
+        out = OutputLog(store, "0123456789ab", every=0)
+        out.write("before\n")
+        server.stop()
+        out.write("during\n")  # refused: kept for the next send
+        server.start()
+        out.write("after\n")
+        out.close()
+        assert store.logs("0123456789ab", 10) == ["before", "during", "after"]
+    finally:
+        server.stop()
+
+
+def test_a_job_step_waits_out_a_broker_outage_and_a_storage_outage_in_turn():
+    from ftkit.errors import StorageUnavailable
+    from ftkit.worker import patiently
+
+    faults = [BrokerUnavailable("Redis restarting"), StorageUnavailable("S3 away")]
+    calls = []
+
+    def stage(name):
+        calls.append(name)
+        if faults:
+            raise faults.pop(0)
+        return f"{name} staged"
+
+    assert patiently(stage, "data.jsonl") == "data.jsonl staged" and len(calls) == 3
+
+
 @pytest.fixture
 def start_worker_for(tmp_path, tiny_model):
     """Workers and a client on a redis-server the test owns (so it can restart it)."""
