@@ -285,8 +285,8 @@ def progress_callback(reporter: Reporter):
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            # A run resumed at its end trains nothing, yet the trainer may save again (the control
-            # state restored from the checkpoint asks it to): that checkpoint is in storage already.
+            # Only what this run trained: a checkpoint it resumed from is in storage already (and
+            # a run resumed at its end stops before any step: TrainedAlready).
             if folder.is_dir() and state.global_step > self.first_step:
                 from .errors import StorageError
                 from .storage import through_outages
