@@ -8,12 +8,13 @@ STAMP   = $(VENV)/.installed
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test test-fast check bench browser-deps redis clean
+.PHONY: install demo test test-fast test-lowest check bench browser-deps redis clean
 
-$(STAMP): pyproject.toml
+# The CPU torch the tests run on is pinned in a constraints file, never in what users install.
+$(STAMP): pyproject.toml constraints/cpu-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,s3,server,dev]'
+	$(PY) -m pip install -q -c constraints/cpu-torch.txt -e '.[worker,s3,server,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +34,10 @@ test: install redis browser-deps
 test-fast: install redis
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow and not browser"
 
+# The tests that load models, train, resume and stop workers, at the lowest versions allowed.
+test-lowest: redis
+	bash scripts/test-lowest.sh
+
 check: install
 	$(VENV)/bin/ruff check ftkit tests bench
 	$(VENV)/bin/ruff format --check ftkit tests bench scripts
@@ -42,4 +47,4 @@ bench: install redis
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) storage .pytest_cache
+	rm -rf $(VENV) .venv-lowest storage .pytest_cache
