@@ -53,6 +53,7 @@ class Reporter:
         self._last_poll = 0.0
         self._parent = os.getppid()
         self.stop_reason: str | None = None
+        self.first_step_at: float | None = None  # monotonic time the first step of a run ended
 
     @classmethod
     def for_job(cls, job_id: str | None) -> Reporter:
@@ -263,6 +264,8 @@ def progress_callback(reporter: Reporter):
                 raise TrainedAlready(state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
+            if reporter.first_step_at is None:
+                reporter.first_step_at = time.monotonic()
             if reporter.should_stop():
                 reporter.log(
                     f"stop requested ({reporter.stop_reason}): stopping after step {state.global_step}"
@@ -389,6 +392,7 @@ def load_model(config: TrainConfig, adapter: str = ""):
 
     from .device import choose_4bit, choose_backend, choose_dtype, probe
 
+    started = time.perf_counter()
     # every refusal (unsloth or 4-bit where the worker cannot) comes before any model loads
     machine = probe(import_unsloth=config.backend != "hf")
     backend = choose_backend(config.backend, machine)
@@ -396,6 +400,7 @@ def load_model(config: TrainConfig, adapter: str = ""):
     dtype = getattr(torch, choose_dtype(machine))
     from transformers import set_seed  # after unsloth, which patches transformers on import
 
+    imported = time.perf_counter()  # a warm kernel imported all this before the job
     check_base_model(config.base_model)
     if adapter:
         check_adapter_config(adapter, config)  # before the base model loads: a quick refusal
@@ -420,6 +425,8 @@ def load_model(config: TrainConfig, adapter: str = ""):
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_share": trainable / total if total else 0.0,
+        "import_seconds": round(imported - started, 3),
+        "load_seconds": round(time.perf_counter() - imported, 3),
     }
     if adapter:
         info["starts from"] = (
@@ -610,8 +617,7 @@ def make_trainer(
         eval_steps=config.eval_steps or None,
         seed=config.seed,
         data_seed=config.seed,
-        # TRL's default, under the name transformers 5 uses (gradient_checkpointing is deprecated)
-        activation_checkpointing=True,
+        **checkpointing_args(SFTConfig),
         max_length=config.max_seq_length,
         packing=config.packing,
         padding_free=config.packing,
@@ -637,6 +643,21 @@ def make_trainer(
     return trainer
 
 
+def checkpointing_args(args_class: type) -> dict[str, Any]:
+    """Gradient checkpointing on (TRL's default), under the name this transformers knows:
+    ``activation_checkpointing`` from 5.23 (where ``gradient_checkpointing`` is deprecated), the old
+    name before. Chosen from the dataclass's own fields, so neither side warns."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+    return {name: True}
+
+
 class TrainedAlready(Exception):
     """Raised from the trainer's start when the checkpoint it resumed from is training's end."""
 
@@ -658,8 +679,11 @@ def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None
     strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
     if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
         trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
+    first = reporter.first_step_at
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
+        # the trainer's set-up and its first step (compiling kernels, say), timed apart
+        "first_step_seconds": round(first - started, 3) if first and first > started else None,
         "global_step": global_step,
         "train_loss": train_loss,
         "stopped": reporter.stop_reason,
