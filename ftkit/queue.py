@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from huey import PriorityRedisHuey, SqliteHuey
@@ -144,6 +145,8 @@ def make_huey(
     if settings.redis_url:
         huey = RedisQueue(url=settings.redis_url, read_timeout=1, **common)
     else:
+        # the first command on a fresh machine (any of them) creates the folder the queue lives in
+        Path(settings.queue_db).expanduser().parent.mkdir(parents=True, exist_ok=True)
         huey = SqliteQueue(filename=settings.queue_db, **common)
     huey.task(name=TASK_NAME)(_task(TASK_NAME, run_job))
     huey.task(name=REFUSED_TASK_NAME)(_task(REFUSED_TASK_NAME, refuse))
