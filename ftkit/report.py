@@ -118,8 +118,8 @@ def lineage_rows(record: dict[str, Any]) -> str:
     )
 
 
-def finalize_report(path: Path, record: dict[str, Any]) -> str:
-    """Fill the header cell with the run summary (in place) and return the report rendered as HTML."""
+def finalize_report(path: Path, record: dict[str, Any]):
+    """Fill the header cell with the run summary (in place); the notebook, to render as HTML."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -135,7 +135,7 @@ def finalize_report(path: Path, record: dict[str, Any]) -> str:
                 )
             ]
     nbformat.write(nb, path)
-    return render_html(nb)
+    return nb
 
 
 _render_lock = threading.Lock()
@@ -145,7 +145,30 @@ _render_lock = threading.Lock()
 def _exporter():
     from nbconvert import HTMLExporter
 
+    find_pip_target_templates()
     return HTMLExporter(template_name="lab")
+
+
+def find_pip_target_templates() -> list[str]:
+    """nbconvert's templates wherever pip put them. Jupyter looks under its prefixes'
+    share/jupyter; ``pip install --target DIR`` (wheels carried to a machine without network)
+    puts them under DIR/share/jupyter, beside the packages, where it does not look: such folders
+    join JUPYTER_PATH (for this process and the kernels it starts). The folders added."""
+    import os
+    import sys
+
+    found = [
+        str(share)
+        for entry in dict.fromkeys(sys.path)
+        if (share := Path(entry or ".") / "share" / "jupyter").joinpath(
+            "nbconvert", "templates", "lab"
+        ).is_dir()
+    ]
+    known = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+    added = [f for f in found if f not in known]
+    if added:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([*added, *filter(None, known)])
+    return added
 
 
 def render_html(nb) -> str:

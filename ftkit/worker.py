@@ -18,6 +18,7 @@ from typing import Any
 from huey.consumer import Consumer
 
 from . import jobstore as jobs
+from . import stack
 from .config import Settings
 from .data import checked_columns
 from .errors import ConfigError
@@ -148,7 +149,7 @@ def execute_job(job_id: str) -> None:
             resume, adapter = patiently(continue_from, rt, job_id, run_dir, spec.resume_from)
             record["started_from"] = Path(resume).name if resume else "adapter"
             through_outages(rt.store.update, job_id, started_from=record["started_from"])
-        rt.kernel = phase("kernel")(rt.kernels.take)()
+        rt.kernel = phase("kernel")(rt.kernels.take)(backend=spec.config.backend)
         output = OutputLog(rt.store, job_id)
         try:
             with Watchdog(rt, job_id, spec.config.timeout_minutes):
@@ -640,25 +641,34 @@ def save_report(
     final: str,
     fields: dict[str, Any],
 ) -> str | None:
-    """Write the run summary into the report's header cell, render report.html, and upload both,
-    also after a failure; the report's URL, or None when there is none."""
+    """Write the run summary into the report's header cell and upload the notebook, then render
+    report.html and upload it, also after a failure; the report's URL, or None when there is none.
+    A report that could not be rendered as HTML adds a warning to ``fields``: the job says so."""
     if not report.is_file():
         return None
-    try:
-        from .report import finalize_report
+    from .report import finalize_report, render_html
 
-        html = finalize_report(
+    try:
+        nb = finalize_report(
             report, {**record, **fields, "status": final, "finished_at": time.time()}
         )
         through_storage_outages(
             rt.storage.put_file, report, *Storage.run_parts(job_id, "report.ipynb")
         )
-        through_storage_outages(
-            rt.storage.write_text, html, *Storage.run_parts(job_id, "report.html")
-        )
     except Exception:
         log.exception("could not save the report of job %s", job_id)
         return None
+    try:
+        html = render_html(nb)
+        through_storage_outages(
+            rt.storage.write_text, html, *Storage.run_parts(job_id, "report.html")
+        )
+    except Exception as exc:
+        log.exception("could not render the HTML report of job %s", job_id)
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        fields.setdefault("warnings", []).append(
+            f"the HTML report was not written ({why}); the notebook report.ipynb was"
+        )
     return rt.storage.full_url(*Storage.run_parts(job_id, "report.ipynb"))
 
 
@@ -813,6 +823,45 @@ def exposure_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+class StackProblem(SystemExit):
+    """The worker cannot run jobs with what is installed: it exits (code 3) before taking one, its
+    message naming each package and how to install it."""
+
+    def __init__(self, message: str):
+        log.error(message)
+        super().__init__(3)
+
+
+def check_stack() -> None:
+    """ftkit's declared ranges against what is installed, then the worker's own imports."""
+    problems = stack.version_problems()
+    if not problems:
+        problems = [p for m in ("nbconvert", "papermill") if (p := stack.import_problem(m))]
+    if problems:
+        raise StackProblem(stack.report(problems))
+
+
+class ImportCheck(threading.Thread):
+    """``stack.check_in_child`` beside the kernel's start: what a job imports, imported for real
+    before the worker takes one, in a child process (torch and unsloth stay out of the worker)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="ftkit-import-check", daemon=True)
+        self.problems: list[stack.Problem] = []
+
+    def run(self) -> None:
+        self.problems = stack.check_in_child()
+
+
+def stack_import_check() -> ImportCheck | None:
+    """The check, started; None where FTKIT_CHECK_IMPORTS=0 (the tests' many short workers)."""
+    if os.environ.get("FTKIT_CHECK_IMPORTS", "1") == "0":
+        return None
+    check = ImportCheck()
+    check.start()
+    return check
+
+
 def run_worker(
     settings: Settings | None = None, *, worker_id: str | None = None, drain: bool = False
 ) -> None:
@@ -823,13 +872,18 @@ def run_worker(
 
     settings = settings or Settings.from_env()
     os.environ.update(settings.to_env())  # the notebook kernels read the same settings
-    import nbconvert  # noqa: F401  -- once here, not per job
-    import papermill  # noqa: F401
+    check_stack()  # nbconvert and papermill, once here, not per job
+    imports = stack_import_check()
 
     from .kernels import KernelPool
     from .report import warm_up
 
     kernels = KernelPool().start()
+    if imports is not None:
+        imports.join()
+        if imports.problems:
+            kernels.close()
+            raise StackProblem(stack.report(imports.problems))
     if kernels.warm:  # FTKIT_WARM_KERNEL=0 (the tests' workers): no head start of either kind
         threading.Thread(target=warm_up, name="ftkit-warm-report", daemon=True).start()
 

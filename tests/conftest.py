@@ -221,6 +221,8 @@ class WorkerProcess:
             # Cold kernels: a warm spare costs a full torch import that most tests, which stop the
             # worker after a job or two, never use. test_end_to_end runs the warm path.
             "FTKIT_WARM_KERNEL": "0",
+            # Likewise the start-up import check (a full torch import in a child): test_stack runs it.
+            "FTKIT_CHECK_IMPORTS": "0",
             **(env or {}),
         }
         self.log = log

@@ -22,6 +22,7 @@ RANK: dict[str, float] = {
     "ftkit._version": 0,
     "ftkit.errors": 0,
     "ftkit.config": 1,
+    "ftkit.stack": 1,
     # storage, job store, machine facts, kernels
     "ftkit.storage": 2,
     "ftkit.jobstore": 2,
