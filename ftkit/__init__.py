@@ -28,6 +28,8 @@ from .errors import (
     MissingExtra,
     NoWorkerWarning,
     StorageError,
+    WorkerExited,
+    WorkerExitedWarning,
 )
 from .sweeping import Sweep
 
@@ -212,6 +214,8 @@ __all__ = [
     "StorageError",
     "Sweep",
     "TrainConfig",
+    "WorkerExited",
+    "WorkerExitedWarning",
     "cancel",
     "client",
     "compare",

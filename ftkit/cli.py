@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .errors import FtkitError
+from .errors import FtkitError, JobFailed, WorkerExited
 
 EXAMPLE_DATA = Path(__file__).parent / "examples" / "example_data.jsonl"
 # The demo teaches a tiny random model two answers (LLaMA-Factory's identity.json in miniature),
@@ -328,18 +328,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         build_tiny_model(model_dir, **DEMO_MODEL)
     client = ftkit.client()
     print(f"queue: {client.settings.broker}, storage: {client.settings.storage}")
-    log_path = Path(client.settings.scratch_dir).expanduser() / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     # A 64-wide model's matrices are too small to split between threads; on a busy machine
     # OpenMP threads waiting on each other make it several times slower.
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ftkit.cli", "worker"],
-        stdout=open(log_path, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
+    worker = client.start_local_worker(
+        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     )
-    print(f"started a local worker (log: {log_path})")
+    print(f"started a local worker (pid {worker.pid}, log: {worker.log})")
     try:
         ds = ftkit.upload_dataset(DEMO_DATA)
         print(f"uploaded {ds.name}: {ds.rows} rows, format {ds.format}")
@@ -351,22 +345,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             **DEMO_TRAINING,
         )
         print(f"submitted job {job.id}")
-        status = job.wait()
-        print(
-            f"job {job.id}: {status['status']}"
-            + (f" ({status['error']})" if status["error"] else "")
-        )
-        if status["status"] != "completed":
-            print(f"report: {status.get('report')}\nworker log: {log_path}")
+        try:
+            status = job.wait(raise_on_failure=True)
+        except WorkerExited as exc:
+            print(f"\n{exc}", file=sys.stderr)
             return 1
+        except JobFailed as exc:
+            print(f"\n{exc}\nreport: {job.status().get('report')}\nworker log: {worker.log}")
+            return 1
+        print(f"job {job.id}: {status['status']}")
+        for warning in status.get("warnings") or []:
+            print(f"warning: {warning}")
         _print_what_was_learned(status["result"])
         return 0
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop(timeout=30)
 
 
 def _print_what_was_learned(result: dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ from .errors import (
     JobNotFound,
     MissingExtra,
     NoWorkerWarning,
+    WorkerExited,
+    WorkerExitedWarning,
 )
 from .spec import check_model_path, is_job_id, secret_fingerprint, sign
 from .spec import safe_name as _safe_name
@@ -471,10 +473,11 @@ class Client:
             how = "in a terminal on this machine, or ftkit.start_local_worker()"
         return f"no worker is listening on {where}; start one with `ftkit worker` {how}"
 
-    def start_local_worker(self) -> LocalWorker:
+    def start_local_worker(self, *, env: dict[str, str] | None = None) -> LocalWorker:
         """A detached ``ftkit worker`` on this machine with these settings, logging to a file in
         the per-user folder, so a laptop user need not leave the notebook. It runs in its own
-        session: it outlives the kernel (stop it with ``LocalWorker.stop()``)."""
+        session: it outlives the kernel (stop it with ``LocalWorker.stop()``). Should it exit,
+        ``Job.wait()`` and the monitor panel say so within a second, with its log's last lines."""
         if importlib.util.find_spec("papermill") is None:
             raise MissingExtra(
                 "a local worker needs the training stack: pip install 'ftkit[worker]'"
@@ -485,14 +488,19 @@ class Client:
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ftkit.cli", "worker"],
-                env={**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"},
+                env={
+                    **os.environ,
+                    **self.settings.to_env(),
+                    "PYTHONUNBUFFERED": "1",
+                    **(env or {}),
+                },
                 cwd=self.settings.home,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _local_workers[proc.pid] = proc
+        _local_workers[proc.pid] = (proc, log)
         return LocalWorker(pid=proc.pid, log=log)
 
 
@@ -678,7 +686,7 @@ class Job:
         status. The end itself is seen at once, not at the next poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        watch, warned = WorkerWatch(self._client), False
+        watch, warned = WorkerWatch(self._client), set()
         with self._client.store.end_watch(self.id) as sleep:
             try:
                 while True:
@@ -687,13 +695,18 @@ class Job:
                         bar = _update_bar(bar, status)
                     if status["status"] in jobs.FINAL:
                         break
-                    if not warned and (message := watch.check()):
+                    exited = watch.exited()
+                    if exited is not None and raise_on_failure:
+                        raise WorkerExited(f"job {self.id} is {status['status']}: {exited}")
+                    message = exited or watch.check()
+                    if message is not None and message not in warned:
+                        category = WorkerExitedWarning if exited else NoWorkerWarning
                         warnings.warn(
                             f"job {self.id} is {status['status']}: {message}",
-                            NoWorkerWarning,
+                            category,
                             stacklevel=2,
                         )
-                        warned = True
+                        warned.add(message)
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(
                             f"job {self.id} still {status['status']} after {timeout} s"
@@ -719,6 +732,14 @@ class WorkerWatch:
         self._empty_since: float | None = None
         self._checked = -float("inf")
 
+    def exited(self) -> str | None:
+        """A local worker this process started that has exited, said with its exit code and the
+        last lines of its log (the newest such worker); looked at on every call: a poll is free."""
+        for proc, log in reversed(list(_local_workers.values())):
+            if proc.poll() is not None:
+                return LocalWorker(pid=proc.pid, log=log).exit_message()
+        return None
+
     def check(self) -> str | None:
         """The warning to show now, or None; reads the live workers at most twice a heartbeat."""
         beat, now = self.client.settings.heartbeat_seconds, time.monotonic()
@@ -742,14 +763,35 @@ class LocalWorker:
     log: Path
 
     def running(self) -> bool:
-        proc = _local_workers.get(self.pid)
-        return proc is not None and proc.poll() is None
+        return self.pid in _local_workers and _local_workers[self.pid][0].poll() is None
+
+    def exit_code(self) -> int | None:
+        """Its exit status once it has exited on its own; None while it runs (or once stopped)."""
+        return _local_workers[self.pid][0].poll() if self.pid in _local_workers else None
+
+    def log_tail(self, lines: int = 12) -> list[str]:
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    def exit_message(self) -> str | None:
+        """'the local worker (pid N) exited with code C; its log (PATH) ends: ...', or None."""
+        code = self.exit_code()
+        if code is None:
+            return None
+        tail = "\n".join(f"    {line}" for line in self.log_tail())
+        return (
+            f"the local worker (pid {self.pid}) exited with code {code}; "
+            f"its log ({self.log}) ends:\n{tail or '    (empty)'}"
+        )
 
     def stop(self, timeout: float = 60) -> int | None:
         """SIGINT (the running job is handed back to the queue), then wait; the exit status."""
         import signal
 
-        proc = _local_workers.pop(self.pid, None)
+        proc, _ = _local_workers.pop(self.pid, (None, None))
         if proc is None:
             return None
         if proc.poll() is None:
@@ -762,7 +804,8 @@ class LocalWorker:
         return proc.returncode
 
 
-_local_workers: dict[int, subprocess.Popen] = {}  # kept, so none is reaped as garbage
+# The local workers this process started and has not stopped (kept, so none is reaped as garbage).
+_local_workers: dict[int, tuple[subprocess.Popen, Path]] = {}
 
 
 def _update_bar(bar, status: dict[str, Any]):
@@ -869,6 +912,7 @@ def public_status(record: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("note", None)
     out.setdefault("resume_from", None)  # records of jobs that continue or retry no other
     out.setdefault("retry_of", None)
+    out.setdefault("warnings", [])  # what went wrong around a job that ended (its HTML report)
     for key in TIME_FIELDS:
         out[key] = _iso(record.get(key))
     started, finished = record.get("started_at"), record.get("finished_at")

@@ -11,9 +11,11 @@
     │   └── StorageUnavailable   ... because it did not answer (an outage: worth waiting out)
     ├── MissingExtra         an optional dependency is not installed (names the extra)
     ├── OutOfMemory          training ran out of GPU memory (names batch size and sequence length)
-    └── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
+    ├── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
+    └── WorkerExited         ... or while a local worker this process started has exited
 
     NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
+    └── WorkerExitedWarning  ... or a local worker it started has exited (code, log's last lines)
 
 Lower-level errors (redis, fsspec, papermill) are converted at the boundary with
 ``raise ... from exc`` so callers need one ``except FtkitError``.
@@ -84,8 +86,17 @@ class JobFailed(FtkitError, RuntimeError):
     """A job ended failed (raised only when asked for)."""
 
 
+class WorkerExited(FtkitError, RuntimeError):
+    """A local worker this process started has exited (raised by ``wait(raise_on_failure=True)``);
+    the message holds its exit code and its log's last lines."""
+
+
 class NoWorkerWarning(UserWarning):
     """No worker has been listening on the queue for a few heartbeats: the job cannot start."""
+
+
+class WorkerExitedWarning(NoWorkerWarning):
+    """A local worker this process started has exited: its exit code and its log's last lines."""
 
 
 def require(module: str, extra: str):

@@ -141,6 +141,19 @@ class WorkerNotice:
         self.widget.add_class("ftkit-worker-notice")
 
     def refresh(self) -> None:
+        exited = self.watch.exited()
+        if exited is not None:  # a worker started here died: its code and its log's last lines
+            head, _, tail = exited.partition("\n")
+            value = (
+                f"<div class='ftkit-worker-exited' style='color:crimson'><b>⚠ {_esc(head)}</b>"
+                f"<pre style='font-size:11px;white-space:pre-wrap'>{_esc(tail)}</pre></div>"
+            )
+            if self.text.value != value:
+                self.text.value = value
+            self.start_button.layout.display = (
+                "" if self.client.settings.broker == "sqlite" else "none"
+            )
+            return
         message = self.watch.check()
         started, lines = self.started, []
         if started is not None:
@@ -286,6 +299,11 @@ class MonitorPanel:
             self.error.value = (
                 f"<div class='ftkit-error' style='color:crimson'><b>{_esc(s.get('error'))}</b>"
                 f"<pre style='font-size:11px;white-space:pre-wrap'>{_esc(trace[-3000:])}</pre></div>"
+            )
+        elif s.get("warnings"):
+            self.error.value = "".join(
+                f"<div class='ftkit-warning' style='color:darkorange'>⚠ {_esc(warning)}</div>"
+                for warning in s["warnings"]
             )
 
     def cancel(self) -> None:
