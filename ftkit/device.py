@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+# transformers 5 refuses 4-bit loading below it: an older bitsandbytes counts as none.
+BITSANDBYTES_FLOOR = "0.46.1"
 BF16_CAPABILITY = (8, 0)  # Ampere and newer; torch's is_bf16_supported() also says yes to emulation
 
 
@@ -24,7 +26,8 @@ class Machine:
     name: str = "CPU"  # torch.cuda.get_device_name(0), or CPU
     unsloth: bool = False  # unsloth imports here (only ever true with CUDA: it refuses CPUs)
     unsloth_error: str | None = None  # why unsloth did not import, when it is installed
-    bitsandbytes: bool = False  # bitsandbytes is installed
+    bitsandbytes: bool = False  # bitsandbytes is installed at BITSANDBYTES_FLOOR or newer
+    bitsandbytes_version: str | None = None  # the installed version, whatever it is
 
 
 def probe(*, import_unsloth: bool = True) -> Machine:
@@ -36,6 +39,7 @@ def probe(*, import_unsloth: bool = True) -> Machine:
     cuda = torch.cuda.is_available()
     capability = tuple(torch.cuda.get_device_capability(0)) if cuda else None
     has_unsloth, error = False, None
+    bnb = installed_version("bitsandbytes")
     if cuda and import_unsloth and importlib.util.find_spec("unsloth") is not None:
         try:
             importlib.import_module("unsloth")
@@ -48,8 +52,35 @@ def probe(*, import_unsloth: bool = True) -> Machine:
         name=torch.cuda.get_device_name(0) if cuda else "CPU",
         unsloth=has_unsloth,
         unsloth_error=error,
-        bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
+        bitsandbytes=usable(bnb, BITSANDBYTES_FLOOR),
+        bitsandbytes_version=bnb,
     )
+
+
+def installed_version(distribution: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None
+
+
+def usable(version: str | None, floor: str) -> bool:
+    from packaging.version import Version
+
+    return version is not None and Version(version) >= Version(floor)
+
+
+def warm_up_accelerator() -> bool:
+    """What a job on this CUDA device will import, imported now, in a warm kernel before
+    transformers is: unsloth where installed (``auto`` picks it) and bitsandbytes (4-bit loading),
+    so that a job's first minute is its model, not imports. True when unsloth was imported: such a
+    kernel must not serve a job that asked for plain transformers (unsloth patches its models)."""
+    machine = probe(import_unsloth=True)
+    if machine.cuda and machine.bitsandbytes:
+        importlib.import_module("bitsandbytes")
+    return machine.unsloth
 
 
 def choose_backend(requested: str, machine: Machine) -> str:
@@ -98,9 +129,14 @@ def choose_4bit(requested: bool | None, machine: Machine) -> bool:
             "in 4 bits only where the worker can"
         )
     if requested and not machine.bitsandbytes:
+        has = (
+            f"bitsandbytes {machine.bitsandbytes_version} is installed"
+            if machine.bitsandbytes_version
+            else "bitsandbytes is not installed"
+        )
         raise ConfigError(
-            f"TrainConfig.load_in_4bit=True (QLoRA) needs bitsandbytes, which is not installed on "
-            f"this worker ({machine.name}); install it with pip install 'ftkit[qlora]', or set "
-            "load_in_4bit=False"
+            f"TrainConfig.load_in_4bit=True (QLoRA) needs bitsandbytes>={BITSANDBYTES_FLOOR}, and "
+            f"{has} on this worker ({machine.name}); install it with pip install 'ftkit[qlora]', "
+            "or set load_in_4bit=False"
         )
     return bool(requested)

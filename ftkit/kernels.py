@@ -11,11 +11,14 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 log = logging.getLogger("ftkit.kernels")
 
 WARM_UP = """\
+import ftkit.device
+_ftkit_unsloth = ftkit.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
 import torch, transformers, trl, peft, datasets, matplotlib
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
@@ -25,6 +28,11 @@ ftkit.train.warm_up()
 del torch, transformers, trl, peft, datasets, matplotlib, AutoModelForCausalLM, AutoTokenizer
 del SFTConfig, SFTTrainer, LoraConfig, get_peft_model
 """
+
+
+# The warm kernels that imported unsloth (a CUDA worker with unsloth installed): unsloth patches
+# transformers' models, so such a kernel serves no job that asked for backend="hf".
+WITH_UNSLOTH: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
@@ -52,9 +60,17 @@ def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
             kc.start_channels(hb=False)
             try:
                 kc.wait_for_ready(timeout=120)
-                reply = kc.execute_interactive(WARM_UP, timeout=300, output_hook=lambda msg: None)
+                reply = kc.execute_interactive(
+                    WARM_UP,
+                    timeout=600,  # unsloth alone takes about 40 s to import
+                    output_hook=lambda msg: None,
+                    user_expressions={"unsloth": "_ftkit_unsloth"},
+                )
                 if reply["content"]["status"] != "ok":
                     log.warning("warming a kernel failed: %s", reply["content"].get("evalue"))
+                else:
+                    said = reply["content"]["user_expressions"]["unsloth"]
+                    WITH_UNSLOTH[km] = said.get("data", {}).get("text/plain") == "True"
             finally:
                 kc.stop_channels()
     except BaseException:
@@ -214,9 +230,12 @@ class KernelPool:
         """A warm spare is waiting."""
         return self._spare is not None
 
-    def take(self, wait: float = 120.0):
+    def take(self, wait: float = 120.0, *, backend: str = "auto"):
         """A kernel for one job: the warm spare when it is (or soon will be) ready, at normal
-        priority from here on."""
+        priority from here on. A job that asked for ``backend="hf"`` never gets a spare that
+        imported unsloth: it starts a cold kernel and the spare waits for the next job."""
+        if backend == "hf" and self._spare is not None and WITH_UNSLOTH.get(self._spare):
+            return start_kernel(warm=False)
         with self._lock:
             self._wanted, warming = True, self._starting
         if warming is not None and self.idle:  # a job waits for it now: no background task

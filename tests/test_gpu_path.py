@@ -15,7 +15,16 @@ import torch
 from conftest import EXAMPLE_DATA
 from ftkit import train
 from ftkit.config import TrainConfig
-from ftkit.device import Machine, choose_4bit, choose_backend, choose_dtype, probe
+from ftkit.device import (
+    BITSANDBYTES_FLOOR,
+    Machine,
+    choose_4bit,
+    choose_backend,
+    choose_dtype,
+    installed_version,
+    probe,
+    usable,
+)
 from ftkit.errors import ConfigError, OutOfMemory
 
 H200 = Machine(cuda=True, capability=(9, 0), name="NVIDIA H200", unsloth=True, bitsandbytes=True)
@@ -28,7 +37,7 @@ CPU = Machine(cuda=False)
 def test_probe_reads_this_machine():
     machine = probe()
     assert machine.cuda == torch.cuda.is_available()
-    assert machine.bitsandbytes == (importlib.util.find_spec("bitsandbytes") is not None)
+    assert machine.bitsandbytes == usable(installed_version("bitsandbytes"), BITSANDBYTES_FLOOR)
     if not machine.cuda:
         assert machine.name == "CPU" and machine.capability is None and not machine.unsloth
 
