@@ -14,8 +14,15 @@ tokens); peak memory: ``torch.cuda.max_memory_allocated`` during training (weigh
 optimizer, activations), or the process's peak RSS on a CPU; MFU: 4·N FLOPs per token (LoRA:
 forward 2N, backward through the frozen weights 2N, no weight gradients for the base), N the
 parameters less the input embedding table, over the device's dense bf16 peak (PEAK_BF16 below, by
-device name). Attention's own FLOPs are not counted, nor gradient checkpointing's recomputation
-(unsloth's default; ftkit's transformers path does not checkpoint), so MFU understates work done.
+device name). Attention's own FLOPs are not counted, nor gradient checkpointing's recomputation,
+so MFU understates work done. Gradient checkpointing is on in every variant, as a job runs it:
+transformers' own (``activation_checkpointing``, or ``gradient_checkpointing`` before 5.23) on the
+transformers path, unsloth's (``use_gradient_checkpointing="unsloth"``) on unsloth's.
+
+Then two real jobs (bench/gpu_jobs.py): ``ftkit worker`` and a papermill kernel, ``backend="auto"``
+and ``backend="hf"``, with each job's phases from submit to seen ended (kernel start, imports,
+model load, first step...) and whether its report (notebook and HTML) and adapter landed.
+``--no-jobs`` leaves them out.
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ ONE_B = dict(  # TinyLlama-1.1B's shape
     num_hidden_layers=22,
     num_attention_heads=32,
     num_key_value_heads=4,
+)
+
+
+CHECKPOINTING = (
+    "on in every variant: transformers' activation checkpointing (SFTConfig), unsloth's own "
+    "(use_gradient_checkpointing='unsloth')"
 )
 
 
@@ -221,6 +234,7 @@ def table(result: dict) -> str:
         f"{result['device']}: {result['model']}, batch {result['batch']} x {result['seq_len']} "
         f"tokens, {result['steps']} steps ({result['warmup']} untimed), "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
+        f"gradient checkpointing: {result['gradient_checkpointing']}",
         "",
         "| path | method | dtype | tokens/s | peak memory | MFU | speed vs transformers "
         "| memory vs transformers |",
@@ -256,6 +270,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    parser.add_argument("--no-jobs", action="store_true", help="leave out the two real jobs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -312,6 +327,13 @@ def main() -> None:
             print(f"  {key}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
             rows.append(row)
         finish_rows(rows, device, n_params)
+        jobs: list[dict] = []
+        if not args.no_jobs:
+            from gpu_jobs import run_jobs
+
+            t0 = time.perf_counter()
+            jobs = run_jobs(model_dir, data, work / "jobs", args.steps, args.batch, args.seq_len)
+            print(f"  jobs: {len(jobs)} in {time.perf_counter() - t0:.0f} s", flush=True)
         result = {
             "device": device,
             "model": (
@@ -326,11 +348,18 @@ def main() -> None:
             "smoke": args.smoke,
             "versions": versions(),
             "peak_bf16_tflops": peak_bf16_tflops(device),
+            "gradient_checkpointing": CHECKPOINTING,
             "rows": rows,
+            "jobs": jobs,
         }
         result["seconds"] = round(time.perf_counter() - started, 1)
         print()
         print(table(result))
+        if jobs:
+            from gpu_jobs import table as jobs_table
+
+            print(f"\nreal jobs through `ftkit worker` ({args.steps} steps each):\n")
+            print(jobs_table(jobs))
         print(f"\n({result['seconds']:.0f} s)")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
