@@ -1254,3 +1254,18 @@ def poisoned(value: Any, bad: float) -> Any:
     if isinstance(value, dict):
         return {k: poisoned(v, bad) for k, v in value.items()} or {"priority": bad}
     return value
+
+
+def test_a_report_page_loads_nothing_from_outside():
+    """The report's HTML (served at /report/{id}) names no CDN script: JupyterLab's template
+    without require.js, MathJax, Mermaid or the widget manager."""
+    import nbformat
+
+    from ftkit.report import render_html
+
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# Loss $x^2$"), nbformat.v4.new_code_cell("1 + 1")]
+    )
+    html = render_html(nb)
+    assert "jp-Notebook" in html and "Loss" in html
+    assert not re.findall(r"""<(?:script|link)[^>]*(?:src|href)=["']?https?:""", html), html[:2000]
