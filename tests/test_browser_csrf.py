@@ -144,6 +144,16 @@ def test_a_page_on_another_port_can_neither_forge_requests_nor_frame_the_dashboa
         screenshot(page, "csrf-2-own-cancel")
         assert api.request("GET", f"/status/{b}")[1]["status"] == "queued"
 
+        # The API docs render from this server alone (no CDN), under the page's CSP.
+        outside: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith(api.url) else outside.append(r.url))
+        page.goto(api.url + "/docs")
+        expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=60_000)
+        expect(page.locator(".opblock")).not_to_have_count(0)
+        screenshot(page, "csrf-3-docs")
+        assert not outside, outside
+        page.goto(api.url + "/?refresh=0")
+
         # Sign-out ends the session on the server: the same cookie no longer signs anyone in.
         session = context.cookies(api.url)[0]["value"]
         page.click("form.sign-out button")
