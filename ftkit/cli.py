@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-upload-mb",
         type=int,
-        default=int(os.environ.get("FTKIT_MAX_UPLOAD_MB", "10240")),
-        help="largest data set upload accepted, in MiB (default 10240)",
+        default=int(os.environ.get("FTKIT_MAX_UPLOAD_MB", "2048")),
+        help="largest data set upload accepted, in MiB (default 2048: 2 GiB)",
     )
     p.set_defaults(fn=cmd_serve)
 

@@ -141,12 +141,28 @@ def finalize_report(path: Path, record: dict[str, Any]):
 _render_lock = threading.Lock()
 
 
+# JupyterLab's template, without the scripts it loads from CDNs (require.js, MathJax, Mermaid,
+# the widget manager): a report is served sandboxed, where they could not run, and a page of this
+# server loads nothing from outside it. Math shows as its TeX source.
+REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
 @functools.cache
 def _exporter():
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     find_pip_target_templates()
-    return HTMLExporter(template_name="lab")
+    return HTMLExporter(
+        template_name="lab",
+        template_file="ftkit_report.html.j2",
+        extra_loaders=[DictLoader({"ftkit_report.html.j2": REPORT_TEMPLATE})],
+    )
 
 
 def find_pip_target_templates() -> list[str]:

@@ -12,6 +12,7 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 import pytest
@@ -85,7 +86,10 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     from ftkit.client import Client
 
     status = Client(settings).get_job(job_id).status()
-    assert status["status"] == "completed" and status["result"] == final["result"]
+    # ...whose storage paths reach HTTP clients without the server's folder
+    seen = json.loads(json.dumps(status["result"]).replace(str(settings.storage), "<storage>"))
+    assert status["status"] == "completed" and seen == final["result"]
+    assert str(settings.storage) not in json.dumps(final)
     metrics = ok(api.request("GET", f"/metrics/{job_id}"))["metrics"]
     assert len(metrics) >= 5 and all(m["loss"] > 0 for m in metrics if m.get("loss") is not None)
     assert ok(api.request("GET", f"/logs/{job_id}"))["lines"]
@@ -238,8 +242,10 @@ def test_health_docs_and_schema(api):
     schema = ok(api.request("GET", "/openapi.json"))
     assert {"/upload", "/train", "/status/{job_id}", "/jobs", "/job/{job_id}", "/download/{job_id}",
             "/report/{job_id}", "/metrics/{job_id}", "/logs/{job_id}", "/health", "/retry/{job_id}",
-            "/delete/{job_id}", "/sweep", "/sweeps", "/sweep/{sweep_id}"} == set(schema["paths"])  # fmt: skip
-    assert b"swagger-ui" in ok(api.request("GET", "/docs"))
+            "/delete/{job_id}", "/sweep", "/sweeps", "/sweep/{sweep_id}",
+            "/dataset/{dataset_id}"} == set(schema["paths"])  # fmt: skip
+    docs = ok(api.request("GET", "/docs"))
+    assert b"swagger-ui" in docs
 
 
 # -- runs people manage: tags and notes, logs by cursor, retry, delete, sweeps ------------------------
@@ -783,11 +789,11 @@ def test_generated_requests_never_get_a_server_error(api):
     ok(api.upload("train.jsonl", GOOD))
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 16
+    assert len(operations) == 17
     calls: list[str] = []
     for operation, mode in itertools.product(operations, GenerationMode):
         generated_calls(api, operation.as_strategy(mode), mode.value, calls)
-    assert len(calls) >= 16 * 2 * 3, calls
+    assert len(calls) >= 17 * 2 * 3, calls
     print("\n" + "\n".join(f"{n:4} x {c}" for c, n in sorted(Counter(calls).items())))
 
 
@@ -871,3 +877,400 @@ def test_an_unreachable_broker_is_a_503(tmp_path):
         assert status == 503 and "cannot reach Redis" in body["detail"]
     finally:
         api.stop()
+
+
+# -- the web face under attack (issue 29) ---------------------------------------------------------
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_a_forged_state_change_is_refused_and_scripts_are_not(locked):
+    up = ok(locked.upload("train.jsonl", GOOD))
+    job = ok(locked.request("POST", "/train", {"job_id": up["job_id"]}))["job_id"]
+    session = login_cookie(locked).split(";")[0]
+    own = locked.url
+    cancel = f"/job/{job}"
+
+    def by_cookie(headers: dict[str, str]) -> int:
+        return locked.request("DELETE", cancel, auth=False, headers={"Cookie": session, **headers})[
+            0
+        ]
+
+    # Another origin (another port of this host is the same *site*), a sandboxed frame, no browser
+    # signs at all, or a wrong CSRF token: refused before anything happens.
+    for headers in [
+        {"Origin": "http://127.0.0.1:41777"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": own},
+        {},
+        {"X-CSRF-Token": "guessed"},
+    ]:
+        assert by_cookie(headers) == 403, headers
+    assert ok(locked.request("GET", f"/status/{job}"))["status"] == "queued"
+    # A forged upload is refused before its body is read: nothing stored.
+    status, body, _ = locked.request(
+        "POST", "/upload", data=b"--x\r\n", auth=False,
+        headers={"Cookie": session, "Origin": "http://127.0.0.1:41777",
+                 "Content-Type": "multipart/form-data; boundary=x"},
+    )  # fmt: skip
+    assert status == 403 and "cross-origin" in body["detail"]
+    # Bearer clients are unaffected, whatever they send; the dashboard's own origin passes.
+    assert locked.request("GET", "/jobs", headers={"Origin": "http://evil.example"})[0] == 200
+    assert by_cookie({"Origin": own}) == 200
+    assert by_cookie({"Sec-Fetch-Site": "same-origin"}) == 200
+    # ...and so does the page's CSRF token, which the signed-in page holds.
+    page = locked.request("GET", "/", auth=False, headers={"Cookie": session})[1].decode()
+    token = re.search(r"name='csrf-token' content='([^']+)'", page).group(1)  # type: ignore[union-attr]
+    assert by_cookie({"X-CSRF-Token": token}) == 200
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_without_a_token_other_origins_still_cannot_change_anything(api):
+    """An open server on loopback is reachable from any page the browser opens."""
+    up = ok(api.upload("train.jsonl", GOOD))
+    forged = api.request("POST", "/train", {"job_id": up["job_id"]},
+                         headers={"Origin": "https://evil.example"})  # fmt: skip
+    assert forged[0] == 403
+    forged = api.request("POST", "/train", {"job_id": up["job_id"]},
+                         headers={"Sec-Fetch-Site": "cross-site"})  # fmt: skip
+    assert forged[0] == 403
+    ok(api.request("POST", "/train", {"job_id": up["job_id"]}))  # curl: no browser signs
+
+
+def test_every_html_answer_refuses_framing(locked):
+    session = {"Cookie": login_cookie(locked).split(";")[0]}
+    for path, headers in [("/", {}), ("/", session), ("/ui/job/0123456789ab", session),
+                          ("/docs", session), ("/docs", {})]:  # fmt: skip
+        status, _, got = locked.request("GET", path, auth=False, headers=headers)
+        assert got["x-frame-options"] == "DENY", (path, status, got)
+        policy = got["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy, policy
+
+
+def test_sessions_hold_no_token_end_at_sign_out_and_expire(locked):
+    cookie = login_cookie(locked)
+    name, value = cookie.split(";")[0].split("=", 1)
+    assert name == "ftkit_session" and locked.token not in cookie
+    assert re.search(r"Max-Age=43200\b", cookie), cookie  # 12 hours, not 30 days
+    jar = {"Cookie": f"{name}={value}"}
+    assert locked.request("GET", "/jobs", auth=False, headers=jar)[0] == 200
+    assert (
+        locked.request("GET", "/jobs", auth=False, headers={"Cookie": f"{name}={locked.token}"})[0]
+        == 401
+    )
+    # Sign-out (from the page: same origin) ends the session on the server, not just the cookie.
+    import http.client
+
+    conn = http.client.HTTPConnection(locked.url.removeprefix("http://"), timeout=10)
+    conn.request("POST", "/logout", headers={**jar, "Origin": locked.url})
+    resp = conn.getresponse()
+    assert resp.status == 303 and 'ftkit_session=""' in (resp.getheader("set-cookie") or "")
+    assert locked.request("GET", "/jobs", auth=False, headers=jar)[0] == 401
+    status, page, _ = locked.request("GET", "/", auth=False, headers=jar)
+    assert status == 401 and b"name='token'" in page
+
+
+def test_session_expiry_and_the_login_throttle_follow_their_clocks():
+    from ftkit.server.sessions import FIRST_WAIT, SESSION_SECONDS, LoginThrottle, Sessions
+
+    now = [1000.0]
+    sessions = Sessions(clock=lambda: now[0])
+    s = sessions.start()
+    assert sessions.get(s.id) == s and s.id != s.csrf
+    now[0] += SESSION_SECONDS + 1
+    assert sessions.get(s.id) is None
+    throttle = LoginThrottle(clock=lambda: now[0])
+    for _ in range(4):
+        throttle.failed("a")
+        assert throttle.wait("a") == 0
+    throttle.failed("a")
+    assert throttle.wait("a") == FIRST_WAIT and throttle.wait("b") == 0
+    now[0] += FIRST_WAIT
+    throttle.failed("a")
+    assert throttle.wait("a") == 2 * FIRST_WAIT
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0
+    for _ in range(200):
+        throttle.failed("c")
+    assert throttle.wait("c") == 900
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_sign_in_is_throttled_after_wrong_tokens(settings, tmp_path):
+    from ftkit.server.sessions import LoginThrottle
+
+    now = [0.0]
+    server = serve_in_thread(settings, tmp_path / "api", token="right-token-for-tests",
+                             login_throttle=LoginThrottle(clock=lambda: now[0]))  # fmt: skip
+    server.token = "right-token-for-tests"
+    try:
+        for _ in range(5):
+            assert (
+                server.request("POST", "/login", data=b"token=nope", headers=FORM, auth=False)[0]
+                == 401
+            )
+        status, page, got = server.request(
+            "POST", "/login", data=b"token=right-token-for-tests", headers=FORM, auth=False
+        )
+        assert status == 429 and got["retry-after"] == "30" and b"try again in 30 s" in page
+        now[0] += 30
+        assert login_cookie(server).startswith("ftkit_session=")
+    finally:
+        server.stop()
+
+
+def test_the_token_is_checked_before_the_body_is_read(locked):
+    for path, data, kind in [
+        ("/train", b"{not json", "application/json"),
+        ("/sweep", b'{"n": NaN', "application/json"),
+        ("/upload", b"garbage", "multipart/form-data; boundary=x"),
+    ]:
+        status, body, _ = locked.request("POST", path, data=data, auth=False,
+                                         headers={"Content-Type": kind})  # fmt: skip
+        assert status == 401, (path, status, body)
+
+
+def raw_post(api: ApiServer, path: str, text: str) -> tuple[int, Any]:
+    status, body, _ = api.request(
+        "POST", path, data=text.encode(), headers={"Content-Type": "application/json"}
+    )
+    return status, body
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_non_finite_numbers_are_a_422_naming_the_field(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    base = '"dataset_filename": "train.jsonl"'
+    for path, text, loc in [
+        ("/train", f'{{{base}, "priority": NaN}}', ["body", "priority"]),
+        ("/train", f'{{{base}, "max_attempts": Infinity}}', ["body", "max_attempts"]),
+        ("/train", f'{{{base}, "config": {{"max_steps": NaN}}}}', ["body", "config", "max_steps"]),
+        ("/train", f'{{{base}, "config": {{"max_seq_length": 1e400}}}}',
+         ["body", "config", "max_seq_length"]),
+        ("/train", f'{{{base}, "config": {{"learning_rate": NaN}}}}',
+         ["body", "config", "learning_rate"]),
+        ("/train", f'{{{base}, "config": {{"learning_rate": -Infinity}}}}',
+         ["body", "config", "learning_rate"]),
+        ("/sweep", f'{{{base}, "mode": "random", "n": NaN}}', ["body", "n"]),
+        ("/sweep", f'{{{base}, "values": {{"learning_rate": [NaN]}}}}', ["body", "values"]),
+        ("/sweep", f'{{{base}, "mode": "random", "n": 2, "ranges": {{"lora_dropout": [0, 1e400]}}}}',
+         ["body", "ranges", "lora_dropout"]),
+    ]:  # fmt: skip
+        status, body = raw_post(api, path, text)
+        assert status == 422, (text, status, body)
+        assert body["detail"][0]["loc"][: len(loc)] == loc, (text, body)
+    assert client.count_jobs() == 0
+
+
+def multipart(name: str, content: bytes, *, close: bool = True, extra: bytes = b"") -> bytes:
+    head = (
+        f'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + content + extra + (b"\r\n--b0undary--\r\n" if close else b"")
+
+
+def send_multipart(api: ApiServer, body: bytes) -> tuple[int, Any]:
+    status, got, _ = api.request(
+        "POST", "/upload", data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )  # fmt: skip
+    return status, got
+
+
+def nothing_left(settings) -> None:
+    datasets = Path(settings.storage) / "datasets"
+    assert not datasets.exists() or not any(datasets.iterdir()), list(datasets.iterdir())
+    scratch = Path(settings.scratch_dir) / "uploads"
+    assert not scratch.exists() or not any(scratch.iterdir())
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_cut_off_upload_is_refused_and_leaves_nothing(api, settings):
+    for name, content in [
+        ("cut.csv", b"prompt,completion\nhi,there\nhow,are\n"),
+        ("cut.txt", b"one line\nanother line\n"),
+        ("cut.jsonl", b'{"text": "one"}\n{"text": "two"}\n'),
+    ]:
+        status, body = send_multipart(api, multipart(name, content, close=False))
+        assert status == 422, (name, body)
+        assert body["detail"][0]["loc"] == ["body", "file"] and "cut off" in body["summary"]
+    nothing_left(settings)
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_an_over_long_file_name_or_a_second_file_is_a_422_leaving_nothing(api, settings):
+    for name in ["日" * 90 + ".jsonl", "a" * 250 + ".jsonl"]:  # 276 and 256 bytes
+        status, body = send_multipart(api, multipart(name, GOOD))
+        assert status == 422, body
+        assert body["detail"][0]["loc"] == ["body", "file"] and "too long" in body["summary"]
+        assert str(settings.storage) not in json.dumps(body)
+    second = (
+        b'\r\n--b0undary\r\nContent-Disposition: form-data; name="file"; filename="b.jsonl"\r\n'
+        b"\r\n" + GOOD
+    )
+    status, body = send_multipart(api, multipart("a.jsonl", GOOD, extra=second))
+    assert status == 422 and "more than one file" in body["summary"], body
+    nothing_left(settings)
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_base_model_errors_do_not_map_the_server_disk(api, tmp_path):
+    ok(api.upload("train.jsonl", GOOD))
+    (tmp_path / "no-config").mkdir()
+    answers = []
+    for base_model in ["/etc", "/root/.ssh", "/nonexistent/model", "~", "/etc/passwd",
+                       str(tmp_path / "no-config"), str(tmp_path / "missing")]:  # fmt: skip
+        body = {"dataset_filename": "train.jsonl", "config": {"base_model": base_model}}
+        status, got, _ = api.request("POST", "/train", body)
+        assert status == 422, (base_model, got)
+        (detail,) = got["detail"]
+        assert detail["loc"] == ["body", "config", "base_model"], got
+        answers.append(detail["msg"])
+        sweep = {"dataset_filename": "train.jsonl", "values": {"base_model": [base_model]}}
+        status, got, _ = api.request("POST", "/sweep", sweep)
+        assert status == 422 and got["detail"][0]["msg"].endswith(answers[0]), got
+        assert got["detail"][0]["loc"] == ["body", "values", "base_model"], got
+    assert len(set(answers)) == 1 and "/" not in answers[0].split("org/name")[0], answers
+
+
+def test_errors_and_logs_reach_clients_without_ansi_codes_or_server_paths(api, client, settings):
+    ok(api.upload("train.jsonl", GOOD))
+    job = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    where = str(Path(settings.storage).resolve())
+    client.store.update(
+        job,
+        error=f"\x1b[31mRuntimeError\x1b[0m: cannot write {where}/runs/{job}/x",
+        error_traceback=f'  File "{where}/runs/{job}/notebook.py", line 3\n\x1b[1;32mboom\x1b[0m',
+    )
+    client.store.add_logs(job, [f"\x1b[33mwarning\x1b[0m in {where}/runs"])
+    seen = json.dumps(ok(api.request("GET", f"/status/{job}")))
+    seen += json.dumps(ok(api.request("GET", "/jobs")))
+    seen += json.dumps(ok(api.request("GET", f"/logs/{job}")))
+    page = api.request("GET", f"/ui/job/{job}")[1].decode()
+    for text in (seen, page):
+        assert "\x1b" not in text and "\\u001b" not in text and where not in text
+        assert "<storage>/runs" in text or "&lt;storage&gt;/runs" in text
+    assert "RuntimeError: cannot write" in page and "boom" in page
+
+
+def test_job_ids_are_checked_whole(api):
+    for path in ["/status/abcdefabcdef%0A", "/ui/job/abcdefabcdef%0A", "/logs/abcdefabcdef%0A"]:
+        status, _, _ = api.request("GET", path)
+        assert status in (404, 422), (path, status)
+    status, page, _ = api.request("GET", "/ui/job/abcdefabcdef%0A")
+    assert status == 404 and b"no such job" in page
+
+
+def test_the_docs_load_nothing_from_outside(api):
+    html = ok(api.request("GET", "/docs")).decode()
+    sources = re.findall(r"""(?:src|href)=["']?([^"' >]+)""", html)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    assert "cdn" not in html.lower()
+    for name, kind in [("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css")]:
+        status, body, got = api.request("GET", f"/docs/assets/{name}")
+        assert status == 200 and kind in got["content-type"] and len(body) > 10_000
+    assert api.request("GET", "/docs/assets/..%2Fcore.py")[0] == 404
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_known_content_under_a_new_name_answers_a_name_train_finds(api):
+    first = ok(api.upload("train.jsonl", GOOD))
+    again = ok(api.upload("renamed.jsonl", GOOD))
+    assert again["dataset_id"] == first["dataset_id"] and again["filename"] == "train.jsonl"
+    assert "uploaded before as 'train.jsonl'" in again["warnings"][0]
+    for body in [{"dataset_filename": again["filename"]}, {"dataset_id": again["dataset_id"]},
+                 {"job_id": again["job_id"]}]:  # fmt: skip
+        ok(api.request("POST", "/train", body))
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_data_set_is_deleted_over_http_unless_a_live_job_uses_it(api, client, settings):
+    up = ok(api.upload("train.jsonl", GOOD))
+    spare = ok(api.upload("train.jsonl", GOOD))["job_id"]  # a second reservation
+    job = ok(api.request("POST", "/train", {"job_id": up["job_id"]}))["job_id"]
+    status, body, _ = api.request("DELETE", f"/dataset/{up['dataset_id'][:12]}")
+    assert status == 409 and job in body["detail"] and "cancel them first" in body["detail"]
+    assert (Path(settings.storage) / "datasets" / up["dataset_id"]).is_dir()
+    ok(api.request("DELETE", f"/job/{job}"))
+    gone = ok(api.request("DELETE", f"/dataset/{up['dataset_id']}"))
+    assert gone["dataset_id"] == up["dataset_id"] and gone["bytes"] >= len(GOOD)
+    assert gone["reservations_removed"] == 2
+    assert not (Path(settings.storage) / "datasets" / up["dataset_id"]).exists()
+    assert api.request("DELETE", f"/dataset/{up['dataset_id']}")[0] == 404
+    assert api.request("POST", "/train", {"dataset_filename": "train.jsonl"})[0] == 404
+    status, body, _ = api.request("POST", "/train", {"job_id": spare})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "job_id"]
+    assert api.request("DELETE", "/dataset/not-hex")[0] == 422
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_reservations_expire(api, client):
+    old = {
+        "job_id": "0123456789ab",
+        "dataset_id": "f" * 64,
+        "reserved_at": "2020-01-01T00:00:00+00:00",
+    }
+    client.storage.save_reservation(old)
+    ok(api.upload("train.jsonl", GOOD))  # the first upload of a server sweeps expired ones
+    assert not client.storage.exists("reservations", "0123456789ab.json")
+    up = ok(api.upload("other.jsonl", b'{"text": "x"}\n'))
+    client.storage.save_reservation({**old, "job_id": up["job_id"], "dataset_id": up["dataset_id"]})
+    status, body, _ = api.request("POST", "/train", {"job_id": up["job_id"]})
+    assert status == 422 and "expired" in body["detail"][0]["msg"], body
+    assert body["detail"][0]["loc"] == ["body", "job_id"]
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_generated_bodies_with_non_finite_numbers_never_get_a_server_error(api):
+    """schemathesis' bodies for /train and /sweep, with their numbers made NaN or infinite (what
+    Python's and many clients' JSON writers send): a 4xx, never a 5xx."""
+    from schemathesis.generation import GenerationMode
+
+    ok(api.upload("train.jsonl", GOOD))
+    schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
+    seen: list[int] = []
+    for path in ("/train", "/sweep"):
+        operation = schema[path]["POST"]
+        strategy = operation.as_strategy(GenerationMode.POSITIVE)
+
+        @hypothesis.settings(max_examples=15, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))  # fmt: skip
+        @hypothesis.given(case=strategy, bad=hypothesis.strategies.sampled_from(
+            [float("nan"), float("inf"), float("-inf")]))  # fmt: skip
+        def check(case, bad):
+            body = poisoned(case.body, bad)
+            status, got = raw_post(api, case.path, json.dumps(body, allow_nan=True))
+            assert status < 500, (body, status, got)
+            seen.append(status)
+
+        check()
+    assert len(seen) >= 20 and 422 in seen
+
+
+def poisoned(value: Any, bad: float) -> Any:
+    """Every number in a JSON value replaced by ``bad`` (and one added when there is none)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bad
+    if isinstance(value, list):
+        return [poisoned(v, bad) for v in value] or [bad]
+    if isinstance(value, dict):
+        return {k: poisoned(v, bad) for k, v in value.items()} or {"priority": bad}
+    return value
+
+
+def test_a_report_page_loads_nothing_from_outside():
+    """The report's HTML (served at /report/{id}) names no CDN script: JupyterLab's template
+    without require.js, MathJax, Mermaid or the widget manager."""
+    import nbformat
+
+    from ftkit.report import render_html
+
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# Loss $x^2$"), nbformat.v4.new_code_cell("1 + 1")]
+    )
+    html = render_html(nb)
+    assert "jp-Notebook" in html and "Loss" in html
+    assert not re.findall(r"""<(?:script|link)[^>]*(?:src|href)=["']?https?:""", html), html[:2000]

@@ -4,6 +4,8 @@ A body is counted as it arrives: a Content-Length over the limit is refused befo
 and a chunked body is cut off with 413 as soon as it passes the limit. An upload never sits in
 memory: python-multipart hands over each piece of the file part, which goes to a temporary file
 named by the server (the client's file name is only kept, cleaned, as the data set's name).
+A body is taken whole or not at all: one file part, and its closing boundary (a client that died
+mid-upload sends none), else a 422 and the partial file goes with its temporary folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import DatasetError
 
 KNOWN_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet")
+MAX_NAME_CHARS, MAX_NAME_BYTES = 200, 255  # a file name longer than 255 bytes cannot be stored
 
 
 class BodyTooLarge(HTTPException):
@@ -90,7 +93,12 @@ class Upload:
 def clean_filename(raw: str) -> str:
     """The client's file name as a plain name: its last path component, no control characters."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if not name or name in (".", "..") or any(ord(c) < 32 for c in name) or len(name) > 200:
+    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        raise DatasetError(
+            f"file name {name[:40]!r}... is too long: at most {MAX_NAME_CHARS} characters and "
+            f"{MAX_NAME_BYTES} bytes (UTF-8); rename the file"
+        )
+    if not name or name in (".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise DatasetError(
             f"invalid file name {raw[:80]!r}: send a plain file name such as 'train.jsonl'"
         )
@@ -119,7 +127,7 @@ async def receive_file(
             "send the data set as multipart/form-data with a part named 'file' "
             "(curl -F file=@train.jsonl)"
         )
-    state: dict = {"headers": {}, "name": b"", "value": b"", "target": None, "file": None}
+    state: dict = {"headers": {}, "name": b"", "value": b"", "file": None, "ended": False}
     out: dict = {}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -134,7 +142,13 @@ async def receive_file(
 
     def on_headers_finished() -> None:
         _, options = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        if options.get(b"name") == field.encode() and b"filename" in options and not out:
+        is_file = options.get(b"name") == field.encode() or b"filename" in options
+        if is_file and out:
+            raise DatasetError(
+                "more than one file in the request: send one data set per upload, as the part "
+                f"named {field!r}"
+            )
+        if options.get(b"name") == field.encode() and b"filename" in options:
             filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
             path = folder / local_name(filename)
             state["file"] = open(path, "wb")
@@ -144,6 +158,9 @@ async def receive_file(
         if state["file"] is not None:
             state["file"].write(data[start:end])
             out["size"] += end - start
+
+    def on_end() -> None:
+        state["ended"] = True
 
     def on_part_end() -> None:
         if state["file"] is not None:
@@ -160,6 +177,7 @@ async def receive_file(
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -171,6 +189,11 @@ async def receive_file(
     finally:
         if state["file"] is not None:
             state["file"].close()
+    if not state["ended"]:
+        raise DatasetError(
+            "the upload was cut off: the multipart body ends before its closing boundary; send "
+            "the file again"
+        )
     if not out:
         raise DatasetError("no file in the request: send it as the multipart part named 'file'")
     if out["size"] == 0:

@@ -8,6 +8,7 @@ so the schema never drifts from what the library accepts; ``TrainConfig`` itself
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal
 
@@ -43,7 +44,8 @@ def _config_model() -> type[BaseModel]:
     }
     # strict: 1 is not true and "5" is not 5; extra keys reach TrainConfig, which names the
     # closest valid one.
-    config = ConfigDict(strict=True, extra="allow", title="TrainConfig")
+    # NaN and Infinity are no value of any field (and JSON cannot carry them back).
+    config = ConfigDict(strict=True, extra="allow", title="TrainConfig", allow_inf_nan=False)
     return create_model("TrainConfigIn", __config__=config, **fields)
 
 
@@ -53,7 +55,7 @@ TrainConfigIn = _config_model()
 class DatasetChoice(BaseModel):
     """Which uploaded data set: by the file's name or by its id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset_filename: str | None = Field(
         default=None, max_length=200, description="an uploaded file's name (the newest upload)"
@@ -65,6 +67,8 @@ class DatasetChoice(BaseModel):
 
 class RunOptions(BaseModel):
     """What ``submit`` takes beside the configuration: they change nothing that trains."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     tags: list[str] | None = Field(
         default=None,
@@ -134,6 +138,13 @@ class UploadResponse(BaseModel):
     rows: int
     size_bytes: int
     warnings: list[str] = []
+
+
+class DatasetDeleted(BaseModel):
+    dataset_id: str
+    filename: str
+    bytes: int = Field(description="bytes freed in storage")
+    reservations_removed: int = Field(description="job ids reserved for it, now released")
 
 
 class JobResult(BaseModel):
@@ -259,6 +270,25 @@ class SweepRequest(DatasetChoice, RunOptions):
         default=None, strict=True, description="mode=random: the same seed draws the same runs"
     )
     config: TrainConfigIn = Field(default_factory=TrainConfigIn)  # type: ignore[valid-type]
+
+    @field_validator("values")
+    @classmethod
+    def _finite(cls, values: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """A swept value is any JSON value, so pydantic does not see a NaN or Infinity in it."""
+        for name, given in values.items():
+            if not all_finite(given):
+                raise ValueError(f"{name}: NaN and Infinity are not values to train with")
+        return values
+
+
+def all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(map(all_finite, value))
+    if isinstance(value, dict):
+        return all(map(all_finite, value.values()))
+    return True
 
 
 class SweepRun(BaseModel):

@@ -19,12 +19,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..client import TAG, Client
+from ..errors import JobNotFound
 from ..jobstore import FINAL, STATUSES
 from ..plots import loss_svg
 from ..spec import JOB_ID
 from ..sweeping import recent
-from .auth import COOKIE, token_ok
+from .auth import COOKIE, auth_of, signed_in, token_ok
 from .deps import get_client
+from .sessions import SESSION_SECONDS
 
 router = APIRouter(include_in_schema=False)
 SPARKLINE_ROWS = 20  # one metrics read per row: the newest rows get a sparkline
@@ -61,7 +63,9 @@ document.addEventListener('click', async (e) => {
   const b = e.target.closest('button.cancel');
   if (!b) return;
   b.disabled = true;
-  await fetch('/job/' + b.dataset.job, {method: 'DELETE', credentials: 'same-origin'});
+  const csrf = document.querySelector('meta[name=csrf-token]').content;
+  await fetch('/job/' + b.dataset.job,
+              {method: 'DELETE', credentials: 'same-origin', headers: {'X-CSRF-Token': csrf}});
   refresh();
 });
 if (every > 0) setInterval(() => refresh().catch(() => {}), every);
@@ -105,14 +109,30 @@ def cancel_button(s: dict[str, Any]) -> str:
 
 
 def layout(
-    title: str, live: str, *, final: bool = False, static: str = "", top: str = "", refresh: float
+    title: str,
+    live: str,
+    *,
+    final: bool = False,
+    static: str = "",
+    top: str = "",
+    refresh: float,
+    csrf: str = "",
 ) -> str:
-    """``top`` sits above the live part, which the script replaces: a form there keeps its text."""
+    """``top`` sits above the live part, which the script replaces: a form there keeps its text.
+    ``csrf`` is the session's token, which the script sends with what it changes; with a session
+    the header offers sign-out."""
+    out = (
+        "<form class='sign-out' method='post' action='/logout' style='display:inline'>"
+        "<button>Sign out</button></form>"
+        if csrf
+        else ""
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta name='csrf-token' content='{esc(csrf)}'>"
         f"<title>{esc(title)}</title><style>{STYLE}</style></head>"
         f"<body data-refresh='{refresh:g}'><header><a href='/'><b>ftkit</b></a> · {esc(title)}"
-        " · <a href='/docs'>API docs</a></header>"
+        f" · <a href='/docs'>API docs</a> {out}</header>"
         f"{top}<main id='live' data-final='{str(final).lower()}'>{live}</main>"
         f"<section class='static'>{static}</section><script>{SCRIPT}</script></body></html>"
     )
@@ -260,39 +280,60 @@ def sweeps_table(sweeps: list[dict[str, Any]], tag: str | None) -> str:
     )
 
 
-def sign_in(message: str = "") -> HTMLResponse:
+def sign_in(
+    message: str = "", *, status: int = 401, headers: dict[str, str] | None = None
+) -> HTMLResponse:
     form = (
         "<h2>Sign in</h2><p>This server needs its API token (FTKIT_API_TOKEN).</p>"
         f"<p style='color:crimson'>{esc(message)}</p>"
         "<form method='post' action='/login'><input type='password' name='token' "
         "autocomplete='current-password' size='40' autofocus> <button>Sign in</button></form>"
     )
-    return HTMLResponse(layout("sign in", form, refresh=0), status_code=401)
+    return HTMLResponse(layout("sign in", form, refresh=0), status_code=status, headers=headers)
 
 
-def signed_in(request: Request) -> bool:
-    header = request.headers.get("authorization", "")
-    offered = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-    return token_ok(request, offered)
+def csrf_of(request: Request) -> str:
+    session = auth_of(request)[1]
+    return session.csrf if session is not None else ""
 
 
 @router.post("/login")
 async def login(request: Request):
-    """Check the token once and keep it in an HttpOnly, SameSite=Strict cookie."""
-    token = parse_qs((await request.body()).decode("utf-8", "replace")).get("token", [""])[0]
+    """Check the token, start a session and keep its id in an HttpOnly, SameSite=Strict cookie.
+    A client that sent wrong tokens waits (429, Retry-After) before it may try again."""
     if not request.app.state.token:
         return RedirectResponse("/", status_code=303)  # nothing to sign in to
-    if not token_ok(request, token):
+    throttle, who = request.app.state.login_throttle, request.client.host if request.client else ""
+    wait = throttle.wait(who)
+    if wait:
+        message = f"too many wrong tokens: try again in {wait} s"
+        return sign_in(message, status=429, headers={"Retry-After": str(wait)})
+    token = parse_qs((await request.body()).decode("utf-8", "replace")).get("token", [""])[0]
+    if not token_ok(request.app.state.token, token):
+        throttle.failed(who)
         return sign_in("wrong token")
+    throttle.succeeded(who)
+    session = request.app.state.sessions.start()
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         COOKIE,
-        token,
+        session.id,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=30 * 24 * 3600,
+        max_age=SESSION_SECONDS,
     )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request):
+    """End the session here (its cookie no longer signs anyone in) and drop the cookie."""
+    session = auth_of(request)[1]
+    if session is not None:
+        request.app.state.sessions.end(session.id)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict")
     return response
 
 
@@ -325,7 +366,7 @@ def dashboard(
         f"<h3>Sweeps</h3>{sweeps_table(recent(client, SWEEP_ROWS, tag=tag), tag)}"
     )
     top = tag_form(status, tag, refused)
-    return HTMLResponse(layout("dashboard", live, top=top, refresh=refresh))
+    return HTMLResponse(layout("dashboard", live, top=top, refresh=refresh, csrf=csrf_of(request)))
 
 
 def about(s: dict[str, Any]) -> str:
@@ -334,7 +375,7 @@ def about(s: dict[str, Any]) -> str:
     parts = [
         f"tags {links}" if (links := tag_links(s.get("tags"))) else "",
         f"continues from <a class='parent' href='/ui/job/{esc(parent)}'>{esc(parent)}</a>"
-        if isinstance(parent, str) and JOB_ID.match(parent)
+        if isinstance(parent, str) and JOB_ID.fullmatch(parent)
         else "",
         f"<span class='note'>{esc(s['note'][:4000])}</span>"
         if isinstance(s.get("note"), str) and s["note"]
@@ -353,15 +394,21 @@ def job_page(
 ) -> HTMLResponse:
     if not signed_in(request):
         return sign_in()
-    if not JOB_ID.match(job_id):
-        return HTMLResponse(layout("no such job", "<p>no such job</p>", refresh=0), 404)
-    job = client.get_job(job_id)
-    s = job.status()
+    missing = HTMLResponse(layout("no such job", "<p>no such job</p>", refresh=0), 404)
+    if not JOB_ID.fullmatch(job_id):
+        return missing
+    try:
+        job = client.get_job(job_id)
+        s = job.status()
+    except JobNotFound:
+        return missing
     final = s["status"] in FINAL
     result = s.get("result") or {}
+    clean = request.app.state.redact.text
     error = (
-        f"<pre class='error' style='color:crimson;white-space:pre-wrap'>{esc(s.get('error'))}\n"
-        f"{esc((s.get('error_traceback') or '')[-3000:])}</pre>"
+        f"<pre class='error' style='color:crimson;white-space:pre-wrap'>"
+        f"{esc(clean(str(s.get('error'))))}\n"
+        f"{esc(clean(str(s.get('error_traceback') or ''))[-3000:])}</pre>"
         if s.get("error")
         else ""
     )
@@ -373,7 +420,7 @@ def job_page(
         + (f" · loss <b>{s['loss']:.4f}</b>" if s.get("loss") is not None else "")
         + f" · worker {esc(s.get('worker') or '-')} · attempt {esc(s.get('attempt') or 1)}</p>"
         f"{about(s)}{loss_svg(job.metrics(), width=640, height=220)}{error}"
-        f"<h3>Log</h3><pre class='logs'>{esc(chr(10).join(job.logs(30)))}</pre>"
+        f"<h3>Log</h3><pre class='logs'>{esc(clean(chr(10).join(job.logs(30))))}</pre>"
     )
     static = ""
     if final:
@@ -388,5 +435,12 @@ def job_page(
                 "</iframe>"
             )
     return HTMLResponse(
-        layout(f"job {job_id}", live, final=final, static=static, refresh=0 if final else refresh)
+        layout(
+            f"job {job_id}",
+            live,
+            final=final,
+            static=static,
+            refresh=0 if final else refresh,
+            csrf=csrf_of(request),
+        )
     )

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
@@ -21,6 +21,7 @@ from ... import jobstore
 from ...client import TAG, Client, Dataset
 from ...errors import ConfigError, JobActive, JobNotFound
 from ...spec import JOB_ID
+from .. import reservations
 from ..deps import get_client
 from ..models import (
     CancelResponse,
@@ -51,6 +52,8 @@ def pick_dataset(client: Client, req: DatasetChoice) -> Dataset:
     if isinstance(req, TrainRequest) and req.job_id is not None:
         try:
             reserved = client.reserved_dataset(req.job_id)
+            if client.store.get_field(req.job_id, "status") is None:  # not yet used
+                reservations.check_fresh(client, req.job_id)
         except JobNotFound as exc:
             raise ConfigError(
                 f"job_id {req.job_id!r} was not issued by POST /upload; leave it out to get a "
@@ -117,14 +120,29 @@ def train(req: TrainRequest, client: Client = Depends(get_client)) -> TrainRespo
     )
 
 
+def public(request: Request, status: dict[str, Any]) -> dict[str, Any]:
+    """A status as an HTTP client sees it: its error, traceback, result and data set paths
+    without ANSI codes or the server's folders."""
+    clean = request.app.state.redact
+    return {
+        **status,
+        **{
+            k: clean.deep(status[k])
+            for k in ("error", "error_traceback", "result", "dataset")
+            if k in status
+        },
+    }
+
+
 @router.get("/status/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
-def status(job_id: str = JobIdPath, client: Client = Depends(get_client)) -> dict:
+def status(request: Request, job_id: str = JobIdPath, client: Client = Depends(get_client)) -> dict:
     """The same fields as ``job.status()`` in a notebook."""
-    return client.get_job(job_id).status()
+    return public(request, client.get_job(job_id).status())
 
 
 @router.get("/jobs", response_model=JobList)
 def list_jobs(
+    request: Request,
     status: Status | None = Query(default=None),
     tag: str | None = TagQuery,
     limit: int = Query(default=50, ge=1, le=500),
@@ -133,8 +151,9 @@ def list_jobs(
 ) -> JobList:
     """Jobs newest first, optionally with one status and one tag (read through the tag's index);
     ``offset`` pages through them."""
+    found = client.jobs(status=status, limit=limit, offset=offset, tag=tag)
     return JobList(
-        jobs=client.jobs(status=status, limit=limit, offset=offset, tag=tag),  # type: ignore[arg-type]
+        jobs=[public(request, s) for s in found],  # type: ignore[misc]
         total=None if tag else client.count_jobs(status),
         limit=limit,
         offset=offset,
@@ -248,7 +267,12 @@ def report(job_id: str = JobIdPath, client: Client = Depends(get_client)) -> HTM
     """The executed notebook, rendered. Served sandboxed: its content cannot script this origin."""
     return HTMLResponse(
         client.get_job(job_id).report_html(),
-        headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"},
+        headers={
+            # framed by the job page only; sandboxed, so its content is no script of this origin
+            "Content-Security-Policy": "sandbox; frame-ancestors 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
@@ -264,6 +288,7 @@ def metrics(
 
 @router.get("/logs/{job_id}", response_model=Logs, responses=NOT_FOUND)
 def logs(
+    request: Request,
     job_id: str = JobIdPath,
     n: int = Query(default=100, ge=1, le=500, description="without cursor: this many last lines"),
     cursor: int | None = Query(
@@ -280,10 +305,12 @@ def logs(
     status = client.get_job(job_id).status()["status"]  # first: JobNotFound; reaps an orphan
     store = client.store
     lines, after = store.logs_since(job_id, cursor or 0)
+    lines = request.app.state.redact.deep(lines)
     ended = status in jobstore.FINAL
     if cursor is None:
         return Logs(job_id=job_id, lines=lines[-n:], cursor=after, status=status, ended=ended)
     if ended and not lines:  # read on until quiet, as job.logs(follow=True) does
         time.sleep(QUIET_SECONDS)
         lines, after = store.logs_since(job_id, after)
+        lines = request.app.state.redact.deep(lines)
     return Logs(job_id=job_id, lines=lines, cursor=after, status=status, ended=ended and not lines)

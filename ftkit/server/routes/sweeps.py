@@ -18,6 +18,7 @@ from ...errors import ConfigError, JobExists
 from ...report import best_row
 from ...spec import JOB_ID
 from ...sweeping import MISSING, create, get, recent
+from .. import errors
 from ..deps import get_client
 from ..models import (
     BestRun,
@@ -73,8 +74,9 @@ def create_sweep(req: SweepRequest, client: Client = Depends(get_client)) -> Swe
     except ConfigError as exc:
         if isinstance(exc, JobExists):
             raise
+        where = located(errors.field_of(exc), req, config)
         raise RequestValidationError(
-            [{"loc": located(exc.field, req, config), "msg": str(exc), "type": "value_error"}]
+            [{"loc": where, "msg": errors.message(exc), "type": "value_error"}]
         ) from exc
     return SweepCreated(
         sweep_id=sweep.id,
