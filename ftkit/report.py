@@ -176,9 +176,9 @@ def find_pip_target_templates() -> list[str]:
     found = [
         str(share)
         for entry in dict.fromkeys(sys.path)
-        if (share := Path(entry or ".") / "share" / "jupyter").joinpath(
-            "nbconvert", "templates", "lab"
-        ).is_dir()
+        if (share := Path(entry or ".") / "share" / "jupyter")
+        .joinpath("nbconvert", "templates", "lab")
+        .is_dir()
     ]
     known = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
     added = [f for f in found if f not in known]

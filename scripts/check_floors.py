@@ -52,7 +52,9 @@ def main() -> int:
     for name, floor in sorted(floors(args.extra).items()):
         got = locked.get(name)
         if got is None:
-            print(f"  {name}: not in {args.lockfile.name} (a requirement that does not apply here?)")
+            print(
+                f"  {name}: not in {args.lockfile.name} (a requirement that does not apply here?)"
+            )
             continue
         if Version(got.base_version) == floor or name in exempt:
             why = f" (exempt: {exempt[name]})" if Version(got.base_version) != floor else ""
