@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import re
 import subprocess
@@ -87,6 +88,8 @@ def _from_pyproject(extras: tuple[str, ...]) -> list[str]:
 
 def version_problems(extras: tuple[str, ...] = ("worker",)) -> list[Problem]:
     """Each of ftkit's requirements that is missing or installed at a version outside its range."""
+    if importlib.util.find_spec("packaging") is None:  # every package of the worker's needs it
+        return [Problem("packaging", "is not installed: the worker's stack is not", INSTALL)]
     problems = []
     for req in declared_requirements(extras):
         spec = f"{req.name}{req.specifier}"
