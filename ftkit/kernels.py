@@ -1,17 +1,30 @@
-"""Warm notebook kernels for a worker: one is started and has torch, transformers, trl and peft
-imported while the worker waits, so a job's notebook starts training at once. Each kernel runs one
-job and is then shut down (no state crosses jobs); its replacement warms in the background, at idle
-CPU priority where the system lets it return to normal afterwards: on a machine with few cores the
-warm-up then uses only CPU time the running job leaves."""
+"""Kernels for a worker's jobs, one fresh kernel per job (no state crosses jobs), started warm:
+torch, transformers, trl and peft already imported, so a job's notebook starts training at once.
+
+Two ways, chosen by ``KernelPool``:
+- **fork** (no CUDA device visible, Linux): a zygote process (``ftkit.zygote``) imports the stack
+  once at the worker's start and forks each job's kernel in milliseconds. Nothing warms beside a
+  running job.
+- **spare** (a CUDA worker, where a process that touched CUDA cannot fork kernels that use it):
+  one spare kernel, warmed while the worker is idle (at its start, and after each job ends),
+  never while a job trains; on a CUDA worker its warm-up imports unsloth and bitsandbytes too.
+``FTKIT_WARM_KERNEL=0`` starts every kernel cold (the tests' short-lived workers).
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("ftkit.kernels")
@@ -136,6 +149,12 @@ def shutdown(km) -> None:
 
 
 def kernel_pid(km) -> int | None:
+    """The kernel's process: a forked kernel's own (its stand-in wrote it beside the connection
+    file), else the process the kernel manager started."""
+    try:
+        return int(Path(km.connection_file + ".kernel-pid").read_text())
+    except (OSError, ValueError, TypeError):
+        pass
     process = getattr(km.provisioner, "process", None)
     return getattr(process, "pid", None)
 
@@ -156,15 +175,130 @@ def kill_kernel(km) -> bool:
     return True
 
 
+def cuda_visible() -> bool:
+    """Whether this machine shows a CUDA device to the worker, asked without touching CUDA here."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GPU" in listed
+
+
+class ForkServer:
+    """The worker's zygote (``ftkit.zygote``): started warm-up first, then a kernel per job forked
+    from it. Started from the worker's main thread: the zygote dies with the thread that started
+    it (``PR_SET_PDEATHSIG``), and the main thread lives as long as the worker."""
+
+    def __init__(self, idle: bool = False):
+        self.folder = Path(tempfile.mkdtemp(prefix="ftkit-zygote-"))
+        self.socket = self.folder / "zygote.sock"
+        spec = self.folder / "kernels" / "ftkit-fork"
+        spec.mkdir(parents=True)
+        client = Path(__file__).with_name("forkclient.py")
+        (spec / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-S", str(client), "{connection_file}"],
+                    "display_name": "Python 3 (ftkit, forked)",
+                    "language": "python",
+                    "interrupt_mode": "signal",
+                    "env": {"FTKIT_ZYGOTE_SOCKET": str(self.socket)},
+                }
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        if idle:
+            env["FTKIT_ZYGOTE_IDLE"] = "1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ftkit.zygote", str(self.socket)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._ready = threading.Event()
+        self._said = threading.Event()  # ready, or it exited
+        self.problems: list[dict[str, str]] = []  # what its import check found (stack.Problem)
+        threading.Thread(target=self._read, name="ftkit-zygote", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.strip() == "ready":
+                self._ready.set()
+                self._said.set()
+            elif line.startswith("problem "):
+                self.problems.append(json.loads(line.removeprefix("problem ")))
+        self._said.set()
+
+    def checked(self, timeout: float) -> list[dict[str, str]]:
+        """Wait until the zygote is warm or has exited; the problems its import check found."""
+        self._said.wait(timeout)
+        return self.problems
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.process.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        """Until the zygote is warm (False: it died, or did not warm in time)."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+        return self.process.poll() is None
+
+    def kernel(self):
+        """A started kernel forked from the zygote (an AsyncKernelManager, as nbclient expects)."""
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        specs = KernelSpecManager(kernel_dirs=[str(self.folder / "kernels")])
+        km = AsyncKernelManager(kernel_name="ftkit-fork", kernel_spec_manager=specs)
+        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        run_sync(km.start_kernel)(env=env)
+        # the kernel's own pid, written by its stand-in once forked: what is watched or killed
+        pid_file = Path(km.connection_file + ".kernel-pid")
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file():
+            if not is_alive(km) or time.monotonic() > deadline:
+                shutdown(km)
+                raise RuntimeError("the zygote forked no kernel")
+            time.sleep(0.005)
+        return km
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class KernelPool:
-    """Holds one warm spare kernel. ``take()`` hands it over (or starts a cold one when the spare
-    is not ready) and begins warming the next one."""
+    """A warm kernel for each job: forked from a zygote where no CUDA device is visible, else a
+    warm spare, warmed only while the worker is idle. ``take()`` hands one over (or a cold one when
+    none is ready); ``idle()`` tells the pool a job has ended and it may warm again."""
 
     retry_seconds = 5.0  # the first back-off after a failed warm-up; it doubles, up to 5 minutes
 
-    def __init__(self, *, warm: bool | None = None):
+    def __init__(self, *, warm: bool | None = None, fork: bool | None = None):
         self.warm = os.environ.get("FTKIT_WARM_KERNEL", "1") != "0" if warm is None else warm
-        self.idle = self.warm and idle_priority_reversible()
+        if fork is None:
+            fork = (
+                self.warm
+                and sys.platform == "linux"
+                and os.environ.get("FTKIT_FORK_KERNELS", "1") != "0"
+                and not cuda_visible()
+            )
+        self.fork = bool(fork)
+        self.idle_priority = self.warm and idle_priority_reversible()
+        self.zygote: ForkServer | None = None
         self._spare: Any = None
         self._starting: Any = None  # the kernel being warmed, once it has a process
         self._wanted = False  # a job waits for the kernel being warmed
@@ -174,8 +308,24 @@ class KernelPool:
         self._failures = 0  # warm-ups that failed in a row
         self._retry_at: float | None = None  # when keep_warm() tries again after a failure
 
+    def import_problems(self, timeout: float = 900) -> list:
+        """What a job imports, imported for real before the worker takes a job: by the zygote's
+        own warm-up where there is one, else in a child process (``stack.check_in_child``).
+        unsloth alone takes about 40 s to import."""
+        from .stack import Problem, check_in_child
+
+        if self.zygote is not None:
+            return [Problem(**p) for p in self.zygote.checked(timeout)]
+        return check_in_child(timeout)
+
+    @property
+    def mode(self) -> str:
+        return "cold" if not self.warm else "fork" if self.fork else "spare"
+
     def start(self) -> KernelPool:
-        if self.warm:
+        if self.fork:
+            self.zygote = ForkServer(idle=self.idle_priority)
+        elif self.warm:
             self._warm_next()
         return self
 
@@ -188,7 +338,7 @@ class KernelPool:
 
         def run() -> None:
             try:
-                km = start_kernel(warm=True, on_started=started, idle=self.idle)
+                km = start_kernel(warm=True, on_started=started, idle=self.idle_priority)
             except Exception as exc:  # a busy machine, say: keep_warm() tries again later
                 with self._lock:
                     self._starting, self._failures = None, self._failures + 1
@@ -208,9 +358,37 @@ class KernelPool:
         self._warming = threading.Thread(target=run, name="ftkit-warm-kernel", daemon=True)
         self._warming.start()
 
+    def idle(self) -> None:
+        """A job has ended: warm the next spare now (spare mode), while no job trains."""
+        with self._lock:
+            due = (
+                self.warm
+                and not self.fork
+                and not self._closed
+                and self._spare is None
+                and self._retry_at is None
+                and not (self._warming is not None and self._warming.is_alive())
+            )
+        if due:
+            self._warm_next()
+
     def keep_warm(self) -> None:
-        """Called now and then (the worker's heartbeat): a warm-up that failed is tried again
-        after a back-off, so one bad moment does not leave the worker cold for good."""
+        """Called now and then while the worker is idle (its heartbeat): a warm-up that failed is
+        tried again after a back-off, so one bad moment does not leave the worker cold for good;
+        a zygote that died is started again."""
+        if self.fork:
+            if (
+                not self._closed
+                and self.zygote is not None
+                and self.zygote.process.poll() is not None
+            ):
+                log.warning(
+                    "the kernel zygote exited (%s): starting another",
+                    self.zygote.process.returncode,
+                )
+                self.zygote.close()
+                self.zygote = ForkServer(idle=self.idle_priority)
+            return
         with self._lock:
             due = (
                 self.warm
@@ -227,28 +405,40 @@ class KernelPool:
 
     @property
     def ready(self) -> bool:
-        """A warm spare is waiting."""
+        """A warm kernel is ready to hand over."""
+        if self.fork:
+            return self.zygote is not None and self.zygote.ready
         return self._spare is not None
 
     def take(self, wait: float = 120.0, *, backend: str = "auto"):
-        """A kernel for one job: the warm spare when it is (or soon will be) ready, at normal
-        priority from here on. A job that asked for ``backend="hf"`` never gets a spare that
-        imported unsloth: it starts a cold kernel and the spare waits for the next job."""
+        """A kernel for one job, at normal priority: forked from the zygote, or the warm spare
+        when it is (or soon will be) ready, else a cold one. A job that asked for
+        ``backend="hf"`` never gets a spare that imported unsloth: it starts a cold kernel and
+        the spare waits for the next job. Nothing starts warming here: ``idle()`` does, later."""
+        if self.fork:
+            return self._fork(wait)
         if backend == "hf" and self._spare is not None and WITH_UNSLOTH.get(self._spare):
             return start_kernel(warm=False)
         with self._lock:
             self._wanted, warming = True, self._starting
-        if warming is not None and self.idle:  # a job waits for it now: no background task
+        if warming is not None and self.idle_priority:  # a job waits for it now: no background
             set_idle(warming, False)
         if self.warm and self._warming is not None:
             self._warming.join(timeout=wait)
         with self._lock:
             km, self._spare, self._wanted = self._spare, None, False
-        if km is not None and self.idle:
+        if km is not None and self.idle_priority:
             set_idle(km, False)
-        if self.warm:
-            self._warm_next()
         return km if km is not None and is_alive(km) else start_kernel(warm=False)
+
+    def _fork(self, wait: float):
+        zygote = self.zygote
+        if zygote is not None and zygote.wait(wait):
+            try:
+                return zygote.kernel()
+            except Exception as exc:  # the zygote died meanwhile, say: this job starts cold
+                log.warning("could not fork a kernel (this job's starts cold): %s", exc)
+        return start_kernel(warm=False)
 
     def close(self) -> None:
         with self._lock:
@@ -256,3 +446,5 @@ class KernelPool:
             km, self._spare = self._spare, None
         if km is not None:
             shutdown(km)
+        if self.zygote is not None:
+            self.zygote.close()

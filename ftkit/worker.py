@@ -198,6 +198,8 @@ def execute_job(job_id: str) -> None:
         rt.jobs_done += 1
         shutil.rmtree(run_dir / "output" / "checkpoints", ignore_errors=True)
         shutil.rmtree(run_dir / "parent", ignore_errors=True)
+        if rt.kernels is not None:
+            rt.kernels.idle()  # the next job's kernel warms now, with no job beside it
 
 
 def patiently(fn, *args: Any) -> Any:
@@ -761,7 +763,7 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
                 missing=missing,
             )
             offset = offset + 200 if rt.store.count(jobs.QUEUED) > offset + 200 else 0
-            if rt.kernels is not None:
+            if rt.kernels is not None and rt.current_job is None:  # never beside a job
                 rt.kernels.keep_warm()
         except Exception as exc:  # a broker outage must not kill the worker: retry next beat
             log.warning("heartbeat failed: %s", exc)
@@ -841,27 +843,6 @@ def check_stack() -> None:
         raise StackProblem(stack.report(problems))
 
 
-class ImportCheck(threading.Thread):
-    """``stack.check_in_child`` beside the kernel's start: what a job imports, imported for real
-    before the worker takes one, in a child process (torch and unsloth stay out of the worker)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="ftkit-import-check", daemon=True)
-        self.problems: list[stack.Problem] = []
-
-    def run(self) -> None:
-        self.problems = stack.check_in_child()
-
-
-def stack_import_check() -> ImportCheck | None:
-    """The check, started; None where FTKIT_CHECK_IMPORTS=0 (the tests' many short workers)."""
-    if os.environ.get("FTKIT_CHECK_IMPORTS", "1") == "0":
-        return None
-    check = ImportCheck()
-    check.start()
-    return check
-
-
 def run_worker(
     settings: Settings | None = None, *, worker_id: str | None = None, drain: bool = False
 ) -> None:
@@ -873,17 +854,18 @@ def run_worker(
     settings = settings or Settings.from_env()
     os.environ.update(settings.to_env())  # the notebook kernels read the same settings
     check_stack()  # nbconvert and papermill, once here, not per job
-    imports = stack_import_check()
 
     from .kernels import KernelPool
     from .report import warm_up
 
     kernels = KernelPool().start()
-    if imports is not None:
-        imports.join()
-        if imports.problems:
+    # What a job imports, imported for real before the first job (FTKIT_CHECK_IMPORTS=0: not,
+    # for the tests' many short-lived workers).
+    if os.environ.get("FTKIT_CHECK_IMPORTS", "1") != "0":
+        problems = kernels.import_problems()
+        if problems:
             kernels.close()
-            raise StackProblem(stack.report(imports.problems))
+            raise StackProblem(stack.report(problems))
     if kernels.warm:  # FTKIT_WARM_KERNEL=0 (the tests' workers): no head start of either kind
         threading.Thread(target=warm_up, name="ftkit-warm-report", daemon=True).start()
 

@@ -42,6 +42,8 @@ RANK: dict[str, float] = {
     "ftkit.tinymodel": 3,
     "ftkit.plots": 3,
     "ftkit.output_log": 3,
+    "ftkit.forkclient": 0,
+    "ftkit.zygote": 3.5,
     # the queue, then the report, then the worker and the client
     "ftkit.queue": 4,
     "ftkit.report": 4.5,

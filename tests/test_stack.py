@@ -142,11 +142,13 @@ def test_a_worker_with_a_version_outside_ftkits_range_says_which_and_how_to_fix_
 
 
 @pytest.mark.slow
-def test_the_start_up_import_check_finds_what_only_a_real_import_of_the_stack_meets(tmp_path):
+@pytest.mark.parametrize("warm", ["0", "1"], ids=["child-process", "zygote"])
+def test_the_start_up_import_check_finds_what_only_a_real_import_of_the_stack_meets(tmp_path, warm):
     """safetensors is nobody's floor in ftkit, but transformers cannot import without it: the
-    check in a child process (torch never loads in the worker) finds it before any job."""
+    check finds it before any job, in a child process (torch never loads in the worker) or in the
+    warm kernels' zygote, which imports the same."""
     python = stack_venv(tmp_path / "venv", without=("safetensors",))
-    env = fresh_env(tmp_path, FTKIT_HOME=str(tmp_path / "home"), FTKIT_WARM_KERNEL="0")
+    env = fresh_env(tmp_path, FTKIT_HOME=str(tmp_path / "home"), FTKIT_WARM_KERNEL=warm)
     out = subprocess.run(
         [str(python), "-m", "ftkit.cli", "worker"],
         env=env,
