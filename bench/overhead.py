@@ -1,9 +1,11 @@
-"""The fixed cost of a job: one ftkit job (submit -> the client sees `completed`, worker running with
-a warm kernel) beside the same work inside a warm process (bench/bare_train.py's seconds after its
-imports: load the model, build the data set, train, save the adapter), interleaved in one run; the
-difference is what ftkit adds, broken down by phase: queue wait, claim, staging, kernel hand-off,
-each section of the template (papermill's per-cell times in the executed report), report
-rendering, upload, status propagation.
+"""What a job costs beyond its work: one ftkit job (submit -> the client sees it ended, a warm
+worker) beside the same work in a warm Python process (bench/bare_train.py: ftkit's own
+load_model, prepare_data, fit and save_adapter after the imports), interleaved in one run. The
+headline is the whole job minus the whole work, **training included**; then the job's training
+speed from its first step against the warm process's (steps/s over every step, steps 1-10
+included), and where the job's time goes: queue wait, claim, staging, kernel hand-off, each
+section of the template (papermill's per-cell times in the executed report), upload, report,
+status propagation.
 
     python bench/overhead.py [--steps 60] [--repeat 3] [--redis]
 """
@@ -36,9 +38,9 @@ from common import (
 )
 
 
-def bare_run(model, out, steps: int) -> tuple[float, float]:
-    """The same training in a process: its seconds after the imports (what a warm process pays),
-    and the seconds of trainer.train() among them."""
+def bare_run(model, out, steps: int) -> dict[str, Any]:
+    """The same work in a process: its seconds after the imports (what a warm process pays),
+    trainer.train()'s among them, and the seconds at each step's log."""
     done = subprocess.run(
         [
             sys.executable,
@@ -53,7 +55,19 @@ def bare_run(model, out, steps: int) -> tuple[float, float]:
         text=True,
     )
     found = dict(re.findall(r"(\w+)=([\d.]+)", done.stdout))
-    return float(found["warm_seconds"]), float(found["train_seconds"])
+    step_times = json.loads(done.stdout.split("STEPS ", 1)[1].splitlines()[0])
+    return {
+        "wall": float(found["warm_seconds"]),
+        "train": float(found["train_seconds"]),
+        "steps_per_s": steps_per_second(step_times),
+    }
+
+
+def steps_per_second(step_times: list) -> float:
+    """Steps over the seconds from the start of training to the last step's log: every step,
+    the first ones included."""
+    last_step, last_time = step_times[-1]
+    return last_step / last_time
 
 
 def _ts(text: str) -> float:
@@ -120,8 +134,10 @@ def one_job(client, ds, model, steps: int, log: Path, work: Path, since: float) 
         "status recorded (finish)": worker.get("finish", 0.0),
         "status propagation (recorded -> client sees it)": seen - record["finished_at"],
     }
+    rows = [r for r in client.store.metrics(job.id) if "loss" in r]
     return {
         "wall": seen - started,
+        "steps_per_s": steps_per_second([(r["step"], r["time"]) for r in rows]),
         "train": record["result"]["training_duration_seconds"],
         "breakdown": breakdown,
         "notebook_span": notebook_span,
@@ -165,53 +181,59 @@ def main() -> None:
                         )
                     )
                     ended = time.time()
-        walls = [j["wall"] for j in jobs]
-        raw = [j["wall"] - b[0] for j, b in zip(jobs, bare)]
-        # Training is the same work on both sides, and its run-to-run spread on a shared machine
-        # is larger than what is measured here: take it out of both (training_loop.py compares it).
-        fixed = [(j["wall"] - j["train"]) - (b[0] - b[1]) for j, b in zip(jobs, bare)]
-        b = statistics.median(x[0] for x in bare)
-        j, f, r = statistics.median(walls), statistics.median(fixed), statistics.median(raw)
-        threads = args.torch_threads or "default"
-
-        def runs(values) -> str:
-            return ", ".join(f"{x:.2f}" for x in values)
-
-        print(
-            f"{args.steps}-step tiny-model job on {broker}, warm worker, torch threads {threads}; "
-            f"median of {args.repeat} interleaved pairs:"
-        )
-        print(f"  same work in a warm process       {b:6.2f} s  (runs: {runs(x[0] for x in bare)})")
-        print(
-            f"    of which trainer.train()        {statistics.median(x[1] for x in bare):6.2f} s  (runs: {runs(x[1] for x in bare)})"
-        )
-        print(f"  ftkit job, submit -> seen ended   {j:6.2f} s  (runs: {runs(walls)})")
-        print(
-            f"    of which trainer.train()        {statistics.median(x['train'] for x in jobs):6.2f} s  (runs: {runs(x['train'] for x in jobs)})"
-        )
-        print(f"  difference                        {r:6.2f} s  (runs: {runs(raw)})")
-        print(f"  fixed cost, training taken out    {f:6.2f} s  (runs: {runs(fixed)})")
-        print("  where the job's time goes (median s, min-max):")
-        for name in jobs[0]["breakdown"]:
-            values = [x["breakdown"].get(name, 0.0) for x in jobs]
-            print(
-                f"    {name:48} {statistics.median(values):6.2f}  ({min(values):.2f}-{max(values):.2f})"
-            )
-        print(
-            "RESULT "
-            + json.dumps(
-                {
-                    f"job fixed cost: ftkit job (submit -> seen ended, warm worker) minus the same "
-                    f"work in a warm process, trainer.train() taken out of both; {args.steps}-step "
-                    f"tiny job, {broker}, N={args.repeat}": (
-                        f"{f:.2f} s (range {min(fixed):.2f}-{max(fixed):.2f}); with training: job "
-                        f"{j:.2f} s vs {b:.2f} s"
-                    )
-                }
-            )
-        )
+        report(jobs, bare, args, broker)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report(jobs: list[dict], bare: list[dict], args, broker: str) -> None:
+    """The table, and the RESULT lines run_all.py collects."""
+    med = statistics.median
+
+    def runs(values) -> str:
+        return ", ".join(f"{x:.2f}" for x in values)
+
+    extra = [j["wall"] - b["wall"] for j, b in zip(jobs, bare)]
+    speed = [j["steps_per_s"] / b["steps_per_s"] for j, b in zip(jobs, bare)]
+    threads = args.torch_threads or "default"
+    print(
+        f"{args.steps}-step tiny-model job on {broker}, warm worker, torch threads {threads}; "
+        f"median of {args.repeat} interleaved pairs:"
+    )
+    rows = [
+        ("same work in a warm process (load, data, train, save)", [b["wall"] for b in bare]),
+        ("  of which trainer set-up and train()", [b["train"] for b in bare]),
+        ("ftkit job, submit -> seen ended", [j["wall"] for j in jobs]),
+        ("  of which trainer set-up and train()", [j["train"] for j in jobs]),
+        ("**the job beyond the work (headline)**", extra),
+    ]
+    for name, values in rows:
+        print(f"  {name:58} {med(values):6.2f} s  (runs: {runs(values)})")
+    print(
+        f"  {'steps/s from step 1, job / warm process':58} {med(speed):6.3f}    (runs: {runs(speed)}; "
+        f"job {med(j['steps_per_s'] for j in jobs):.1f}, warm process "
+        f"{med(b['steps_per_s'] for b in bare):.1f} steps/s)"
+    )
+    print("  where the job's time goes (median s, min-max):")
+    for name in jobs[0]["breakdown"]:
+        values = [x["breakdown"].get(name, 0.0) for x in jobs]
+        print(f"    {name:52} {med(values):6.2f}  ({min(values):.2f}-{max(values):.2f})")
+    label = f"{args.steps}-step tiny job, {broker}, N={args.repeat}"
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                f"a job beyond its work: submit -> seen ended minus the same work (load, data, "
+                f"training, save) in a warm process; {label}": (
+                    f"{med(extra):.2f} s (range {min(extra):.2f}-{max(extra):.2f}); job "
+                    f"{med(j['wall'] for j in jobs):.2f} s vs {med(b['wall'] for b in bare):.2f} s"
+                ),
+                f"training speed from step 1, job / warm process; {label}": (
+                    f"{med(speed):.3f} (range {min(speed):.3f}-{max(speed):.3f})"
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
