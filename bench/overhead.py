@@ -7,7 +7,10 @@ included), and where the job's time goes: queue wait, claim, staging, kernel han
 section of the template (papermill's per-cell times in the executed report), upload, report,
 status propagation.
 
-    python bench/overhead.py [--steps 60] [--repeat 3] [--redis]
+    python bench/overhead.py [--steps 60] [--repeat 3] [--redis] [--spare]
+
+``--spare``: the worker keeps a warm spare kernel (a CUDA worker's way, warmed after each job)
+instead of forking kernels from its zygote.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--redis", action="store_true")
+    parser.add_argument("--spare", action="store_true", help="a warm spare, not forked kernels")
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -162,6 +166,9 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
     work = workdir()
     broker = "redis" if args.redis else "sqlite"
+    if args.spare:  # read by the worker's KernelPool
+        os.environ["FTKIT_FORK_KERNELS"] = "0"
+        broker += ", spare kernel (a CUDA worker's way)"
     try:
         model = tiny_model(work)
         with redis_server() as url:

@@ -24,6 +24,7 @@ BENCHES = [
     ("monitoring.py", [], ["--sizes", "1000,5000", "--repeat", "5"]),
     ("overhead.py", ["--repeat", "5"], ["--repeat", "1"]),
     ("overhead.py", ["--repeat", "5", "--redis"], ["--repeat", "1", "--redis"]),
+    ("overhead.py", ["--repeat", "3", "--spare"], ["--repeat", "1", "--spare"]),
     ("latency.py", ["--jobs", "20", "--cold-jobs", "5"], ["--jobs", "3", "--cold-jobs", "1"]),
     ("throughput.py", ["--jobs", "202"], ["--jobs", "6"]),
     ("training_loop.py", ["--steps", "200", "--repeat", "5"], ["--steps", "60", "--repeat", "1"]),
