@@ -26,6 +26,7 @@ import selectors
 import signal
 import socket
 import sys
+import traceback
 
 PR_SET_PDEATHSIG = 1
 
@@ -105,23 +106,35 @@ def serve(path: str) -> None:
         for key, _ in selector.select(timeout=0.05):
             if key.fileobj is listener:
                 conn, _ = listener.accept()
-                message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-                while not message.endswith(b"\n"):
-                    message += conn.recv(1 << 20)
+                try:
+                    request, fds = receive(conn)
+                except (OSError, ValueError) as exc:  # a client that died mid-request
+                    print(f"ftkit zygote: a request failed: {exc}", file=sys.stderr, flush=True)
+                    conn.close()
+                    continue
                 pid = os.fork()
                 if pid == 0:
+                    status = 1
                     try:
                         selector.close()
                         listener.close()
                         for other in kernels:
                             other.close()
                         conn.close()
-                        run_kernel(json.loads(message), fds)
+                        run_kernel(request, fds)
+                        status = 0
+                    except BaseException:
+                        traceback.print_exc()
                     finally:
-                        os._exit(0)
+                        os._exit(status)
                 for fd in fds:
                     os.close(fd)
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                try:
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                except OSError:  # its client is gone: so is the kernel
+                    os.kill(pid, signal.SIGKILL)
+                    conn.close()
+                    continue
                 kernels[conn] = pid
                 selector.register(conn, selectors.EVENT_READ)
             else:  # the client sends nothing more: readable means it has gone
@@ -134,6 +147,26 @@ def serve(path: str) -> None:
                         pass
                     conn.close()
         reap(kernels, selector)
+
+
+def receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """A client's request (a JSON line) and its three file descriptors."""
+    conn.settimeout(30)
+    message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+    try:
+        while not message.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                raise ValueError("the request ended early")
+            message += more
+        conn.settimeout(None)
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} file descriptors, not 3")
+        return json.loads(message), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def reap(kernels: dict[socket.socket, int], selector: selectors.BaseSelector) -> None:
