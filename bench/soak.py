@@ -330,8 +330,8 @@ class Soak:
                 record = self.client.store.get(job)
                 step = record.get("current_step") or 0
                 if record["status"] == "training" and 1 <= step <= self.args.steps * 2 // 3:
-                    try:
-                        if psutil.Process(pid).ppid() == w["pid"]:
+                    try:  # the worker's kernel: its child, or its zygote's (a forked kernel)
+                        if w["pid"] in {p.pid for p in psutil.Process(pid).parents()}:
                             return job, pid, step
                     except psutil.Error:
                         pass

@@ -253,3 +253,18 @@ def test_a_4bit_job_on_a_cpu_worker_fails_at_once_saying_what_to_change(
     final = job.wait(timeout=180, progress=False)
     assert final["status"] == "failed" and final["current_step"] in (None, 0)
     assert "load_in_4bit=True" in final["error"] and "no CUDA device" in final["error"]
+
+
+def test_a_bitsandbytes_older_than_transformers_accepts_counts_as_none(tmp_path, monkeypatch):
+    """transformers 5 refuses 4-bit loading below bitsandbytes 0.46.1: such an install is no
+    4-bit ability, and a job asking for it is told which version it has and which it needs."""
+    info = tmp_path / "bitsandbytes-0.45.5.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.45.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    machine = probe(import_unsloth=False)
+    assert machine.bitsandbytes_version == "0.45.5" and not machine.bitsandbytes
+    a100 = Machine(cuda=True, capability=(8, 0), name="NVIDIA A100", bitsandbytes_version="0.45.5")
+    assert choose_4bit(None, a100) is False  # unset: 16 bits, not a refusal at load time
+    with pytest.raises(ConfigError, match=r"bitsandbytes>=0.46.1, and bitsandbytes 0.45.5 is"):
+        choose_4bit(True, a100)

@@ -26,7 +26,9 @@ def test_no_job_is_lost_stuck_or_trained_twice_through_every_kind_of_fault():
     faults = ["--worker-kills=2", "--worker-kill-during=training,end", "--kernel-kills=1"]
     faults += ["--redis-kills=1", "--outages=1"]
     soak = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "soak.py"), "--jobs=4", "--steps=12", *faults]
+        # 60 steps: each fault needs a job mid-training to strike, and a job's kernel now starts
+        # warm in half a second, so training is most of a job
+        [sys.executable, str(REPO / "bench" / "soak.py"), "--jobs=4", "--steps=60", *faults]
         + ["--fault-gap=2", "--submit-gap=3", "--outage-seconds=6", "--deadline=900"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -63,6 +63,21 @@ def fresh_settings(env: dict[str, str]) -> Settings:
     return Settings.from_env(env)
 
 
+def worker_that_refuses(python: Path, env: dict[str, str]) -> str:
+    """Run `ftkit worker` with this python; it must exit with code 3 (its stack refused): what
+    it said."""
+    out = subprocess.run(
+        [str(python), "-m", "ftkit.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = out.stdout + out.stderr
+    assert out.returncode == 3, said
+    return said
+
+
 # -- ranges that are true ---------------------------------------------------------------------------
 def test_checkpointing_is_asked_for_under_the_name_this_transformers_has():
     from trl import SFTConfig
@@ -132,15 +147,7 @@ def test_a_worker_missing_a_needed_package_names_it_and_takes_no_job(
 
     client = Client(fresh_settings(env))
     job = client.submit(client.upload_dataset(EXAMPLE_DATA), base_model=str(tiny_model))
-    out = subprocess.run(
-        [str(python), "-m", "ftkit.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    said = out.stdout + out.stderr
-    assert out.returncode == 3, said
+    said = worker_that_refuses(python, env)
     assert "the worker cannot run jobs with what is installed here" in said
     assert said_of_it in said and f"fix: pip install {missing}" in said
     assert "Traceback" not in said
@@ -151,15 +158,7 @@ def test_a_worker_missing_a_needed_package_names_it_and_takes_no_job(
 def test_a_worker_with_a_version_outside_ftkits_range_says_which_and_how_to_fix_it(tmp_path):
     python = stack_venv(tmp_path / "venv", fake={"transformers": "4.57.6"})
     env = fresh_env(tmp_path, FTKIT_HOME=str(tmp_path / "home"))
-    out = subprocess.run(
-        [str(python), "-m", "ftkit.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    said = out.stdout + out.stderr
-    assert out.returncode == 3, said
+    said = worker_that_refuses(python, env)
     assert "transformers: 4.57.6 is installed, and ftkit needs <6,>=5.0" in said
     assert "fix: pip install 'transformers<6,>=5.0'" in said
 
@@ -172,15 +171,7 @@ def test_the_start_up_import_check_finds_what_only_a_real_import_of_the_stack_me
     warm kernels' zygote, which imports the same."""
     python = stack_venv(tmp_path / "venv", without=("safetensors",))
     env = fresh_env(tmp_path, FTKIT_HOME=str(tmp_path / "home"), FTKIT_WARM_KERNEL=warm)
-    out = subprocess.run(
-        [str(python), "-m", "ftkit.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    said = out.stdout + out.stderr
-    assert out.returncode == 3, said
+    said = worker_that_refuses(python, env)
     assert "`import transformers` fails" in said
     assert "safetensors (transformers -> safetensors)" in said and "pip install safetensors" in said
 

@@ -52,6 +52,11 @@ def test_packing_trains_padding_free(tiny_model, tmp_path):
         tiny_model, tmp_path, TEST_DATA / "alpaca_en_demo.json", "alpaca", packing=True
     )
     assert result["global_step"] == 3 and trainer.args.padding_free
+    # packed rows keep their label masks: only the answers are trained on (trl before 1.7 dropped
+    # the labels column when packing, and trained on the prompts too)
+    batch = next(iter(trainer.get_train_dataloader()))
+    masked = (batch["labels"] == -100).sum().item()
+    assert 0 < masked < batch["labels"].numel(), "no prompt token is masked in a packed batch"
 
 
 def test_validation_split_logs_eval_loss(tiny_model, tmp_path):
