@@ -34,7 +34,18 @@ BENCHES = [
     ("storage.py", ["--mb", "512", "--repeat", "3"], ["--mb", "40", "--repeat", "1"]),
     (
         "soak.py",
-        ["--jobs", "6", "--steps", "20", "--worker-kills", "3"]
+        [
+            "--jobs",
+            "6",
+            "--steps",
+            "300",
+            "--worker-kills",
+            "3",
+            "--fault-gap",
+            "4",
+            "--submit-gap",
+            "3",
+        ]
         + ["--worker-kill-during", "job,training,end"],
         ["--jobs", "4"] + [f"--{k}=1" for k in SOAK_FAULTS],
     ),

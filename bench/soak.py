@@ -120,9 +120,12 @@ class Proxy:
         with self.lock:
             conns, self.conns = self.conns, set()
         for conn in conns:
-            conn.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
+            try:  # reset, not a clean close: the client sees the outage at once
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+            except OSError:  # its pump closed it meanwhile
+                continue
             _close(conn)
 
     def _accept(self, server: socket.socket) -> None:

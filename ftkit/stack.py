@@ -38,8 +38,6 @@ WORKER_MODULES = (
     "matplotlib",
     "psutil",
 )
-# A module whose distribution has another name.
-DISTRIBUTION = {"ipykernel": "ipykernel", "nbclient": "nbclient"}
 INSTALL = "pip install 'ftkit[worker]'"
 
 
@@ -152,7 +150,7 @@ def import_problem(module: str) -> Problem | None:
         return None
     except Exception as exc:  # ImportError, and the NameError a half-installed package raises
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    distribution = DISTRIBUTION.get(module, module)
+    distribution = module  # each of WORKER_MODULES is its distribution's name
     needs = missing_needs(distribution)
     if needs:
         names = " ".join(sorted({n.split(" ")[0] for n in needs}))
