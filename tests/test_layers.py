@@ -56,6 +56,7 @@ RANK: dict[str, float] = {
     "ftkit.widgets": 6,
     "ftkit.runs_widgets": 6.5,
     "ftkit": 7,
+    "ftkit.server.asgi": 8.0,
     "ftkit.server.sessions": 8.05,
     "ftkit.server.redact": 8.05,
     "ftkit.server.reservations": 8.05,

@@ -13,13 +13,13 @@ its job pages, the docs, sign-in and sign-out) answer a stranger with the sign-i
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .asgi import send_json
 from .sessions import Session, Sessions
 
 COOKIE = "ftkit_session"
@@ -79,19 +79,9 @@ class AuthGate:
         kind, session = identify(self.token, self.sessions, dict(scope["headers"]))
         scope[SCOPE_KEY] = (kind, session)
         if kind is None and not is_page(scope["path"]):
-            body = json.dumps({"detail": UNAUTHORIZED}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
+            await send_json(
+                send, 401, {"detail": UNAUTHORIZED}, ((b"www-authenticate", b"Bearer"),)
             )
-            await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
 

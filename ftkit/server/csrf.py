@@ -16,12 +16,12 @@ outside this server.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .asgi import send_json
 from .auth import SCOPE_KEY
 
 log = logging.getLogger("ftkit.server.csrf")
@@ -83,18 +83,7 @@ class SameOriginOnly:
             why = refusal(scope, dict(scope["headers"]), self.trusted)
             if why is not None:
                 log.warning("refused %s %s: %s", scope["method"], scope["path"], why)
-                body = json.dumps({"detail": f"cross-origin request refused: {why}"}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json(send, 403, {"detail": f"cross-origin request refused: {why}"})
                 return
         await self.app(scope, receive, send)
 

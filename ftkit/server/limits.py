@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import DatasetError
+from .asgi import send_json
 
 KNOWN_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet")
 MAX_NAME_CHARS, MAX_NAME_BYTES = 200, 255  # a file name longer than 255 bytes cannot be stored
@@ -66,19 +67,8 @@ class BodyLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = f'{{"detail":"request body larger than the limit of {limit} bytes"}}'.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    detail = f"request body larger than the limit of {limit} bytes"
+    await send_json(send, 413, {"detail": detail}, ((b"connection", b"close"),))
 
 
 @dataclass
