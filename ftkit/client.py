@@ -639,7 +639,11 @@ class Job:
 
         adapter = self._adapter_dir()
         base = self.status()["config"]["base_model"]
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        with warnings.catch_warnings():  # peft's own use of a name transformers 5.23 renamed
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
         if device:
             model = model.to(device)
         return model.eval(), AutoTokenizer.from_pretrained(adapter)
