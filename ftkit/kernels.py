@@ -29,17 +29,13 @@ from typing import Any
 
 log = logging.getLogger("ftkit.kernels")
 
+# One warm-up for both ways: what the zygote imports before it forks, a spare imports too (after
+# unsloth and bitsandbytes on a CUDA worker, which only a spare kernel ever meets).
 WARM_UP = """\
 import ftkit.device
 _ftkit_unsloth = ftkit.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
-import torch, transformers, trl, peft, datasets, matplotlib
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import SFTConfig, SFTTrainer
-from peft import LoraConfig, get_peft_model
-import ftkit.train, ftkit.data, ftkit.data.render, ftkit.device
-ftkit.train.warm_up()
-del torch, transformers, trl, peft, datasets, matplotlib, AutoModelForCausalLM, AutoTokenizer
-del SFTConfig, SFTTrainer, LoraConfig, get_peft_model
+import ftkit.train, ftkit.data.render, ftkit.zygote  # what every job runs
+ftkit.zygote.warm_up()
 """
 
 

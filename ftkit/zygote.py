@@ -40,9 +40,9 @@ def die_with_parent() -> None:
 
 
 def warm_up() -> None:
-    """What a job's cells would load, loaded once; nothing that starts a thread (a fork copies
-    only the thread that forks): torch computes on one thread here, and the kernel app, with its
-    ZeroMQ threads, is only imported."""
+    """What a job's cells would load, loaded once (also a spare kernel's warm-up, kernels.WARM_UP);
+    nothing that starts a thread (a fork copies only the thread that forks): torch computes on one
+    thread here, and the kernel app, with its ZeroMQ threads, is only imported."""
     import torch
 
     threads = torch.get_num_threads()
