@@ -10,7 +10,6 @@ import getpass
 import hashlib
 import importlib.util
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,6 +23,17 @@ from typing import Any, ClassVar, Literal, overload
 
 from . import jobstore as jobs
 from .config import Settings, TrainConfig
+from .core import statuses
+from .core.rules import (
+    check_attempts,
+    check_idempotency_key,
+    check_job_id,
+    check_note,
+    check_priority,
+    check_tags,
+    is_job_id,
+)
+from .core.rules import safe_name as _safe_name
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -35,8 +45,7 @@ from .errors import (
     WorkerExited,
     WorkerExitedWarning,
 )
-from .spec import check_model_path, is_job_id, secret_fingerprint, sign
-from .spec import safe_name as _safe_name
+from .spec import check_model_path, secret_fingerprint, sign
 from .storage import (
     DATASET_META,
     Storage,
@@ -224,14 +233,8 @@ class Client:
         attempts = check_attempts(
             self.settings.max_attempts if max_attempts is None else max_attempts
         )
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
-        ):
-            raise ConfigError(
-                "idempotency_key must be a string of 1-200 characters", field="idempotency_key"
-            )
-        if job_id is not None and not is_job_id(job_id):
-            raise ConfigError(f"job_id {job_id!r}: must be 12 lowercase hex digits", field="job_id")
+        check_idempotency_key(idempotency_key)
+        check_job_id(job_id)
         tags, note = check_tags(tags), check_note(note)
         parent = resume_from.id if isinstance(resume_from, Job) else resume_from
         cfg = resolve_config(config, fields)
@@ -244,7 +247,7 @@ class Client:
         now = time.time()
         record = {
             "job_id": job_id,
-            "status": jobs.QUEUED,
+            "status": statuses.QUEUED,
             "created_at": now,
             "queued_at": now,
             "max_attempts": attempts,
@@ -384,9 +387,9 @@ class Client:
     ) -> list[dict[str, Any]]:
         """Newest first; ``offset`` skips that many; ``tag`` keeps the jobs submitted with that
         tag. Read through indexes: a page costs what it shows, however many jobs there are."""
-        if status is not None and status not in jobs.STATUSES:
+        if status is not None and status not in statuses.STATUSES:
             raise ConfigError(
-                f"unknown status {status!r}; one of {', '.join(jobs.STATUSES)}", field="status"
+                f"unknown status {status!r}; one of {', '.join(statuses.STATUSES)}", field="status"
             )
         for name, value in (("limit", limit), ("offset", offset)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -420,7 +423,9 @@ class Client:
 
     def download(self, job_id: str, dest: str | os.PathLike) -> Path:
         record = self.store.get(job_id)
-        if record["status"] not in (jobs.COMPLETED, jobs.CANCELLED) or not record.get("result"):
+        if record["status"] not in (statuses.COMPLETED, statuses.CANCELLED) or not record.get(
+            "result"
+        ):
             raise JobFailed(f"job {job_id} has no adapter to download (status {record['status']})")
         return self.storage.get_dir(Storage.run_parts(job_id, "adapter"), Path(dest).expanduser())
 
@@ -442,7 +447,7 @@ class Client:
         if connected:
             try:
                 workers = len(self.store.workers())
-                queue_depth = self.store.count(jobs.QUEUED)  # kept, not counted: O(1)
+                queue_depth = self.store.count(statuses.QUEUED)  # kept, not counted: O(1)
             except Exception:
                 connected = False
         status = "unhealthy" if not connected else ("healthy" if workers else "degraded")
@@ -525,7 +530,7 @@ class Job:
 
     def status(self) -> dict[str, Any]:
         record = self._client.store.get(self.id)
-        if record["status"] in jobs.ACTIVE and self._client.reap_if_orphaned(record):
+        if record["status"] in statuses.ACTIVE and self._client.reap_if_orphaned(record):
             record = self._client.store.get(self.id)
         return public_status(record)
 
@@ -565,7 +570,7 @@ class Job:
                 return
             if ended:
                 continue
-            if self.status()["status"] in jobs.FINAL:
+            if self.status()["status"] in statuses.FINAL:
                 # The final event is written just after the final status: read on until quiet.
                 ended = True
                 time.sleep(poll)
@@ -584,7 +589,7 @@ class Job:
         from .lineage import newest_checkpoint
 
         record = self._client.store.get(self.id)
-        if record["status"] not in (jobs.FAILED, jobs.CANCELLED):
+        if record["status"] not in (statuses.FAILED, statuses.CANCELLED):
             raise ConfigError(
                 f"job {self.id} is {record['status']}: only a failed or cancelled job is retried"
             )
@@ -697,7 +702,7 @@ class Job:
                     status = self.status()
                     if progress:
                         bar = _update_bar(bar, status)
-                    if status["status"] in jobs.FINAL:
+                    if status["status"] in statuses.FINAL:
                         break
                     exited = watch.exited()
                     if exited is not None and raise_on_failure:
@@ -719,7 +724,7 @@ class Job:
             finally:
                 if bar is not None:
                     bar.close()
-        if raise_on_failure and status["status"] == jobs.FAILED:
+        if raise_on_failure and status["status"] == statuses.FAILED:
             raise JobFailed(f"job {self.id} failed: {status['error']}")
         return status
 
@@ -850,59 +855,6 @@ def local_model_path(name: str) -> Path | None:
     if name.startswith((".", "/", "~")) or path.is_dir():
         return path.resolve()
     return None
-
-
-def check_priority(priority: Any) -> int:
-    from .queue import MAX_PRIORITY
-
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
-        raise ConfigError(
-            f"priority={priority!r}: must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}",
-            field="priority",
-        )
-    return priority
-
-
-def check_attempts(attempts: Any) -> int:
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
-        raise ConfigError(
-            f"max_attempts={attempts!r}: must be an integer from 1 to 100", field="max_attempts"
-        )
-    return attempts
-
-
-TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
-MAX_TAGS, MAX_NOTE = 20, 4000
-
-
-def check_tags(tags: Any) -> list[str]:
-    """Tags as stored: short plain words (they name an index key), each once, in the given order."""
-    if tags is None:
-        return []
-    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
-        raise ConfigError(
-            f"tags={tags!r}: give a list of words, e.g. tags=['baseline', 'lr-sweep']",
-            field="tags",
-        )
-    for tag in tags:
-        if not isinstance(tag, str) or not TAG.fullmatch(tag):
-            raise ConfigError(
-                f"tag {tag!r}: a tag is 1-64 letters, digits or _ . : + = - and starts with a "
-                "letter or digit",
-                field="tags",
-            )
-    unique = list(dict.fromkeys(tags))
-    if len(unique) > MAX_TAGS:
-        raise ConfigError(f"{len(unique)} tags: at most {MAX_TAGS} per job", field="tags")
-    return unique
-
-
-def check_note(note: Any) -> str | None:
-    if note is None:
-        return None
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
-        raise ConfigError(f"note must be a string of at most {MAX_NOTE} characters", field="note")
-    return note
 
 
 def _looks_like_id(text: str) -> bool:

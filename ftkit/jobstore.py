@@ -27,21 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from .core.statuses import (
+    ACTIVE,
+    CANCELLED,
+    FINAL,
+    QUEUED,
+    STATUSES,
+    STOP_CANCEL,
+)
 from .errors import BrokerUnavailable, JobExists, JobNotFound
 
 log = logging.getLogger("ftkit.jobstore")
 
-QUEUED, PREPARING, TRAINING, SAVING = "queued", "preparing", "training", "saving"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-ACTIVE = (PREPARING, TRAINING, SAVING)
-FINAL = (COMPLETED, FAILED, CANCELLED)
-STATUSES = (QUEUED, *ACTIVE, *FINAL)
 LOG_LINES_KEPT = 500
-# Why a running job is asked to stop: read by the kernel with one cheap field read per poll.
-STOP_CANCEL, STOP_HANDOFF, STOP_TIMEOUT = "cancel", "handoff", "timeout"
-# Why a kernel stopped on its own: the record names another run of the job (another attempt or
-# worker) than the one it is, so it saves nothing and its worker leaves the job alone.
-STOPPED_SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -257,21 +255,6 @@ def running(record: dict[str, Any], live: dict[str, dict[str, Any]]) -> bool:
     if beat.get("current_job") == record["job_id"] or not isinstance(noted_at, (int, float)):
         return True
     return not isinstance(claimed_at, (int, float)) or noted_at <= claimed_at + 1.0
-
-
-def through_outages(fn, *args: Any, patience: float = 600.0, **kwargs: Any) -> Any:
-    """Call a job-store function, waiting out a broker outage (a Redis restart) with back-off: a
-    job's claim, its final status and its kernel's start must not be lost to seconds without Redis."""
-    deadline, delay = time.monotonic() + patience, 0.2
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except BrokerUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("job store unreachable, retrying in %.1f s: %s", delay, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _dumps(value: Any) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from .config import TrainConfig
+from .core.rules import is_job_id
+from .core.statuses import COMPLETED
 from .errors import ConfigError, JobNotFound
-from .jobstore import COMPLETED, JobStore
-from .spec import is_job_id
+from .jobstore import JobStore
 from .storage import Storage
 
 # What a worker takes of a past job's adapter: its settings (JSON) and weights (safetensors, no

@@ -25,11 +25,11 @@ from huey.serializer import Serializer
 
 from . import jobstore as jobs
 from .config import Settings
+from .core import statuses
+from .core.rules import MAX_PRIORITY, is_job_id
 from .errors import BrokerUnavailable
-from .spec import is_job_id
 
 QUEUE_NAME = "training"
-MAX_PRIORITY = 100  # priorities run from -100 to 100; higher runs first
 DEFAULT_MAX_ATTEMPTS = 3
 TASK_NAME = "ftkit.run_job"
 REFUSED_TASK_NAME = "ftkit.refused_message"
@@ -225,8 +225,8 @@ def requeue_lost(
             del missing[job_id]
         if store.transition(
             job_id,
-            jobs.QUEUED,
-            allowed=(jobs.QUEUED,),
+            statuses.QUEUED,
+            allowed=(statuses.QUEUED,),
             expect={"queue_ref": ref},
             message=message_for(huey, job_id, priority_of(record)),
             queued_at=now,
@@ -264,7 +264,7 @@ def requeue_orphans(store: jobs.JobStore, huey, *, only: str | None = None) -> l
     orphans = (
         store.orphans()
         if only is None
-        else [r for r in [store.get(only)] if r["status"] in jobs.ACTIVE]
+        else [r for r in [store.get(only)] if r["status"] in statuses.ACTIVE]
     )
     live = {w["worker_id"] for w in store.workers()} if orphans else set()
     for record in orphans:
@@ -281,8 +281,8 @@ def requeue_orphans(store: jobs.JobStore, huey, *, only: str | None = None) -> l
         if attempt >= max_attempts:
             if store.transition(
                 job_id,
-                jobs.FAILED,
-                allowed=jobs.ACTIVE,
+                statuses.FAILED,
+                allowed=statuses.ACTIVE,
                 expect_worker=worker,
                 finished_at=time.time(),
                 error=f"{why}; gave up after {attempt} attempts (max_attempts={max_attempts})",
@@ -292,8 +292,8 @@ def requeue_orphans(store: jobs.JobStore, huey, *, only: str | None = None) -> l
             continue
         if store.transition(
             job_id,
-            jobs.QUEUED,
-            allowed=jobs.ACTIVE,
+            statuses.QUEUED,
+            allowed=statuses.ACTIVE,
             expect_worker=worker,
             message=message_for(huey, job_id, priority_of(record)),
             attempt=attempt + 1,

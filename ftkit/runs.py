@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from . import jobstore as jobs
+from .core import statuses
 from .errors import ConfigError, JobActive, JobNotFound
 from .storage import Storage
 
@@ -38,7 +38,7 @@ def delete_job(
     unless ``force``, which cancels it and waits (up to ``timeout`` s) for it to end first, so no
     worker writes to a record that is gone."""
     record = client.store.get(job_id)
-    if record["status"] not in jobs.FINAL:
+    if record["status"] not in statuses.FINAL:
         if not force:
             raise JobActive(
                 f"job {job_id} is {record['status']}: cancel it first, or delete it with "
@@ -58,7 +58,7 @@ def _cancel_and_wait(client: Client, job_id: str, timeout: float) -> dict[str, A
     while True:
         client.store.request_cancel(job_id)  # again after a reaper put it back in the queue
         status = job.status()  # reaps it when its worker is gone
-        if status["status"] in jobs.FINAL:
+        if status["status"] in statuses.FINAL:
             return client.store.get(job_id)
         if time.monotonic() > deadline:
             raise JobActive(
@@ -79,14 +79,14 @@ def collect(
     with ``dry_run``, only say which and how many bytes. Queued and running jobs are never
     collected."""
     age = parse_age(older_than)
-    if status is not None and status not in jobs.FINAL:
+    if status is not None and status not in statuses.FINAL:
         raise ConfigError(
-            f"status {status!r}: only ended jobs are collected ({', '.join(jobs.FINAL)})",
+            f"status {status!r}: only ended jobs are collected ({', '.join(statuses.FINAL)})",
             field="status",
         )
     cutoff = time.time() - age
     rows = []
-    for s in (status,) if status else jobs.FINAL:
+    for s in (status,) if status else statuses.FINAL:
         for record in client.store.list_jobs(status=s, limit=1_000_000):
             ended = record.get("finished_at") or record.get("created_at") or 0
             if ended >= cutoff:

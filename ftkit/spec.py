@@ -13,18 +13,15 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .core.rules import DATASET_FORMATS, SHA256, is_job_id, safe_name
 from .errors import ConfigError, FtkitError
 from .storage import check_model_ref
 
-JOB_ID = re.compile(r"^[0-9a-f]{12}$")
-SHA256 = re.compile(r"[0-9a-f]{64}")
-DATASET_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
 # What a client signs at submit: everything that decides what a worker reads and trains.
 SIGNED_FIELDS = (
     "job_id",
@@ -41,25 +38,6 @@ OPTIONAL_SIGNED_FIELDS = ("resume_from", "retry_of")
 
 class RecordRefused(FtkitError, ValueError):
     """A job record a worker will not run: tampered with, malformed, or asking for a forbidden path."""
-
-
-def is_job_id(value: object) -> bool:
-    """Job ids are 12 lowercase hex characters; only such a string is ever used in a path."""
-    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
-
-
-def safe_name(name: object, what: str = "data set name") -> str:
-    """A plain file name: nothing that climbs folders, names a device or hides control characters."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or len(name) > 200
-        or any(ch in name for ch in "/\\")
-        or any(ord(ch) < 32 for ch in name)
-    ):
-        raise ValueError(f"invalid {what} {name!r}: use a plain file name such as 'train.jsonl'")
-    return name
 
 
 def looks_like_path(base_model: str) -> bool:

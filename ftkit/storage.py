@@ -35,7 +35,6 @@ from .errors import JobNotFound, StorageError, StorageUnavailable
 T = TypeVar("T")
 log = logging.getLogger("ftkit.storage")
 RETRIES = 3
-OUTAGE_PATIENCE = 600.0  # seconds a worker waits for storage to come back before a job fails
 CHUNK = 16 << 20  # 16 MiB: S3 multipart part size and read size
 PERMANENT = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
 PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "NoSuchBucket"}
@@ -72,24 +71,6 @@ def _retrying(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 DATASET_META = (
     "dataset.json"  # beside the data file in datasets/<sha256>/: no data set may take its name
 )
-
-
-def through_outages(
-    fn: Callable[..., T], *args: Any, patience: float = OUTAGE_PATIENCE, **kwargs: Any
-) -> T:
-    """Call a storage function, waiting out an outage (StorageUnavailable) with back-off for up to
-    ``patience`` seconds: a trained adapter must not be lost to a minute without S3. Permanent
-    errors (a missing file, refused credentials) are raised at once."""
-    deadline, delay = time.monotonic() + patience, 0.5
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except StorageUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("storage unreachable, retrying in %.1f s: %s", delay, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 class Storage:

@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from . import jobstore as jobs
 from .client import (
     Client,
     Dataset,
@@ -36,9 +35,10 @@ from .client import (
     resolve_config,
 )
 from .config import TrainConfig
+from .core import statuses
+from .core.rules import is_job_id
 from .errors import ConfigError, FtkitError, JobFailed, JobNotFound, NoWorkerWarning
 from .report import Comparison
-from .spec import is_job_id
 
 MODES = ("grid", "random")
 MAX_RUNS = 256  # a typo in a grid should not queue a million jobs
@@ -414,7 +414,7 @@ class Sweep:
         for job_id, _ in self.runs:
             try:
                 record = self._client.store.get(job_id)
-                if record["status"] in jobs.ACTIVE and self._client.reap_if_orphaned(record):
+                if record["status"] in statuses.ACTIVE and self._client.reap_if_orphaned(record):
                     record = self._client.store.get(job_id)
             except JobNotFound:
                 continue
@@ -467,7 +467,7 @@ class Sweep:
         try:
             while True:
                 rows = self.status()
-                ended = sum(r["status"] in (*jobs.FINAL, MISSING) for r in rows)
+                ended = sum(r["status"] in (*statuses.FINAL, MISSING) for r in rows)
                 if progress:
                     bar = _update_bar(bar, self.id, ended, len(rows))
                 if ended == len(rows):
@@ -484,7 +484,7 @@ class Sweep:
         finally:
             if bar is not None:
                 bar.close()
-        failed = [r["job_id"] for r in rows if r["status"] == jobs.FAILED]
+        failed = [r["job_id"] for r in rows if r["status"] == statuses.FAILED]
         if raise_on_failure and failed:
             raise JobFailed(f"sweep {self.id}: {len(failed)} runs failed: {', '.join(failed)}")
         return rows
@@ -502,7 +502,9 @@ class Sweep:
     def cancel(self) -> dict[str, str]:
         """Ask every run that has not ended to stop; each run's status after."""
         return {
-            job_id: self._client.cancel(job_id) if r["status"] not in jobs.FINAL else r["status"]
+            job_id: self._client.cancel(job_id)
+            if r["status"] not in statuses.FINAL
+            else r["status"]
             for job_id, r in self._records().items()
         }
 
@@ -512,7 +514,7 @@ class Sweep:
         from .errors import JobActive
 
         records = self._records()
-        active = [i for i, r in records.items() if r["status"] not in jobs.FINAL]
+        active = [i for i, r in records.items() if r["status"] not in statuses.FINAL]
         if active and not force:
             raise JobActive(
                 f"sweep {self.id}: {len(active)} runs are queued or running ({', '.join(active)}): "

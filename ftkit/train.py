@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .jobstore import STOPPED_SUPERSEDED
+from .core.statuses import STOPPED_SUPERSEDED
 
 # Why a kernel stops saving and reporting: its worker died, or the job is another run's now.
 ORPHANED, SUPERSEDED = "orphaned", STOPPED_SUPERSEDED
@@ -62,7 +62,8 @@ class Reporter:
         if not job_id:
             return cls(None)
         from .config import Settings
-        from .jobstore import open_store, through_outages
+        from .core.retry import through_outages
+        from .jobstore import open_store
         from .storage import Storage
 
         settings = Settings.from_env()
@@ -88,7 +89,7 @@ class Reporter:
 
     def status(self, status: str, **fields: Any) -> None:
         if self.store is not None:
-            from .jobstore import ACTIVE
+            from .core.statuses import ACTIVE
 
             self._safely(
                 self.store.transition,
@@ -297,8 +298,8 @@ def progress_callback(reporter: Reporter):
             # Only what this run trained: a checkpoint it resumed from is in storage already (and
             # a run resumed at its end stops before any step: TrainedAlready).
             if folder.is_dir() and state.global_step > self.first_step:
-                from .errors import StorageError
-                from .storage import through_outages
+                from .core.retry import through_outages
+                from .errors import StorageError, StorageUnavailable
 
                 try:
                     if 0 < state.max_steps <= state.global_step:
@@ -310,6 +311,7 @@ def progress_callback(reporter: Reporter):
                             folder,
                             trained=(self.first_step, state.global_step),
                             weights_only=not saves_checkpoints(args),
+                            outage=StorageUnavailable,
                         )
                     else:
                         reporter.save_checkpoint(folder)

@@ -19,10 +19,10 @@ import ipywidgets as w
 
 from .client import Client, Dataset, Job, LocalWorker, WorkerWatch
 from .config import TrainConfig
+from .core.statuses import FINAL
 from .errors import ConfigError, DatasetError, FtkitError
 from .plots import loss_svg
 
-FINAL = ("completed", "failed", "cancelled")
 STATUS_STYLE = {
     "completed": "success",
     "failed": "danger",

@@ -20,9 +20,11 @@ from huey.consumer import Consumer
 from . import jobstore as jobs
 from . import stack
 from .config import Settings
+from .core import statuses
+from .core.retry import through_outages
 from .data import checked_columns
-from .errors import ConfigError
-from .jobstore import JobStore, open_store, through_outages
+from .errors import BrokerUnavailable, ConfigError, StorageUnavailable
+from .jobstore import JobStore, open_store
 from .lineage import (
     ADAPTER_FILES,
     CHECKPOINT_FILES,
@@ -42,7 +44,6 @@ from .spec import (
     verify_signature,
 )
 from .storage import Storage
-from .storage import through_outages as through_storage_outages
 
 log = logging.getLogger("ftkit.worker")
 RETRY = "retry"  # not a status: the kernel died mid-run, so the job wants a new attempt
@@ -135,7 +136,7 @@ def execute_job(job_id: str) -> None:
     finally:
         rt.claiming = None
     report = run_dir / "report.ipynb"
-    final: str = jobs.FAILED
+    final: str = statuses.FAILED
     fields: dict[str, Any] = {"error": "the worker stopped before the job ended"}
     stopped: str | None = None  # why training stopped early, when it did
     try:
@@ -169,17 +170,17 @@ def execute_job(job_id: str) -> None:
         else:
             outputs = json.loads((run_dir / "output" / "result.json").read_text())
             stopped = outputs["result"].get("stopped")
-            if stopped not in (jobs.STOP_HANDOFF, jobs.STOPPED_SUPERSEDED):
+            if stopped not in (statuses.STOP_HANDOFF, statuses.STOPPED_SUPERSEDED):
                 patiently(upload_outputs, rt, job_id, run_dir)
             final, fields = (
-                jobs.COMPLETED,
+                statuses.COMPLETED,
                 {"result": job_result(rt, job_id, outputs, record), "error": None},
             )
     except Exception as exc:  # anything else still ends the job, with what went wrong
         log.exception("job %s failed", job_id)
         fields = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if stopped == jobs.STOPPED_SUPERSEDED:  # the job is another run's: its report, its end
+        if stopped == statuses.STOPPED_SUPERSEDED:  # the job is another run's: its report, its end
             note = f"worker {rt.worker_id} stopped its run of attempt {record.get('attempt')}"
             through_outages(rt.store.add_event, job_id, f"{note}: the job is another run's now")
         else:
@@ -206,22 +207,22 @@ def patiently(fn, *args: Any) -> Any:
     """A step of a job that waits out a storage outage and a broker outage both (staging and
     upload write events as they go): each step is safe to repeat, and a Redis restart is never the
     job's fault."""
-    return through_outages(through_storage_outages, fn, *args)
+    return through_outages(fn, *args, outage=(StorageUnavailable, BrokerUnavailable))
 
 
 def apply_stop_request(
     stopped: str | None, spec: JobSpec, final: str, fields: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """A job that stopped early ends by why it was asked to: cancelled, timed out, or handed back."""
-    if stopped == jobs.STOP_CANCEL:
-        return jobs.CANCELLED, {**fields, "error": "cancelled while running"}
-    if stopped == jobs.STOP_TIMEOUT:
-        return jobs.FAILED, {
+    if stopped == statuses.STOP_CANCEL:
+        return statuses.CANCELLED, {**fields, "error": "cancelled while running"}
+    if stopped == statuses.STOP_TIMEOUT:
+        return statuses.FAILED, {
             **fields,
             "error": f"timed out after {spec.config.timeout_minutes:g} minutes",
         }
-    if stopped == jobs.STOP_HANDOFF:
-        return jobs.QUEUED, {"worker": None, "stop": None, "report": fields.get("report")}
+    if stopped == statuses.STOP_HANDOFF:
+        return statuses.QUEUED, {"worker": None, "stop": None, "report": fields.get("report")}
     return final, fields
 
 
@@ -239,9 +240,9 @@ def retry_or_give_up(
         attempt = most  # a record edited by hand: no number to count on, so no further attempt
     if attempt >= most:
         error = f"{fields['error']}; gave up after {attempt} attempts (max_attempts={most})"
-        return jobs.FAILED, {**fields, "error": error}, f"failed: {error}"
+        return statuses.FAILED, {**fields, "error": error}, f"failed: {error}"
     return (
-        jobs.QUEUED,
+        statuses.QUEUED,
         {"attempt": attempt + 1, "worker": None, "stop": None},
         f"{fields['error']}: re-queued as attempt {attempt + 1} of {most}",
     )
@@ -277,8 +278,8 @@ def refuse(rt: Runtime, job_id: str, reason: str) -> None:
     if through_outages(
         rt.store.transition,
         job_id,
-        jobs.FAILED,
-        allowed=jobs.ACTIVE,
+        statuses.FAILED,
+        allowed=statuses.ACTIVE,
         expect_worker=rt.worker_id,
         finished_at=time.time(),
         error=f"refused by worker {rt.worker_id}: {reason}",
@@ -299,7 +300,7 @@ def refuse_message(job_id: str | None, reason: str) -> None:
     except jobs.JobNotFound:
         log.warning("dropped a queue message for unknown job %s: %s", job_id, reason)
         return
-    if record.get("status") != jobs.QUEUED:
+    if record.get("status") != statuses.QUEUED:
         log.warning("ignored an unverified queue message for job %s: %s", job_id, reason)
         return
     try:
@@ -307,8 +308,8 @@ def refuse_message(job_id: str | None, reason: str) -> None:
     except RecordRefused as exc:
         if rt.store.transition(
             job_id,
-            jobs.FAILED,
-            allowed=(jobs.QUEUED,),
+            statuses.FAILED,
+            allowed=(statuses.QUEUED,),
             finished_at=time.time(),
             error=f"refused by worker {rt.worker_id}: {exc}",
         ):
@@ -337,14 +338,16 @@ def finish(
 def _finish(
     rt: Runtime, job_id: str, final: str, fields: dict[str, Any], event: str | None = None
 ) -> None:
-    if final == jobs.QUEUED:  # handed back: the next worker resumes from the checkpoint just saved
+    if (
+        final == statuses.QUEUED
+    ):  # handed back: the next worker resumes from the checkpoint just saved
         from .queue import message_for, priority_of
 
         record = rt.store.get(job_id)
         if rt.store.transition(
             job_id,
-            jobs.QUEUED,
-            allowed=jobs.ACTIVE,
+            statuses.QUEUED,
+            allowed=statuses.ACTIVE,
             expect_worker=rt.worker_id,
             message=message_for(rt.huey, job_id, priority_of(record)),
             queued_at=time.time(),
@@ -358,7 +361,7 @@ def _finish(
     rt.store.transition(
         job_id,
         final,
-        allowed=jobs.ACTIVE,
+        allowed=statuses.ACTIVE,
         expect_worker=rt.worker_id,
         finished_at=time.time(),
         **fields,
@@ -396,7 +399,7 @@ class Watchdog:
                     and now - started > self.timeout_minutes * 60
                     and asked_at is None
                 ):
-                    self.rt.store.update(self.job_id, stop=jobs.STOP_TIMEOUT)
+                    self.rt.store.update(self.job_id, stop=statuses.STOP_TIMEOUT)
                     self.rt.store.add_event(
                         self.job_id, f"timed out after {self.timeout_minutes:g} minutes: stopping"
                     )
@@ -476,12 +479,12 @@ def claim(rt: Runtime, job_id: str) -> dict[str, Any] | None:
     def take() -> bool:
         # After an outage our own claim may have landed with its reply lost: that is ours too.
         record = rt.store.get(job_id)
-        if record.get("status") == jobs.PREPARING and record.get("worker") == rt.worker_id:
+        if record.get("status") == statuses.PREPARING and record.get("worker") == rt.worker_id:
             return True
         return rt.store.transition(
             job_id,
-            jobs.PREPARING,
-            allowed=(jobs.QUEUED,),
+            statuses.PREPARING,
+            allowed=(statuses.QUEUED,),
             worker=rt.worker_id,
             started_at=time.time(),
             host=socket.gethostname(),
@@ -654,16 +657,22 @@ def save_report(
         nb = finalize_report(
             report, {**record, **fields, "status": final, "finished_at": time.time()}
         )
-        through_storage_outages(
-            rt.storage.put_file, report, *Storage.run_parts(job_id, "report.ipynb")
+        through_outages(
+            rt.storage.put_file,
+            report,
+            *Storage.run_parts(job_id, "report.ipynb"),
+            outage=StorageUnavailable,
         )
     except Exception:
         log.exception("could not save the report of job %s", job_id)
         return None
     try:
         html = render_html(nb)
-        through_storage_outages(
-            rt.storage.write_text, html, *Storage.run_parts(job_id, "report.html")
+        through_outages(
+            rt.storage.write_text,
+            html,
+            *Storage.run_parts(job_id, "report.html"),
+            outage=StorageUnavailable,
         )
     except Exception as exc:
         log.exception("could not render the HTML report of job %s", job_id)
@@ -762,7 +771,7 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
                 offset=offset,
                 missing=missing,
             )
-            offset = offset + 200 if rt.store.count(jobs.QUEUED) > offset + 200 else 0
+            offset = offset + 200 if rt.store.count(statuses.QUEUED) > offset + 200 else 0
             if rt.kernels is not None and rt.current_job is None:  # never beside a job
                 rt.kernels.keep_warm()
         except Exception as exc:  # a broker outage must not kill the worker: retry next beat
@@ -790,7 +799,7 @@ class HandBackConsumer(Consumer):
         job = self.rt.current_job
         if job and not self.drain:
             try:
-                self.rt.store.update(job, stop=jobs.STOP_HANDOFF)
+                self.rt.store.update(job, stop=statuses.STOP_HANDOFF)
             except Exception as exc:
                 log.warning("could not ask job %s to hand back: %s", job, exc)
         log.info(

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import wait_for
 from ftkit import jobstore as jobs
+from ftkit.core import statuses
 from ftkit.errors import JobExists, JobNotFound
 
 
@@ -20,7 +21,7 @@ def store(settings):
 def record(job_id: str, **extra):
     return {
         "job_id": job_id,
-        "status": jobs.QUEUED,
+        "status": statuses.QUEUED,
         "created_at": time.time(),
         "worker": None,
         "attempt": 1,
@@ -58,11 +59,15 @@ def test_update_refuses_status(store):
 
 def test_transition_is_compare_and_set(store):
     store.create(record("a1"))
-    assert store.transition("a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker="w1")
-    assert not store.transition("a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker="w2")
+    assert store.transition("a1", statuses.PREPARING, allowed=[statuses.QUEUED], worker="w1")
+    assert not store.transition("a1", statuses.PREPARING, allowed=[statuses.QUEUED], worker="w2")
     assert store.get("a1")["worker"] == "w1"
-    assert not store.transition("a1", jobs.COMPLETED, allowed=jobs.ACTIVE, expect_worker="w2")
-    assert store.transition("a1", jobs.COMPLETED, allowed=jobs.ACTIVE, expect_worker="w1", loss=0.5)
+    assert not store.transition(
+        "a1", statuses.COMPLETED, allowed=statuses.ACTIVE, expect_worker="w2"
+    )
+    assert store.transition(
+        "a1", statuses.COMPLETED, allowed=statuses.ACTIVE, expect_worker="w1", loss=0.5
+    )
     assert store.get("a1")["status"] == "completed" and store.get("a1")["loss"] == 0.5
 
 
@@ -75,7 +80,7 @@ def test_only_one_of_many_concurrent_claims_wins(store, settings):
         own = jobs.open_store(settings)
         own.get("a1")  # connect before the barrier, so the claims leave together
         start.wait(timeout=60)
-        if own.transition("a1", jobs.PREPARING, allowed=[jobs.QUEUED], worker=name):
+        if own.transition("a1", statuses.PREPARING, allowed=[statuses.QUEUED], worker=name):
             wins.append(name)
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
@@ -89,12 +94,17 @@ def test_only_one_of_many_concurrent_claims_wins(store, settings):
 def test_list_is_newest_first_and_filters_by_status(store):
     for i in range(5):
         store.create(record(f"j{i}", created_at=1000.0 + i))
-    store.transition("j1", jobs.PREPARING)
+    store.transition("j1", statuses.PREPARING)
     assert [r["job_id"] for r in store.list_jobs()] == ["j4", "j3", "j2", "j1", "j0"]
     assert [r["job_id"] for r in store.list_jobs(limit=2)] == ["j4", "j3"]
-    assert [r["job_id"] for r in store.list_jobs(status=jobs.QUEUED)] == ["j4", "j3", "j2", "j0"]
-    assert [r["job_id"] for r in store.list_jobs(status=jobs.PREPARING)] == ["j1"]
-    assert store.count() == 5 and store.count(jobs.QUEUED) == 4
+    assert [r["job_id"] for r in store.list_jobs(status=statuses.QUEUED)] == [
+        "j4",
+        "j3",
+        "j2",
+        "j0",
+    ]
+    assert [r["job_id"] for r in store.list_jobs(status=statuses.PREPARING)] == ["j1"]
+    assert store.count() == 5 and store.count(statuses.QUEUED) == 4
 
 
 def test_idempotency_key_returns_the_existing_job(store):
@@ -143,14 +153,14 @@ def test_logs_keep_only_the_tail(store):
 
 def test_cancel_of_a_queued_job_is_immediate(store):
     store.create(record("a1"))
-    assert store.request_cancel("a1") == jobs.CANCELLED
+    assert store.request_cancel("a1") == statuses.CANCELLED
     assert store.get("a1")["cancel_requested"] is True
 
 
 def test_cancel_of_a_running_job_is_a_request(store):
     store.create(record("a1"))
-    store.transition("a1", jobs.TRAINING)
-    assert store.request_cancel("a1") == jobs.TRAINING
+    store.transition("a1", statuses.TRAINING)
+    assert store.request_cancel("a1") == statuses.TRAINING
     assert store.get_field("a1", "cancel_requested") is True
 
 
@@ -170,7 +180,7 @@ def test_orphans_are_active_jobs_without_a_live_worker(store):
     store.heartbeat("alive", {}, ttl=30)
     for job_id, worker in (("a", "alive"), ("b", "dead")):
         store.create(record(job_id))
-        store.transition(job_id, jobs.TRAINING, worker=worker)
+        store.transition(job_id, statuses.TRAINING, worker=worker)
     store.create(record("c"))
     assert [r["job_id"] for r in store.orphans()] == ["b"]
 
@@ -182,7 +192,7 @@ def test_a_live_worker_that_moved_on_no_longer_holds_its_job(store):
     claimed_at = 1000.0
     for job_id in ("named", "other", "idle", "early", "old-worker"):
         store.create(record(job_id))
-        store.transition(job_id, jobs.TRAINING, worker=f"w-{job_id}", started_at=claimed_at)
+        store.transition(job_id, statuses.TRAINING, worker=f"w-{job_id}", started_at=claimed_at)
     beats = {
         "named": {"current_job": "named", "noted_at": claimed_at + 60},
         "other": {"current_job": "c", "noted_at": claimed_at + 60},
@@ -204,30 +214,30 @@ def test_trim_metrics_keeps_the_history_up_to_a_checkpoint(store):
 
 def test_cancel_records_the_stop_reason_and_is_a_no_op_on_ended_jobs(store):
     store.create(record("a1"))
-    store.transition("a1", jobs.TRAINING)
+    store.transition("a1", statuses.TRAINING)
     store.request_cancel("a1")
-    assert store.get_field("a1", "stop") == jobs.STOP_CANCEL
-    store.transition("a1", jobs.COMPLETED)
-    assert store.request_cancel("a1") == jobs.COMPLETED
+    assert store.get_field("a1", "stop") == statuses.STOP_CANCEL
+    store.transition("a1", statuses.COMPLETED)
+    assert store.request_cancel("a1") == statuses.COMPLETED
 
 
 def test_an_expected_none_matches_a_missing_field_on_both_backends(store):
     store.create(record("a1"))
-    assert store.transition("a1", jobs.QUEUED, expect={"queue_ref": None}, queue_ref="q:1")
-    assert not store.transition("a1", jobs.QUEUED, expect={"queue_ref": None}, queue_ref="q:2")
-    assert store.transition("a1", jobs.QUEUED, expect={"queue_ref": "q:1"}, queue_ref="q:2")
+    assert store.transition("a1", statuses.QUEUED, expect={"queue_ref": None}, queue_ref="q:1")
+    assert not store.transition("a1", statuses.QUEUED, expect={"queue_ref": None}, queue_ref="q:2")
+    assert store.transition("a1", statuses.QUEUED, expect={"queue_ref": "q:1"}, queue_ref="q:2")
     assert store.get("a1")["queue_ref"] == "q:2"
 
 
 def test_list_filters_by_tag_newest_first_and_with_a_status(store):
     for i, tags in enumerate((["a"], ["a", "b"], [], ["b"], ["a"])):
         store.create(record(f"t{i}", created_at=2000.0 + i, tags=tags))
-    store.transition("t1", jobs.TRAINING)
+    store.transition("t1", statuses.TRAINING)
     assert [r["job_id"] for r in store.list_jobs(tag="a")] == ["t4", "t1", "t0"]
     assert [r["job_id"] for r in store.list_jobs(tag="a", limit=2)] == ["t4", "t1"]
     assert [r["job_id"] for r in store.list_jobs(tag="b")] == ["t3", "t1"]
-    assert [r["job_id"] for r in store.list_jobs(tag="a", status=jobs.QUEUED)] == ["t4", "t0"]
-    assert [r["job_id"] for r in store.list_jobs(tag="b", status=jobs.TRAINING)] == ["t1"]
+    assert [r["job_id"] for r in store.list_jobs(tag="a", status=statuses.QUEUED)] == ["t4", "t0"]
+    assert [r["job_id"] for r in store.list_jobs(tag="b", status=statuses.TRAINING)] == ["t1"]
     assert store.list_jobs(tag="none") == []
 
 
@@ -236,13 +246,13 @@ def test_delete_removes_the_record_its_rows_and_every_index_entry(store):
     store.create(record("d2", tags=["x"]))
     store.add_metrics("d1", [{"step": 1, "loss": 1.0}])
     store.add_logs("d1", ["hello"])
-    store.transition("d1", jobs.FAILED)
+    store.transition("d1", statuses.FAILED)
     store.delete("d1")
     with pytest.raises(JobNotFound):
         store.get("d1")
     assert store.metrics("d1") == [] and store.logs("d1") == []
     assert [r["job_id"] for r in store.list_jobs()] == ["d2"]
-    assert store.list_jobs(status=jobs.FAILED) == [] and store.count(jobs.FAILED) == 0
+    assert store.list_jobs(status=statuses.FAILED) == [] and store.count(statuses.FAILED) == 0
     assert [r["job_id"] for r in store.list_jobs(tag="x")] == ["d2"]
     assert store.create(record("d3", idempotency_key="k")) == "d3"  # the key went with it
     with pytest.raises(JobNotFound):
@@ -268,20 +278,21 @@ def test_logs_since_reads_each_line_once_across_trimming(store):
 
 def test_end_watch_wakes_at_the_end_not_at_the_timeout(store):
     store.create(record("a1"))
-    store.transition("a1", jobs.TRAINING)
+    store.transition("a1", statuses.TRAINING)
     with store.end_watch("a1") as sleep:
         started = time.monotonic()
         sleep(0.3)  # nothing ends: the whole timeout
         assert (
-            time.monotonic() - started >= 0.3 and store.get_field("a1", "status") == jobs.TRAINING
+            time.monotonic() - started >= 0.3
+            and store.get_field("a1", "status") == statuses.TRAINING
         )
-        ender = threading.Timer(0.3, store.transition, ("a1", jobs.COMPLETED))
+        ender = threading.Timer(0.3, store.transition, ("a1", statuses.COMPLETED))
         ender.start()
         started = time.monotonic()
         sleep(120)
         waited = time.monotonic() - started
         ender.join()
-    assert store.get_field("a1", "status") == jobs.COMPLETED
+    assert store.get_field("a1", "status") == statuses.COMPLETED
     assert waited < 120, "woke at the timeout, not at the end"
 
 

@@ -21,6 +21,13 @@ RANK: dict[str, float] = {
     # errors and config
     "ftkit._version": 0,
     "ftkit.errors": 0,
+    # the vocabulary: statuses, typed records, shared rules, the retry helper, the HTML table
+    "ftkit.core.statuses": 0.1,
+    "ftkit.core.records": 0.2,
+    "ftkit.core.rules": 0.2,
+    "ftkit.core.retry": 0.2,
+    "ftkit.core.html": 0.2,
+    "ftkit.core": 0.3,
     "ftkit.config": 1,
     "ftkit.stack": 1,
     # storage, job store, machine facts, kernels

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ftkit import jobstore as jobs
+from ftkit.core import statuses
 from ftkit.widgets import Dashboard
 
 LIMIT = 5
@@ -40,7 +41,7 @@ def add_jobs(store: jobs.JobStore, n: int, first: int, newest: float) -> None:
         store.create(
             {
                 "job_id": job_id,
-                "status": jobs.QUEUED,
+                "status": statuses.QUEUED,
                 "created_at": newest - i,
                 "worker": None,
                 "attempt": 1,
@@ -50,18 +51,20 @@ def add_jobs(store: jobs.JobStore, n: int, first: int, newest: float) -> None:
             }
         )
         if i % 4:
-            store.transition(job_id, jobs.COMPLETED if i % 4 != 3 else jobs.FAILED)
+            store.transition(job_id, statuses.COMPLETED if i % 4 != 3 else statuses.FAILED)
 
 
 def monitoring_calls(client, dash: Dashboard) -> dict[str, Callable[[], Any]]:
     return {
         "jobs()": lambda: client.jobs(limit=LIMIT),
-        "jobs(status)": lambda: client.jobs(status=jobs.COMPLETED, limit=LIMIT),
-        "jobs(status, offset)": lambda: client.jobs(status=jobs.COMPLETED, limit=LIMIT, offset=7),
+        "jobs(status)": lambda: client.jobs(status=statuses.COMPLETED, limit=LIMIT),
+        "jobs(status, offset)": lambda: client.jobs(
+            status=statuses.COMPLETED, limit=LIMIT, offset=7
+        ),
         "jobs(tag)": lambda: client.jobs(tag="sweep", limit=LIMIT),
-        "jobs(tag, status)": lambda: client.jobs(tag="sweep", status=jobs.FAILED, limit=LIMIT),
+        "jobs(tag, status)": lambda: client.jobs(tag="sweep", status=statuses.FAILED, limit=LIMIT),
         "count()": lambda: client.count_jobs(),
-        "count(status)": lambda: client.count_jobs(jobs.QUEUED),
+        "count(status)": lambda: client.count_jobs(statuses.QUEUED),
         "health()": client.health,
         "dashboard refresh": dash.refresh,
         "orphan scan": client.store.orphans,
@@ -72,13 +75,13 @@ def with_running_jobs(store: jobs.JobStore) -> None:
     """Two running jobs, one whose worker heartbeats and one whose worker is gone."""
     store.heartbeat("alive", {"host": "h"}, ttl=600)
     for job_id, worker in (("run-alive", "alive"), ("run-dead", "dead")):
-        store.create({"job_id": job_id, "status": jobs.QUEUED, "created_at": 1.0, "tags": []})
-        store.transition(job_id, jobs.TRAINING, worker=worker)
+        store.create({"job_id": job_id, "status": statuses.QUEUED, "created_at": 1.0, "tags": []})
+        store.transition(job_id, statuses.TRAINING, worker=worker)
 
 
 def work_done(client, measure: Callable[[Callable[[], Any]], Any]) -> dict[str, Any]:
     dash = Dashboard(client, autostart=False, limit=LIMIT)
-    dash.filter.value = jobs.COMPLETED
+    dash.filter.value = statuses.COMPLETED
     dash.tag.value = "sweep"
     return {name: measure(call) for name, call in monitoring_calls(client, dash).items()}
 
@@ -184,7 +187,7 @@ def test_a_queue_file_from_before_the_counts_and_tag_status_index_gets_them(tmp_
             created_at REAL NOT NULL, PRIMARY KEY (tag, job_id));
         """
     )
-    for i, status in enumerate((jobs.QUEUED, jobs.COMPLETED, jobs.COMPLETED)):
+    for i, status in enumerate((statuses.QUEUED, statuses.COMPLETED, statuses.COMPLETED)):
         old.execute(
             "INSERT INTO ftkit_jobs VALUES (?, ?, ?, NULL, ?)",
             (f"o{i}", status, float(i), f'{{"job_id": "o{i}", "status": "{status}"}}'),
@@ -194,12 +197,23 @@ def test_a_queue_file_from_before_the_counts_and_tag_status_index_gets_them(tmp_
     old.close()
 
     store = jobs.SqliteJobStore(path)
-    assert (store.count(), store.count(jobs.COMPLETED), store.count(jobs.QUEUED)) == (3, 2, 1)
-    assert [r["job_id"] for r in store.list_jobs(tag="t", status=jobs.COMPLETED)] == ["o2", "o1"]
-    store.transition("o0", jobs.FAILED)
+    assert (store.count(), store.count(statuses.COMPLETED), store.count(statuses.QUEUED)) == (
+        3,
+        2,
+        1,
+    )
+    assert [r["job_id"] for r in store.list_jobs(tag="t", status=statuses.COMPLETED)] == [
+        "o2",
+        "o1",
+    ]
+    store.transition("o0", statuses.FAILED)
     store.delete("o1")
-    assert (store.count(), store.count(jobs.COMPLETED), store.count(jobs.FAILED)) == (2, 1, 1)
-    assert [r["job_id"] for r in store.list_jobs(tag="t", status=jobs.FAILED)] == ["o0"]
+    assert (store.count(), store.count(statuses.COMPLETED), store.count(statuses.FAILED)) == (
+        2,
+        1,
+        1,
+    )
+    assert [r["job_id"] for r in store.list_jobs(tag="t", status=statuses.FAILED)] == ["o0"]
     assert jobs.SqliteJobStore(path).count() == 2  # opened again: nothing counted twice
 
 
@@ -210,10 +224,12 @@ def test_pages_follow_offset_and_limit_on_every_index(store_with_tags):
     assert [r["job_id"] for r in store.list_jobs(limit=3, offset=2)] == everything[2:5]
     tagged = [r["job_id"] for r in store.list_jobs(tag="sweep", limit=1000)]
     assert [r["job_id"] for r in store.list_jobs(tag="sweep", limit=2, offset=1)] == tagged[1:3]
-    done = [r["job_id"] for r in store.list_jobs(status=jobs.COMPLETED, tag="sweep", limit=1000)]
-    assert done and all(store.get(j)["status"] == jobs.COMPLETED for j in done)
+    done = [
+        r["job_id"] for r in store.list_jobs(status=statuses.COMPLETED, tag="sweep", limit=1000)
+    ]
+    assert done and all(store.get(j)["status"] == statuses.COMPLETED for j in done)
     assert [
-        r["job_id"] for r in store.list_jobs(status=jobs.COMPLETED, tag="sweep", offset=1)
+        r["job_id"] for r in store.list_jobs(status=statuses.COMPLETED, tag="sweep", offset=1)
     ] == done[1:]
     assert len(everything) == 20 and len(tagged) == 10
     assert store.list_jobs(limit=0) == [] and store.list_jobs(offset=10_000) == []
@@ -231,17 +247,21 @@ def test_the_orphan_scan_reads_the_records_of_orphans_only(settings, monkeypatch
     store = jobs.open_store(settings)
     with_running_jobs(store)
     for i in range(20):
-        store.create({"job_id": f"live{i}", "status": jobs.QUEUED, "created_at": 2.0, "tags": []})
+        store.create(
+            {"job_id": f"live{i}", "status": statuses.QUEUED, "created_at": 2.0, "tags": []}
+        )
         store.transition(
-            f"live{i}", (jobs.PREPARING, jobs.TRAINING, jobs.SAVING)[i % 3], worker="alive"
+            f"live{i}",
+            (statuses.PREPARING, statuses.TRAINING, statuses.SAVING)[i % 3],
+            worker="alive",
         )
     read: list[str] = []
     get = store.get
     monkeypatch.setattr(store, "get", lambda job_id: read.append(job_id) or get(job_id))
     assert [r["job_id"] for r in store.orphans()] == ["run-dead"]
     assert read == ["run-dead"]
-    store.transition("run-dead", jobs.QUEUED, worker=None)  # re-queued: no longer held
-    store.transition("live0", jobs.COMPLETED)
+    store.transition("run-dead", statuses.QUEUED, worker=None)  # re-queued: no longer held
+    store.transition("live0", statuses.COMPLETED)
     assert store.orphans() == [] and "live0" not in store.holders()
     assert len(store.holders()) == 20  # nineteen live jobs and run-alive
 
@@ -256,7 +276,7 @@ def test_redis_jobs_from_before_the_tag_status_and_holder_indexes_get_them(setti
 
     raw = redis.Redis.from_url(settings.redis_url)
     for i, (status, worker) in enumerate(
-        ((jobs.QUEUED, None), (jobs.COMPLETED, None), (jobs.TRAINING, "gone"))
+        ((statuses.QUEUED, None), (statuses.COMPLETED, None), (statuses.TRAINING, "gone"))
     ):
         job_id = f"old{i}"
         record = {"job_id": job_id, "status": status, "created_at": float(i), "tags": ["t"]}
@@ -266,9 +286,9 @@ def test_redis_jobs_from_before_the_tag_status_and_holder_indexes_get_them(setti
             raw.zadd(index, {job_id: float(i)})
 
     store = jobs.open_store(settings)
-    assert [r["job_id"] for r in store.list_jobs(tag="t", status=jobs.COMPLETED)] == ["old1"]
+    assert [r["job_id"] for r in store.list_jobs(tag="t", status=statuses.COMPLETED)] == ["old1"]
     assert [r["job_id"] for r in store.orphans()] == ["old2"]
-    store.transition("old2", jobs.QUEUED, worker=None)
+    store.transition("old2", statuses.QUEUED, worker=None)
     assert store.orphans() == [] and [
-        r["job_id"] for r in store.list_jobs(tag="t", status=jobs.QUEUED)
+        r["job_id"] for r in store.list_jobs(tag="t", status=statuses.QUEUED)
     ] == ["old2", "old0"]

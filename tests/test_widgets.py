@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import EXAMPLE_DATA, wait_for
-from ftkit import jobstore
+from ftkit.core import statuses
 from ftkit.widgets import ConfigureStep, Dashboard, MonitorPanel, Panel, loss_svg
 
 
@@ -17,7 +17,7 @@ def seed_jobs(client, n: int, status: str = "queued", first: int = 0) -> None:
         client.store.create(
             {
                 "job_id": f"job{i:05d}",
-                "status": jobstore.QUEUED,
+                "status": statuses.QUEUED,
                 "created_at": now - i,
                 "progress": 0.0,
                 "config": {"base_model": "m"},
@@ -78,7 +78,7 @@ def test_loss_curve_is_svg_with_one_point_per_logged_step():
 
 def test_dashboard_filters_and_cancels(client):
     seed_jobs(client, 5)
-    client.store.transition("job00001", jobstore.TRAINING)
+    client.store.transition("job00001", statuses.TRAINING)
     dash = Dashboard(client, autostart=False)
     assert dash.jobs.value.count("<tr>") == 6  # header + 5
     dash.filter.value = "training"
@@ -111,7 +111,7 @@ def test_dashboard_with_a_thousand_jobs_refreshes_fast(client):
 
 def test_monitor_stops_refreshing_when_closed(client):
     seed_jobs(client, 1)
-    client.store.transition("job00000", jobstore.TRAINING)
+    client.store.transition("job00000", statuses.TRAINING)
     monitor = MonitorPanel(client.get_job("job00000"), interval=0.05)
     assert monitor._refresher.running
     monitor.widget.close()
@@ -169,7 +169,7 @@ def finish(client, job_id: str, losses: list[float]) -> None:
     client.store.add_metrics(job_id, [{"step": i + 1, "loss": x} for i, x in enumerate(losses)])
     client.store.transition(
         job_id,
-        jobstore.COMPLETED,
+        statuses.COMPLETED,
         loss=losses[-1],
         current_step=len(losses),
         result={"final_loss": losses[-1]},

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+from ..core.rules import DATASET_FORMATS
+
+FORMATS = DATASET_FORMATS
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user",

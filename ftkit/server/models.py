@@ -24,10 +24,9 @@ from pydantic import (
     field_validator,
 )
 
-from ..client import MAX_NOTE, MAX_TAGS, TAG
 from ..config import TrainConfig
-from ..jobstore import STATUSES
-from ..spec import JOB_ID
+from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, TAG
+from ..core.statuses import STATUSES
 from ..sweeping import MAX_RUNS, MODES
 
 JobId = typing.Annotated[str, Field(pattern=JOB_ID.pattern, examples=["3f2a9c1b7d4e"])]

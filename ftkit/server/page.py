@@ -18,11 +18,11 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ..client import TAG, Client
+from ..client import Client
+from ..core.rules import JOB_ID, TAG
+from ..core.statuses import FINAL, STATUSES
 from ..errors import JobNotFound
-from ..jobstore import FINAL, STATUSES
 from ..plots import loss_svg
-from ..spec import JOB_ID
 from ..sweeping import recent
 from .auth import COOKIE, auth_of, signed_in, token_ok
 from .deps import get_client

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from ..client import Client
+from ..core.rules import is_job_id
 from ..errors import ConfigError, StorageError
-from ..spec import is_job_id
 
 RESERVATION_SECONDS = 7 * 24 * 3600
 SWEEP_EVERY = 600.0

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from ... import jobstore
 from ...client import Client
+from ...core import statuses
 from .. import reservations
 from ..deps import get_client
 from ..limits import receive_file
@@ -132,7 +132,7 @@ def delete_dataset(
 def users_of(client: Client, dataset_id: str, page: int = 500) -> list[str]:
     """Ids of the queued and running jobs that train on this data set."""
     found = []
-    for status in (jobstore.QUEUED, *jobstore.ACTIVE):
+    for status in (statuses.QUEUED, *statuses.ACTIVE):
         offset = 0
         while True:
             jobs = client.jobs(status=status, limit=page, offset=offset)

@@ -17,10 +17,10 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from ... import jobstore
-from ...client import TAG, Client, Dataset
+from ...client import Client, Dataset
+from ...core import statuses
+from ...core.rules import JOB_ID, TAG
 from ...errors import ConfigError, JobActive, JobNotFound
-from ...spec import JOB_ID
 from .. import reservations
 from ..deps import get_client
 from ..models import (
@@ -187,7 +187,7 @@ def retry(job_id: str = JobIdPath, client: Client = Depends(get_client)) -> Retr
     its last kept checkpoint (from step 1 when it kept none)."""
     job = client.get_job(job_id)
     now = job.status()["status"]
-    if now not in (jobstore.FAILED, jobstore.CANCELLED):
+    if now not in (statuses.FAILED, statuses.CANCELLED):
         raise HTTPException(
             409, f"job {job_id} is {now}: only a failed or cancelled job is retried"
         )
@@ -306,7 +306,7 @@ def logs(
     store = client.store
     lines, after = store.logs_since(job_id, cursor or 0)
     lines = request.app.state.redact.deep(lines)
-    ended = status in jobstore.FINAL
+    ended = status in statuses.FINAL
     if cursor is None:
         return Logs(job_id=job_id, lines=lines[-n:], cursor=after, status=status, ended=ended)
     if ended and not lines:  # read on until quiet, as job.logs(follow=True) does

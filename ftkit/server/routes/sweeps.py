@@ -11,12 +11,12 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from ... import jobstore
-from ...client import TAG, Client
+from ...client import Client
 from ...config import TrainConfig
+from ...core import statuses
+from ...core.rules import JOB_ID, TAG
 from ...errors import ConfigError, JobExists
 from ...report import best_row
-from ...spec import JOB_ID
 from ...sweeping import MISSING, create, get, recent
 from .. import errors
 from ..deps import get_client
@@ -154,7 +154,7 @@ def cancel_sweep(
     """Ask every run that has not ended to stop (a queued one at once, a running one at its next
     step); each run's status after. The sweep and its runs stay, to compare."""
     sweep = get(client, sweep_id)
-    asked = sum(row["status"] not in (*jobstore.FINAL, MISSING) for row in sweep.status())
+    asked = sum(row["status"] not in (*statuses.FINAL, MISSING) for row in sweep.status())
     after = sweep.cancel()
     return SweepCancelled(
         sweep_id=sweep.id,

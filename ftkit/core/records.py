@@ -1,0 +1,167 @@
+"""The shapes that travel between packages, typed so that mypy checks every reader and writer:
+the job record as stored, what ``Job.status()`` shows of it, a worker's heartbeat, the health of
+the queue and a finished job's result. The HTTP server's models declare the same fields (a test
+holds them together).
+
+They are TypedDicts, not classes: a record is JSON written by anyone with the queue's URL, read
+back as a dict and checked where it is used, and ``status()["loss"]`` keeps working as it always
+has.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from .statuses import Status
+
+
+class DatasetRef(TypedDict, total=False):
+    """The uploaded data set a job trains on (its profile stays with the data set)."""
+
+    dataset_id: str
+    sha256: str
+    name: str
+    path: str
+    size: int
+    rows: int
+    format: str
+    uploaded_at: float
+    columns: dict[str, str]
+
+
+class Sample(TypedDict):
+    """One sample prompt, answered by the base model and by the fine-tuned one."""
+
+    prompt: str
+    base: str
+    tuned: str
+
+
+class JobResult(TypedDict, total=False):
+    """What a completed job left behind, written by its worker."""
+
+    output_dir: str
+    adapter_dir: str
+    report: str
+    training_duration_seconds: float
+    dataset_size: int | None
+    global_step: int
+    first_loss: float | None
+    final_loss: float | None
+    trainable_parameters: int | None
+    backend: str | None
+    samples: list[Sample]
+
+
+class JobRecord(TypedDict, total=False):
+    """A job as the job store holds it: written at submit, moved along by its worker. Times are
+    seconds since the epoch."""
+
+    job_id: str
+    status: Status
+    created_at: float
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    max_attempts: int
+    attempt: int
+    progress: float
+    current_step: int
+    total_steps: int | None
+    loss: float | None
+    error: str | None
+    failed_cell: int | None
+    worker: str | None
+    result: JobResult | None
+    cancel_requested: bool
+    stop: str | None  # a stop request: core.statuses.STOP_REASONS
+    host: str
+    queue_ref: str | None
+    stopped: str | None
+    priority: int
+    idempotency_key: str | None
+    submitted_by: str
+    tags: list[str]
+    note: str | None
+    config: dict[str, Any]
+    resume_from: str | None
+    retry_of: str | None
+    model: dict[str, str] | None
+    dataset: DatasetRef
+    dataset_profile: dict[str, Any]
+    warnings: list[str]
+    signature: str | None
+    events: list[str]
+
+
+class JobStatus(TypedDict, total=False):
+    """What ``Job.status()`` returns: the record without internals, times as ISO 8601 text."""
+
+    job_id: str
+    status: Status
+    created_at: str | None
+    queued_at: float
+    started_at: str | None
+    finished_at: str | None
+    duration_seconds: float | None
+    max_attempts: int
+    attempt: int
+    progress: float
+    current_step: int
+    total_steps: int | None
+    loss: float | None
+    error: str | None
+    failed_cell: int | None
+    worker: str | None
+    result: JobResult | None
+    cancel_requested: bool
+    stop: str | None  # a stop request: core.statuses.STOP_REASONS
+    host: str
+    queue_ref: str | None
+    stopped: str | None
+    priority: int
+    submitted_by: str
+    tags: list[str]
+    note: str | None
+    config: dict[str, Any]
+    resume_from: str | None
+    retry_of: str | None
+    model: dict[str, str] | None
+    dataset: DatasetRef
+    dataset_profile: dict[str, Any]
+    warnings: list[str]
+    signature: str | None
+    events: list[str]
+
+
+class WorkerInfo(TypedDict, total=False):
+    """A live worker's last heartbeat."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    noted_at: float
+    queue: str
+    secret_fingerprint: str | None
+    cuda_visible_devices: str | None
+    gpu: str | None
+    gpu_memory: str | None
+    current_job: str | None
+    kernel_pid: int | None
+    jobs_done: int
+    warm_kernel: bool
+
+
+class Health(TypedDict):
+    """Whether jobs can run now: the broker answers, and how many workers listen."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    broker: str
+    broker_connected: bool
+    workers: int
+    queue_depth: int
+    queue: str
+    storage: str
+    warning: str | None
+    signed_messages: bool

@@ -1,0 +1,103 @@
+"""The rules a client checks before it submits and the HTTP server checks on every request, kept
+once so the two never disagree. Each failure is a ConfigError that names its field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import ConfigError
+
+JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # only such a string is ever used in a path
+SHA256 = re.compile(r"[0-9a-f]{64}")
+DATASET_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
+MAX_TAGS, MAX_NOTE = 20, 4000
+MAX_PRIORITY = 100  # priorities run from -100 to 100; higher runs first
+MAX_ATTEMPTS = 100
+
+
+def is_job_id(value: object) -> bool:
+    """Job ids are 12 lowercase hex characters."""
+    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
+
+
+def safe_name(name: object, what: str = "data set name") -> str:
+    """A plain file name: nothing that climbs folders, names a device or hides control characters
+    (ValueError otherwise)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or len(name) > 200
+        or any(ch in name for ch in "/\\")
+        or any(ord(ch) < 32 for ch in name)
+    ):
+        raise ValueError(f"invalid {what} {name!r}: use a plain file name such as 'train.jsonl'")
+    return name
+
+
+def check_priority(priority: Any) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise ConfigError(
+            f"priority={priority!r}: must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}",
+            field="priority",
+        )
+    return priority
+
+
+def check_attempts(attempts: Any) -> int:
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or not 1 <= attempts <= MAX_ATTEMPTS
+    ):
+        raise ConfigError(
+            f"max_attempts={attempts!r}: must be an integer from 1 to {MAX_ATTEMPTS}",
+            field="max_attempts",
+        )
+    return attempts
+
+
+def check_tags(tags: Any) -> list[str]:
+    """Tags as stored: short plain words (they name an index key), each once, in the given order."""
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise ConfigError(
+            f"tags={tags!r}: give a list of words, e.g. tags=['baseline', 'lr-sweep']",
+            field="tags",
+        )
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG.fullmatch(tag):
+            raise ConfigError(
+                f"tag {tag!r}: a tag is 1-64 letters, digits or _ . : + = - and starts with a "
+                "letter or digit",
+                field="tags",
+            )
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise ConfigError(f"{len(unique)} tags: at most {MAX_TAGS} per job", field="tags")
+    return unique
+
+
+def check_note(note: Any) -> str | None:
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise ConfigError(f"note must be a string of at most {MAX_NOTE} characters", field="note")
+    return note
+
+
+def check_idempotency_key(key: Any) -> str | None:
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
+        raise ConfigError(
+            "idempotency_key must be a string of 1-200 characters", field="idempotency_key"
+        )
+    return key
+
+
+def check_job_id(job_id: Any) -> str | None:
+    if job_id is not None and not is_job_id(job_id):
+        raise ConfigError(f"job_id {job_id!r}: must be 12 lowercase hex digits", field="job_id")
+    return job_id
