@@ -30,6 +30,7 @@ RANK: dict[str, float] = {
     "ftkit.core": 0.3,
     "ftkit.config": 1,
     "ftkit.stack": 1,
+    "ftkit.machine": 1,
     # storage, job store, machine facts, kernels
     "ftkit.storage": 2,
     "ftkit.jobstore": 2,
