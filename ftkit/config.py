@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -123,49 +123,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """The environment (over ``.env``) read once; keyword ``overrides`` that are not None win."""
         e = _environ(env)
-        redis_url = _first(e, "FTKIT_REDIS_URL", "REDIS_URL")
-        if redis_url is None and _first(e, "REDIS_HOST"):
-            password = _first(e, "REDIS_PASSWORD")
-            auth = f":{quote(password, safe='')}@" if password else ""
-            redis_url = (
-                f"redis://{auth}{e['REDIS_HOST']}:{_first(e, 'REDIS_PORT') or 6379}"
-                f"/{_first(e, 'REDIS_DB') or 0}"
-            )
         home = default_home(e) if overrides.get("home") is None else Path(overrides["home"])
-        storage = _first(e, "FTKIT_STORAGE")
-        if storage is None:
-            kind = (_first(e, "STORAGE_TYPE") or "local").lower()
-            if kind == "s3":
-                bucket = _first(e, "S3_BUCKET")
-                if not bucket:
-                    raise ConfigError(
-                        "STORAGE_TYPE=s3 needs S3_BUCKET (or set FTKIT_STORAGE=s3://bucket/prefix)"
-                    )
-                prefix = (_first(e, "S3_PREFIX") or "").strip("/")
-                storage = f"s3://{bucket}/{prefix}".rstrip("/")
-            elif kind == "local":
-                storage = _first(e, "STORAGE_BASE_DIR") or str(home / "storage")
-            else:
-                raise ConfigError(f"STORAGE_TYPE={kind!r} is not known; use 'local' or 's3'")
+        storage = _storage_url(e, home)
         if overrides.get("storage") is not None:
             storage = overrides["storage"]
-        local_storage = "://" not in storage or storage.startswith("file://")
-        default_db = (
-            str(Path(storage.removeprefix("file://")).expanduser() / "queue.db")
-            if local_storage
-            else str(home / "queue.db")
-        )
-        upload_models = (_first(e, "FTKIT_UPLOAD_MODELS") or "auto").lower()
-        if upload_models not in UPLOAD_MODELS:
-            raise ConfigError(
-                f"FTKIT_UPLOAD_MODELS={upload_models!r}: use one of {', '.join(UPLOAD_MODELS)}"
-            )
+        upload_models = _upload_models(e)
         allowed = _first(e, "FTKIT_ALLOWED_MODEL_DIRS")
         values: dict[str, Any] = dict(
-            redis_url=redis_url,
+            redis_url=_redis_url(e),
             storage=storage,
-            queue_db=_first(e, "FTKIT_QUEUE_DB") or default_db,
+            queue_db=_first(e, "FTKIT_QUEUE_DB") or _default_queue_db(storage, home),
             s3_endpoint_url=_first(
                 e, "FTKIT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
             ),
@@ -179,17 +148,8 @@ class Settings:
             home=str(home),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
-        # Absolute paths: a worker's notebook kernel runs in another folder and must find the same files.
-        if "://" not in values["storage"]:
-            values["storage"] = str(Path(values["storage"]).expanduser().resolve())
-        values["queue_db"] = str(Path(values["queue_db"]).expanduser().resolve())
-        if values["redis_url"] and not str(values["redis_url"]).startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError(
-                "Redis URL must start with redis://, rediss:// or unix:// "
-                f"(got {mask_url(values['redis_url'])!r})"
-            )
+        _make_paths_absolute(values)
+        _check_redis_scheme(values["redis_url"])
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -211,6 +171,69 @@ class Settings:
         if self.allowed_model_dirs:
             env["FTKIT_ALLOWED_MODEL_DIRS"] = os.pathsep.join(self.allowed_model_dirs)
         return env
+
+
+def _redis_url(env: dict[str, str]) -> str | None:
+    """FTKIT_REDIS_URL or REDIS_URL, else one built from REDIS_HOST, _PORT, _DB and _PASSWORD."""
+    redis_url = _first(env, "FTKIT_REDIS_URL", "REDIS_URL")
+    if redis_url is None and _first(env, "REDIS_HOST"):
+        password = _first(env, "REDIS_PASSWORD")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        redis_url = (
+            f"redis://{auth}{env['REDIS_HOST']}:{_first(env, 'REDIS_PORT') or 6379}"
+            f"/{_first(env, 'REDIS_DB') or 0}"
+        )
+    return redis_url
+
+
+def _storage_url(env: dict[str, str], home: Path) -> str:
+    """FTKIT_STORAGE, else STORAGE_TYPE: an S3 bucket and prefix, or a local folder."""
+    storage = _first(env, "FTKIT_STORAGE")
+    if storage is not None:
+        return storage
+    kind = (_first(env, "STORAGE_TYPE") or "local").lower()
+    if kind == "s3":
+        bucket = _first(env, "S3_BUCKET")
+        if not bucket:
+            raise ConfigError(
+                "STORAGE_TYPE=s3 needs S3_BUCKET (or set FTKIT_STORAGE=s3://bucket/prefix)"
+            )
+        prefix = (_first(env, "S3_PREFIX") or "").strip("/")
+        return f"s3://{bucket}/{prefix}".rstrip("/")
+    if kind == "local":
+        return _first(env, "STORAGE_BASE_DIR") or str(home / "storage")
+    raise ConfigError(f"STORAGE_TYPE={kind!r} is not known; use 'local' or 's3'")
+
+
+def _default_queue_db(storage: str, home: Path) -> str:
+    """The SQLite queue sits in local storage's folder, else in the per-user folder."""
+    if "://" not in storage or storage.startswith("file://"):
+        return str(Path(storage.removeprefix("file://")).expanduser() / "queue.db")
+    return str(home / "queue.db")
+
+
+def _upload_models(env: dict[str, str]) -> str:
+    upload_models = (_first(env, "FTKIT_UPLOAD_MODELS") or "auto").lower()
+    if upload_models not in UPLOAD_MODELS:
+        raise ConfigError(
+            f"FTKIT_UPLOAD_MODELS={upload_models!r}: use one of {', '.join(UPLOAD_MODELS)}"
+        )
+    return upload_models
+
+
+def _make_paths_absolute(values: dict[str, Any]) -> None:
+    """Absolute paths: a worker's notebook kernel runs in another folder and must find the same files."""
+    if "://" not in values["storage"]:
+        values["storage"] = str(Path(values["storage"]).expanduser().resolve())
+    values["queue_db"] = str(Path(values["queue_db"]).expanduser().resolve())
+
+
+def _check_redis_scheme(redis_url: str | None) -> None:
+    if redis_url and not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "Redis URL must start with redis://, rediss:// or unix:// "
+            f"(got {mask_url(redis_url)!r})"
+        )
 
 
 def _int_setting(env: dict[str, str], name: str, fallback: int) -> int:
@@ -278,23 +301,39 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        def fail(name: str, why: str) -> None:
-            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
+        """Each step raises ConfigError naming the field; the first failure is the one reported."""
+        self._check_base_model()
+        self._check_integers()
+        self._check_learning_rate_and_epochs()
+        self._check_timeout()
+        self._check_sample_prompts()
+        self._check_fractions()
+        self._check_switches_and_backend()
 
+    def _fail(self, name: str, why: str) -> NoReturn:
+        raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
+
+    def _check_base_model(self) -> None:
+        """A model id or a folder path, on one line (it goes into a notebook parameter)."""
         if not isinstance(self.base_model, str) or not self.base_model.strip():
-            fail("base_model", "must be a model id (org/name) or a local folder path")
+            self._fail("base_model", "must be a model id (org/name) or a local folder path")
         if any(ch in self.base_model for ch in "\n\r\0"):
-            fail("base_model", "must be a single-line model id or path")
+            self._fail("base_model", "must be a single-line model id or path")
+
+    def _check_integers(self) -> None:
+        """Whole numbers (not bools) between each one's floor in _INTS and a billion."""
         for name, low in self._INTS.items():
             value = getattr(self, name)
             if name == "max_steps" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                fail(name, f"must be an integer >= {low}")
+                self._fail(name, f"must be an integer >= {low}")
             if value < low:
-                fail(name, f"must be >= {low}")
+                self._fail(name, f"must be >= {low}")
             if value > 10**9:
-                fail(name, "is absurdly large")
+                self._fail(name, "is absurdly large")
+
+    def _check_learning_rate_and_epochs(self) -> None:
         bounds: tuple[tuple[str, float, float], ...] = (
             ("learning_rate", 0.0, 1.0),
             ("num_epochs", 0.0, 1e6),
@@ -306,24 +345,32 @@ class TrainConfig:
                 or not isinstance(number, (int, float))
                 or math.isnan(number)
             ):
-                fail(name, "must be a number")
+                self._fail(name, "must be a number")
             if not lowest < number <= high:
-                fail(name, f"must be > {lowest} and <= {high:g}")
+                self._fail(name, f"must be > {lowest} and <= {high:g}")
+
+    def _check_timeout(self) -> None:
         if self.timeout_minutes is not None and (
             isinstance(self.timeout_minutes, bool)
             or not isinstance(self.timeout_minutes, (int, float))
             or not 0 < self.timeout_minutes <= 60 * 24 * 30
         ):
-            fail("timeout_minutes", "must be a number of minutes > 0 (at most 30 days), or None")
+            self._fail(
+                "timeout_minutes", "must be a number of minutes > 0 (at most 30 days), or None"
+            )
+
+    def _check_sample_prompts(self) -> None:
         if (
             not isinstance(self.sample_prompts, (list, tuple))
             or len(self.sample_prompts) > 20
             or not all(isinstance(p, str) and 0 < len(p) <= 4000 for p in self.sample_prompts)
         ):
-            fail(
+            self._fail(
                 "sample_prompts",
                 "must be a list of at most 20 prompt strings (each 1-4000 characters)",
             )
+
+    def _check_fractions(self) -> None:
         for name in ("lora_dropout", "validation_split"):
             value = getattr(self, name)
             if (
@@ -331,14 +378,16 @@ class TrainConfig:
                 or not isinstance(value, (int, float))
                 or not 0.0 <= value < 1.0
             ):
-                fail(name, "must be a number in [0, 1)")
+                self._fail(name, "must be a number in [0, 1)")
+
+    def _check_switches_and_backend(self) -> None:
         for name in ("train_on_inputs", "packing", "auto_batch_size"):
             if not isinstance(getattr(self, name), bool):
-                fail(name, "must be true or false")
+                self._fail(name, "must be true or false")
         if self.load_in_4bit is not None and not isinstance(self.load_in_4bit, bool):
-            fail("load_in_4bit", "must be true, false or None (4-bit where the worker can)")
+            self._fail("load_in_4bit", "must be true, false or None (4-bit where the worker can)")
         if self.backend not in BACKENDS:
-            fail("backend", f"must be one of {', '.join(BACKENDS)}")
+            self._fail("backend", f"must be one of {', '.join(BACKENDS)}")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.cli import DEMO_DATA, DEMO_PROMPTS
+from ftkit.cli.demo import DEMO_DATA, DEMO_PROMPTS
 
 pytestmark = pytest.mark.slow
 

@@ -14,12 +14,16 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import DatasetError
 from .asgi import send_json
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 KNOWN_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet")
 MAX_NAME_CHARS, MAX_NAME_BYTES = 200, 255  # a file name longer than 255 bytes cannot be stored
@@ -109,67 +113,11 @@ async def receive_file(
 ) -> Upload:
     """Parse a multipart body chunk by chunk, writing the part named ``field`` into ``folder``."""
     from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import MultipartParser
 
-    kind, params = parse_options_header(content_type)
-    if kind != b"multipart/form-data" or b"boundary" not in params:
-        raise DatasetError(
-            "send the data set as multipart/form-data with a part named 'file' "
-            "(curl -F file=@train.jsonl)"
-        )
-    state: dict = {"headers": {}, "name": b"", "value": b"", "file": None, "ended": False}
-    out: dict = {}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["name"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["name"].lower()] = state["value"]
-        state["name"], state["value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        _, options = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        is_file = options.get(b"name") == field.encode() or b"filename" in options
-        if is_file and out:
-            raise DatasetError(
-                "more than one file in the request: send one data set per upload, as the part "
-                f"named {field!r}"
-            )
-        if options.get(b"name") == field.encode() and b"filename" in options:
-            filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
-            path = folder / local_name(filename)
-            state["file"] = open(path, "wb")
-            out.update(path=path, filename=filename, size=0)
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["file"] is not None:
-            state["file"].write(data[start:end])
-            out["size"] += end - start
-
-    def on_end() -> None:
-        state["ended"] = True
-
-    def on_part_end() -> None:
-        if state["file"] is not None:
-            state["file"].close()
-            state["file"] = None
-        state["headers"] = {}
-
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_end": on_end,
-        },
-    )
+    boundary = _boundary(content_type)
+    part = _FilePart(folder, field)
+    parser = MultipartParser(boundary, part.callbacks())
     try:
         async for chunk in stream:
             parser.write(chunk)
@@ -177,16 +125,99 @@ async def receive_file(
     except FormParserError as exc:
         raise DatasetError(f"the multipart body cannot be parsed: {exc}") from exc
     finally:
-        if state["file"] is not None:
-            state["file"].close()
-    if not state["ended"]:
+        part.close()
+    return part.whole_upload()
+
+
+def _boundary(content_type: str) -> bytes:
+    """The multipart boundary, or a DatasetError that says how to send the file."""
+    from python_multipart.multipart import parse_options_header
+
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or b"boundary" not in params:
         raise DatasetError(
-            "the upload was cut off: the multipart body ends before its closing boundary; send "
-            "the file again"
+            "send the data set as multipart/form-data with a part named 'file' "
+            "(curl -F file=@train.jsonl)"
         )
-    if not out:
-        raise DatasetError("no file in the request: send it as the multipart part named 'file'")
-    if out["size"] == 0:
-        os.unlink(out["path"])
-        raise DatasetError(f"{out['filename']}: the file is empty")
-    return Upload(**out)
+    return params[b"boundary"]
+
+
+class _FilePart:
+    """python-multipart's callbacks: each part's headers gathered, and the one file part's bytes
+    written to a file named by the server; a second file part is refused."""
+
+    def __init__(self, folder: Path, field: str):
+        self.folder, self.field = folder, field
+        self.headers: dict[bytes, bytes] = {}
+        self.name, self.value = b"", b""
+        self.file: BinaryIO | None = None
+        self.upload: Upload | None = None
+        self.ended = False  # the closing boundary arrived
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.name.lower()] = self.value
+        self.name, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        is_file = options.get(b"name") == self.field.encode() or b"filename" in options
+        if is_file and self.upload is not None:
+            raise DatasetError(
+                "more than one file in the request: send one data set per upload, as the part "
+                f"named {self.field!r}"
+            )
+        if options.get(b"name") == self.field.encode() and b"filename" in options:
+            filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
+            path = self.folder / local_name(filename)
+            self.file = open(path, "wb")
+            self.upload = Upload(path=path, filename=filename, size=0)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.file is not None and self.upload is not None:
+            self.file.write(data[start:end])
+            self.upload.size += end - start
+
+    def on_part_end(self) -> None:
+        self.close()
+        self.headers = {}
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def whole_upload(self) -> Upload:
+        """The file, if the body was whole: its closing boundary came, and one non-empty file."""
+        if not self.ended:
+            raise DatasetError(
+                "the upload was cut off: the multipart body ends before its closing boundary; "
+                "send the file again"
+            )
+        if self.upload is None:
+            raise DatasetError("no file in the request: send it as the multipart part named 'file'")
+        if self.upload.size == 0:
+            os.unlink(self.upload.path)
+            raise DatasetError(f"{self.upload.filename}: the file is empty")
+        return self.upload
