@@ -41,7 +41,13 @@ def ftkit_home(tmp_path_factory) -> Path:
     return home
 
 
+# Tests that need one backend only (the job store's contract runs on both in test_jobs.py).
+redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
+sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+
+
 def free_port() -> int:
+    """A port nothing listens on now, for a server a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -172,6 +178,14 @@ def tiny_model(tmp_path_factory) -> Path:
     from ftkit.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    """The tiny model's tokenizer, shared by a module's tests: a test that changes it loads its own."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -11,10 +11,8 @@ import pytest
 
 from conftest import EXAMPLE_DATA, wait_for
 
-redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 # The job store's contract runs on both backends in test_jobs.py; each slow fault test runs on one
-# of them, alternating, to keep the suite short.
+# of them (conftest's redis_only or sqlite_only), alternating, to keep the suite short.
 
 
 FAST = {"env": {"FTKIT_KILL_GRACE_SECONDS": "3"}}

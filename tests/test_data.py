@@ -28,13 +28,6 @@ REAL_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def write_lines(path: Path, records: list) -> Path:
     path.write_text(
         "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),

@@ -10,11 +10,9 @@ import time
 
 import pytest
 
-from conftest import EXAMPLE_DATA, wait_for
+from conftest import EXAMPLE_DATA, redis_only, wait_for
 from ftkit import queue
 from ftkit.errors import ConfigError
-
-redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
 
 
 def job_config(tiny_model, **overrides):

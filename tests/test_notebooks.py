@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLE_DATA, REPO
+from conftest import EXAMPLE_DATA, REPO, sqlite_only
 
 pytestmark = pytest.mark.slow
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 
 
 @sqlite_only

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_DATA, RedisServer, free_port, wait_for
+from conftest import EXAMPLE_DATA, RedisServer, free_port, redis_only, sqlite_only, wait_for
 from ftkit.errors import BrokerUnavailable
-from slow_jobs import FAST, redis_only, slow_job, sqlite_only, step_of
+from slow_jobs import FAST, slow_job, step_of
 
 # Generous deadlines: on a busy machine a step can take ten times as long as on a quiet one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -7,15 +7,13 @@ import signal
 
 import pytest
 
-from conftest import wait_for
+from conftest import redis_only, sqlite_only, wait_for
 from slow_jobs import (
     FAST,
     assert_history_continues,
     kill_kernel_of,
-    redis_only,
     seconds_per_step,
     slow_job,
-    sqlite_only,
     step_of,
     steps_past,
 )

@@ -9,15 +9,13 @@ import signal
 
 import pytest
 
-from conftest import wait_for
+from conftest import redis_only, sqlite_only, wait_for
 from ftkit.storage import Storage
 from slow_jobs import (
     FAST,
     assert_history_continues,
-    redis_only,
     seconds_per_step,
     slow_job,
-    sqlite_only,
     step_of,
     steps_past,
 )
