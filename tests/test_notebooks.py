@@ -6,9 +6,8 @@ import pytest
 
 from conftest import EXAMPLE_DATA, REPO, sqlite_only
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @sqlite_only
 @pytest.mark.parametrize("name", ["python_api", "quickstart"])
 def test_example_notebook_runs_top_to_bottom(

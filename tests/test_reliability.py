@@ -17,7 +17,7 @@ from ftkit.errors import BrokerUnavailable
 from slow_jobs import FAST, slow_job, step_of
 
 # Generous deadlines: on a busy machine a step can take ten times as long as on a quiet one.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)
 
 
 def tokenizing_seconds_per_copy(tiny_model) -> float:
@@ -36,6 +36,7 @@ def tokenizing_seconds_per_copy(tiny_model) -> float:
         return (time.perf_counter() - started) / 20
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_queued_job_that_is_cancelled_never_starts(client, start_worker, tiny_model):
     job = slow_job(client, tiny_model, max_steps=2)
@@ -47,6 +48,7 @@ def test_a_queued_job_that_is_cancelled_never_starts(client, start_worker, tiny_
     assert not any("picked up" in line for line in job.logs(100))
 
 
+@pytest.mark.slow
 @sqlite_only
 def test_a_running_job_stops_within_seconds_when_cancelled_and_keeps_its_report(
     client, start_worker, tiny_model
@@ -72,6 +74,7 @@ def test_a_running_job_stops_within_seconds_when_cancelled_and_keeps_its_report(
     )
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_kernel_that_does_not_answer_a_cancel_is_killed_after_the_grace(
     client, start_worker, tiny_model, tmp_path
@@ -101,6 +104,7 @@ def test_a_kernel_that_does_not_answer_a_cancel_is_killed_after_the_grace(
     assert any("did not stop within 3 s: killed it" in line for line in job.logs(100))
 
 
+@pytest.mark.slow
 @sqlite_only
 def test_a_job_past_its_timeout_fails_as_timed_out(client, start_worker, tiny_model):
     # More steps than a machine runs in the 15 s allowed (that would take 6,700 steps a second);
@@ -113,6 +117,7 @@ def test_a_job_past_its_timeout_fails_as_timed_out(client, start_worker, tiny_mo
     assert max((m["step"] for m in job.metrics() if m.get("step")), default=0) < max_steps
 
 
+@pytest.mark.slow
 @redis_only
 def test_an_active_job_without_a_live_worker_is_never_stuck(client, start_worker, tiny_model):
     doomed = start_worker()
@@ -138,6 +143,7 @@ def test_duplicate_submit_with_an_idempotency_key_returns_the_same_job(client, t
     assert first.id == again.id and client.store.count() == 1 and client.huey.pending_count() == 1
 
 
+@pytest.mark.slow
 def test_queued_jobs_and_records_survive_a_redis_restart_with_aof(
     tmp_path, tiny_model, start_worker_for
 ):
@@ -269,6 +275,7 @@ def start_worker_for(tmp_path, tiny_model):
         w.stop(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_tls_redis_url_with_a_password_works_and_the_password_never_leaks(
     tmp_path, tiny_model, start_worker_for
 ):
