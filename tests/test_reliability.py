@@ -14,7 +14,7 @@ import pytest
 
 from conftest import EXAMPLE_DATA, RedisServer, free_port, redis_only, sqlite_only, wait_for
 from ftkit.errors import BrokerUnavailable
-from slow_jobs import FAST, slow_job, step_of
+from slow_jobs import FAST, kernel_of, slow_job, step_of
 
 # Generous deadlines: on a busy machine a step can take ten times as long as on a quiet one.
 pytestmark = pytest.mark.timeout(1800)
@@ -81,27 +81,43 @@ def test_a_kernel_that_does_not_answer_a_cancel_is_killed_after_the_grace(
 ):
     # Tokenizing a large data set gives the kernel a long stretch with no step boundary to check for
     # a cancel: the watchdog must kill it. The file is sized from the tokenizing speed measured here,
-    # to take the kernel about 40 s, and the cancel comes a quarter of the way in.
+    # to take the kernel about 40 s; the cancel comes once the kernel is reading it.
     seconds_per_copy = tokenizing_seconds_per_copy(tiny_model)
     copies = max(20, math.ceil(40 / seconds_per_copy))
     big = tmp_path / "big.jsonl"
     big.write_text(EXAMPLE_DATA.read_text() * copies)
-    start_worker(**FAST)
+    worker = start_worker(**FAST)
     job = client.submit(big, base_model=str(tiny_model), max_steps=2, max_seq_length=256)
-    wait_for(
-        lambda: any("data set big.jsonl" in line for line in job.logs(20)),
-        120,
-        "the data set to reach the worker",
-    )
-    time.sleep(copies * seconds_per_copy / 4)  # the kernel is now busy preparing the data
+    kernel = kernel_of(client, worker, job, timeout=300)  # after staging the big file
+    wait_for(lambda: reading_big(kernel), 300, "the kernel to be tokenizing big.jsonl")
     assert job.status()["status"] == "preparing"
-    asked = time.monotonic()
     job.cancel()
-    final = job.wait(timeout=60, progress=False, poll=0.1)
+
+    def after_reading() -> str | None:
+        state = reading_big(kernel)
+        return None if state else "still tokenizing when killed" if state is None else "finished"
+
     # killed after the grace, long before the tokenizing it was stuck in would have ended
+    assert wait_for(after_reading, 60, "the watchdog to kill the kernel") == (
+        "still tokenizing when killed"
+    )
+    final = job.wait(timeout=60, progress=False, poll=0.1)
     assert final["status"] == "cancelled"
-    assert time.monotonic() - asked < copies * seconds_per_copy * 3 / 4
     assert any("did not stop within 3 s: killed it" in line for line in job.logs(100))
+
+
+def reading_big(kernel) -> bool | None:
+    """Whether the kernel is part way through big.jsonl (tokenizing streams it, past the first
+    bytes a format check reads); None once the kernel is gone."""
+    import psutil
+
+    try:
+        if kernel.status() == psutil.STATUS_ZOMBIE:
+            return None
+        files = kernel.open_files()
+    except psutil.NoSuchProcess:
+        return None
+    return any(Path(f.path).name == "big.jsonl" and f.position > 64 << 10 for f in files)
 
 
 @pytest.mark.slow
