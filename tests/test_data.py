@@ -266,7 +266,7 @@ def test_json_array_is_decoded_incrementally_with_line_numbers(monkeypatch):
     lines = path.read_text().splitlines()
     starts = [i for i, line in enumerate(lines, start=1) if line.startswith("  {")]
     monkeypatch.setattr(readers, "ARRAY_CHUNK_CHARS", 7)
-    events = list(readers._records(readers._sniff(path)[0]))
+    events = list(readers.records(readers.sniff(path)[0]))
     assert [record for _, record, _ in events] == json.loads(path.read_text())
     assert [line for line, _, _ in events] == starts
 
