@@ -262,6 +262,14 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Each test's markers go into its report, and so into the JUnit XML `make test` writes:
+    scripts/check_durations.py sums from it the time of the tests `make test-fast` selects."""
+    for item in items:
+        names = sorted({mark.name for mark in item.iter_markers()})
+        item.user_properties.append(("markers", " ".join(names)))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failed test's report ends with the tail of each worker's log: a CI failure explains itself."""
