@@ -110,6 +110,7 @@ def test_a_message_still_missing_on_a_later_scan_is_queued_again(client, tiny_mo
     assert client.store.message_pending(client.store.get(job.id)) and missing == {}
 
 
+@pytest.mark.slow
 def test_a_worker_reaps_a_lost_message_and_the_job_completes(client, start_worker, tiny_model):
     job = client.submit(EXAMPLE_DATA, **job_config(tiny_model))
     client.huey.flush()
