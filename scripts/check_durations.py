@@ -69,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(t.seconds for t in chosen)
     print(
         f"{len(chosen)} of {len(every)} tests selected by -m {args.select!r}: {total:.0f} s of test"
-        f" time (budget {args.budget:.0f} s); the whole suite: {sum(t.seconds for t in every):.0f} s"
+        f" time (budget {args.budget:.0f} s); all tests in the file: {sum(t.seconds for t in every):.0f} s"
     )
     for t in sorted(chosen, key=lambda t: -t.seconds):
         if t.seconds > args.slow:
             print(f"  {t.seconds:6.1f} s  {t.test}  (slow: mark it, or make it faster)")
+    if any(t.seconds > args.slow for t in chosen):
+        print("  (times include setup: the first test to use a session fixture pays for it)")
     if total > args.budget:
         print(f"FAIL: the selected tests take {total:.0f} s, over the {args.budget:.0f} s budget")
         return 1
