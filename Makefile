@@ -28,11 +28,18 @@ browser-deps: $(STAMP)
 demo: install
 	$(VENV)/bin/ftkit demo
 
+# `make test-fast` runs the tests FAST selects; `make test` checks from its own timings that they
+# stay under FAST_BUDGET seconds of test time (about half that in wall time on two processes).
+FAST        = not slow and not browser
+FAST_BUDGET = 150
+TIMINGS     = test-timings.xml
+
 test: install redis browser-deps
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --junitxml=$(TIMINGS)
+	$(PY) scripts/check_durations.py $(TIMINGS) --select "$(FAST)" --budget $(FAST_BUDGET)
 
 test-fast: install redis
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow and not browser"
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "$(FAST)"
 
 # The tests that load models, train, resume and stop workers, at the lowest versions allowed.
 test-lowest: redis
@@ -47,4 +54,4 @@ bench: install redis
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-lowest storage .pytest_cache
+	rm -rf $(VENV) .venv-lowest storage .pytest_cache $(TIMINGS)

@@ -41,7 +41,13 @@ def ftkit_home(tmp_path_factory) -> Path:
     return home
 
 
+# Tests that need one backend only (the job store's contract runs on both in test_jobs.py).
+redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
+sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+
+
 def free_port() -> int:
+    """A port nothing listens on now, for a server a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -174,6 +180,14 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    """The tiny model's tokenizer, shared by a module's tests: a test that changes it loads its own."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def settings(request, tmp_path):
     """Fresh Settings on each backend: an empty SQLite file or a flushed Redis, and a new folder."""
@@ -246,6 +260,14 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Each test's markers go into its report, and so into the JUnit XML `make test` writes:
+    scripts/check_durations.py sums from it the time of the tests `make test-fast` selects."""
+    for item in items:
+        names = sorted({mark.name for mark in item.iter_markers()})
+        item.user_properties.append(("markers", " ".join(names)))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -59,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -77,34 +78,9 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
-BROWSER_MARKER = "browser: drives a real JupyterLab in headless Chromium"
-
-
-def _register_marker(config) -> None:
-    if not any(m.split(":")[0].strip() == "browser" for m in config.getini("markers")):
-        config.addinivalue_line("markers", BROWSER_MARKER)
-
-
-def pytest_configure(config) -> None:
-    _register_marker(config)
-
-
-# A test module runs `pytestmark = pytest.mark.browser` before pytest registers this module as a
-# plugin, so register the marker already at import (the proper home is the `markers` list in
-# pyproject.toml; pytest.mark._config is private, hence the guard).
-if getattr(pytest.mark, "_config", None) is not None:
-    _register_marker(pytest.mark._config)
-
-
 # --------------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -244,7 +220,7 @@ def start_lab(
     last_log = ""
     for _attempt in range(3):  # the free port may be taken between choosing and binding
         token = secrets.token_hex(16)
-        port = _free_port()
+        port = free_port()
         log_path = home / f"lab-{port}.log"
         args = [
             sys.executable,

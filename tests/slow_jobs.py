@@ -11,10 +11,8 @@ import pytest
 
 from conftest import EXAMPLE_DATA, wait_for
 
-redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 # The job store's contract runs on both backends in test_jobs.py; each slow fault test runs on one
-# of them, alternating, to keep the suite short.
+# of them (conftest's redis_only or sqlite_only), alternating, to keep the suite short.
 
 
 FAST = {"env": {"FTKIT_KILL_GRACE_SECONDS": "3"}}
@@ -80,18 +78,24 @@ def assert_history_continues(job, total: int) -> None:
     assert steps == list(range(1, total + 1)), steps
 
 
-def kill_kernel_of(client, worker, job) -> int:
-    """SIGKILL the kernel running ``job`` (as the out-of-memory killer would); its pid."""
+def kernel_of(client, worker, job, timeout: float = 30):
+    """The kernel running ``job``, as a ``psutil.Process``: the one the worker's heartbeat names."""
     import psutil
 
     pid = wait_for(
         lambda: next(
             (w["kernel_pid"] for w in client.workers() if w.get("current_job") == job.id), None
         ),
-        30,
+        timeout,
         "the worker's heartbeat to name the job's kernel",
     )
     kernel = psutil.Process(pid)
     assert kernel.parent().pid == worker.proc.pid  # the job's kernel, started by this worker
+    return kernel
+
+
+def kill_kernel_of(client, worker, job) -> int:
+    """SIGKILL the kernel running ``job`` (as the out-of-memory killer would); its pid."""
+    kernel = kernel_of(client, worker, job)
     kernel.send_signal(signal.SIGKILL)
-    return pid
+    return kernel.pid

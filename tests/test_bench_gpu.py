@@ -14,9 +14,8 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_gpu_check_smoke_prints_both_tables_and_writes_the_json(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(

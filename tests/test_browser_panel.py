@@ -26,11 +26,10 @@ from lab import (
     upload_file,
 )
 
-from conftest import EXAMPLE_DATA, REPO, wait_for
+from conftest import EXAMPLE_DATA, REPO, sqlite_only, wait_for
 
 pytest_plugins = ["lab"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 
 MAX_STEPS = 12
 FINAL = ("completed", "failed", "cancelled")

@@ -28,13 +28,6 @@ REAL_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def write_lines(path: Path, records: list) -> Path:
     path.write_text(
         "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),
@@ -273,7 +266,7 @@ def test_json_array_is_decoded_incrementally_with_line_numbers(monkeypatch):
     lines = path.read_text().splitlines()
     starts = [i for i, line in enumerate(lines, start=1) if line.startswith("  {")]
     monkeypatch.setattr(readers, "ARRAY_CHUNK_CHARS", 7)
-    events = list(readers._records(readers._sniff(path)[0]))
+    events = list(readers.records(readers.sniff(path)[0]))
     assert [record for _, record, _ in events] == json.loads(path.read_text())
     assert [line for line, _, _ in events] == starts
 

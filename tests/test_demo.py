@@ -15,8 +15,6 @@ import pytest
 
 from ftkit.cli.demo import DEMO_DATA, DEMO_PROMPTS
 
-pytestmark = pytest.mark.slow
-
 
 def taught_answers() -> dict[str, str]:
     """prompt -> the answer the demo data gives it."""
@@ -27,6 +25,7 @@ def taught_answers() -> dict[str, str]:
     return answers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_the_demo_halves_the_loss_and_answers_what_it_was_taught(settings, tmp_path):
     env = {**os.environ, **settings.to_env(), "FTKIT_SCRATCH_DIR": str(tmp_path / "scratch")}

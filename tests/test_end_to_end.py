@@ -12,7 +12,6 @@ import pytest
 
 from conftest import EXAMPLE_DATA, wait_for
 
-pytestmark = pytest.mark.slow
 STATUS_FIELDS = {
     "job_id",
     "status",
@@ -30,6 +29,7 @@ STATUS_FIELDS = {
 }
 
 
+@pytest.mark.slow
 def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(
     client, start_worker, tiny_model, tmp_path
 ):
@@ -107,6 +107,7 @@ print(out.shape[1] - ids["input_ids"].shape[1])
 """
 
 
+@pytest.mark.slow
 def test_a_missing_base_model_fails_clearly_and_keeps_its_report(client, start_worker, tmp_path):
     gone = tmp_path / "no-such-model"
     gone.mkdir()
@@ -159,6 +160,7 @@ def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["redis"], indirect=True)
 def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp_path):
     start_worker()

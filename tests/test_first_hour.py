@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 
 import ftkit
-from conftest import EXAMPLE_DATA, REPO, wait_for
+from conftest import EXAMPLE_DATA, REPO, sqlite_only, wait_for
 from ftkit.client import Client, WorkerWatch
 from ftkit.config import Settings
 from ftkit.errors import ConfigError, DatasetError, NoWorkerWarning, StorageError
 from ftkit.storage import check_model_ref, folder_digest, model_files, safe_model_name
 from ftkit.widgets import MonitorPanel
 from ftkit.worker import Runtime, stage_model
-
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 
 
 def fake_model(folder: Path, text: str = '{"model_type": "llama"}') -> Path:

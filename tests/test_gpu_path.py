@@ -200,6 +200,7 @@ def test_out_of_memory_ends_the_job_naming_batch_size_and_sequence_length(capped
     assert "torch said: CUDA out of memory" in message  # the allocator's own words are kept
 
 
+@pytest.mark.slow
 def test_auto_batch_size_retries_at_half_the_batch_keeping_the_effective_batch(
     capped_model, tmp_path
 ):

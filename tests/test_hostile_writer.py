@@ -21,7 +21,6 @@ from ftkit.client import Client
 from ftkit.config import Settings
 from ftkit.queue import QUEUE_NAME, enqueue
 
-pytestmark = pytest.mark.slow
 SECRET = "hostile-writer-test-secret"
 QUEUE_KEY = f"huey.redis.{QUEUE_NAME}"
 
@@ -172,16 +171,19 @@ def refused(world: Attack, name: str, why: str) -> None:
     assert not world.client.store.metrics(world.jobs[name]), "a refused job must train nothing"
 
 
+@pytest.mark.slow
 def test_a_parameter_name_injection_never_runs(attack):
     assert not attack.canary.exists()
     refused(attack, "injection", "signature does not match")
 
 
+@pytest.mark.slow
 def test_a_resigned_parameter_name_injection_is_refused_by_the_config_check(attack):
     assert not attack.canary.exists()
     refused(attack, "injection_resigned", "unknown TrainConfig key")
 
 
+@pytest.mark.slow
 def test_job_ids_that_climb_out_of_the_scratch_folder_touch_nothing(attack):
     for victim in attack.victims:
         assert (victim / "precious.txt").read_text() == "keep me"
@@ -190,19 +192,23 @@ def test_job_ids_that_climb_out_of_the_scratch_folder_touch_nothing(attack):
         assert attack.record(attack.jobs[name])["status"] == "queued"  # never claimed
 
 
+@pytest.mark.slow
 def test_a_value_changed_after_submit_fails_the_job_without_training(attack):
     refused(attack, "changed_value", "job record changed after submit")
 
 
+@pytest.mark.slow
 def test_a_data_set_reference_outside_storage_is_refused(attack):
     refused(attack, "dataset_name", "invalid data set name")
     refused(attack, "dataset_sha", "is not a sha256 hex digest")
 
 
+@pytest.mark.slow
 def test_a_base_model_outside_the_allowed_folders_is_refused_on_the_worker(attack):
     refused(attack, "model_outside", "is outside FTKIT_ALLOWED_MODEL_DIRS")
 
 
+@pytest.mark.slow
 def test_a_forged_message_for_a_legitimate_job_is_ignored_and_the_job_runs_once(attack):
     job_id = attack.jobs["forged_for"]
     assert attack.record(job_id)["status"] == "completed"
@@ -211,6 +217,7 @@ def test_a_forged_message_for_a_legitimate_job_is_ignored_and_the_job_runs_once(
     assert sum("picked up by worker" in line for line in logs) == 1
 
 
+@pytest.mark.slow
 def test_a_replayed_message_does_not_run_a_finished_job_again(attack):
     job_id = attack.jobs["replayed"]
     assert attack.record(job_id)["status"] == "completed"
@@ -219,6 +226,7 @@ def test_a_replayed_message_does_not_run_a_finished_job_again(attack):
     assert "skipping job" in attack.worker.output()
 
 
+@pytest.mark.slow
 def test_legitimate_jobs_queued_between_and_after_the_attacks_complete(attack):
     for job_id in attack.legit:
         record = attack.record(job_id)
@@ -227,6 +235,7 @@ def test_legitimate_jobs_queued_between_and_after_the_attacks_complete(attack):
     assert attack.worker.proc.poll() is None, attack.worker.output()
 
 
+@pytest.mark.slow
 def test_secrets_stay_out_of_records_logs_and_reports(attack):
     job_id = attack.legit[0]
     report = Path(attack.record(job_id)["report"]).read_text()

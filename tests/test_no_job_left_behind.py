@@ -10,11 +10,9 @@ import time
 
 import pytest
 
-from conftest import EXAMPLE_DATA, wait_for
+from conftest import EXAMPLE_DATA, redis_only, wait_for
 from ftkit import queue
 from ftkit.errors import ConfigError
-
-redis_only = pytest.mark.parametrize("settings", ["redis"], indirect=True)
 
 
 def job_config(tiny_model, **overrides):
@@ -112,6 +110,7 @@ def test_a_message_still_missing_on_a_later_scan_is_queued_again(client, tiny_mo
     assert client.store.message_pending(client.store.get(job.id)) and missing == {}
 
 
+@pytest.mark.slow
 def test_a_worker_reaps_a_lost_message_and_the_job_completes(client, start_worker, tiny_model):
     job = client.submit(EXAMPLE_DATA, **job_config(tiny_model))
     client.huey.flush()

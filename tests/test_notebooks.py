@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLE_DATA, REPO
-
-pytestmark = pytest.mark.slow
-sqlite_only = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+from conftest import EXAMPLE_DATA, REPO, sqlite_only
 
 
+@pytest.mark.slow
 @sqlite_only
 @pytest.mark.parametrize("name", ["python_api", "quickstart"])
 def test_example_notebook_runs_top_to_bottom(

@@ -23,13 +23,6 @@ LLAMA3_LIKE = (  # headers, a BOS, and an end token the tiny vocabulary does not
 )
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def first(name: str, fmt: str, where=lambda e: True) -> dict:
     return next(e for e in read_examples(DATA / name, format=fmt) if where(e))
 

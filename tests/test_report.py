@@ -12,7 +12,6 @@ import pytest
 from conftest import EXAMPLE_DATA, REPO, WorkerProcess, wait_for
 from ftkit.config import TrainConfig
 
-pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 
@@ -76,6 +75,7 @@ def html_of(outputs: list[dict]) -> str:
     return "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
 
 
+@pytest.mark.slow
 def test_the_header_says_who_what_when_and_how_it_ended(finished):
     client, jobs = finished
     header = html_of(outputs_of(report_of(client, jobs[0]), "run summary appears here"))
@@ -91,12 +91,14 @@ def test_the_header_says_who_what_when_and_how_it_ended(finished):
         assert fact in header
 
 
+@pytest.mark.slow
 def test_the_config_table_has_every_field(finished):
     client, jobs = finished
     table = html_of(outputs_of(report_of(client, jobs[0]), "TrainConfig.from_dict"))
     assert all(f">{name}<" in table for name in TrainConfig.field_names())
 
 
+@pytest.mark.slow
 def test_model_data_environment_and_throughput_sections(finished):
     client, jobs = finished
     report = report_of(client, jobs[0])
@@ -110,6 +112,7 @@ def test_model_data_environment_and_throughput_sections(finished):
     assert "tokens/s" in speed and "peak process RSS" in speed
 
 
+@pytest.mark.slow
 def test_the_loss_and_learning_rate_figure_is_a_png(finished):
     client, jobs = finished
     pngs = [
@@ -123,6 +126,7 @@ def test_the_loss_and_learning_rate_figure_is_a_png(finished):
     assert base64.b64decode(pngs[0]["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_sample_generations_exist_before_and_after(finished):
     client, jobs = finished
     result = json.loads(client.storage.read_text("runs", jobs[0].id, "result.json"))
@@ -132,11 +136,13 @@ def test_sample_generations_exist_before_and_after(finished):
     assert "base model (before)" in table and "fine-tuned (after)" in table
 
 
+@pytest.mark.slow
 def test_eval_loss_is_logged_and_in_metrics(finished):
     _, jobs = finished
     assert [m["step"] for m in jobs[0].metrics() if "eval_loss" in m] == [6, 12]
 
 
+@pytest.mark.slow
 def test_report_renders_as_html_and_a_browser_can_show_it(finished):
     client, jobs = finished
     html = client.storage.read_text("runs", jobs[0].id, "report.html")
@@ -175,6 +181,7 @@ def test_report_renders_as_html_and_a_browser_can_show_it(finished):
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_job_loads_generates_and_merges(finished, tmp_path):
     _, jobs = finished
     model, tokenizer = jobs[0].load()
@@ -187,6 +194,7 @@ def test_a_job_loads_generates_and_merges(finished, tmp_path):
     assert not (merged / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_compare_shows_config_differences_metrics_and_overlaid_curves(finished):
     import ftkit
 
@@ -199,6 +207,7 @@ def test_compare_shows_config_differences_metrics_and_overlaid_curves(finished):
     assert comparison._repr_html_().count("class='ftkit-compare-loss'") == 3
 
 
+@pytest.mark.slow
 def test_the_same_config_data_and_seed_give_the_same_loss_curve(finished):
     _, jobs = finished
     first, second = ([m["loss"] for m in j.metrics() if "loss" in m] for j in jobs[:2])
@@ -206,6 +215,7 @@ def test_the_same_config_data_and_seed_give_the_same_loss_curve(finished):
     assert [m["loss"] for m in jobs[2].metrics() if "loss" in m] != pytest.approx(first, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_failed_job_still_renders_its_report_with_the_failing_cell(
     client, start_worker, tmp_path
 ):

@@ -7,24 +7,23 @@ import signal
 
 import pytest
 
-from conftest import wait_for
+from conftest import redis_only, sqlite_only, wait_for
 from slow_jobs import (
     FAST,
     assert_history_continues,
     kill_kernel_of,
-    redis_only,
     seconds_per_step,
     slow_job,
-    sqlite_only,
     step_of,
     steps_past,
 )
 
 # Generous deadlines: on a busy machine a step can take ten times as long as on a quiet one.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)
 __all__ = ["seconds_per_step"]  # a fixture the tests here use
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_worker_killed_mid_training_loses_nothing(
     client, start_worker, tiny_model, seconds_per_step
@@ -50,6 +49,7 @@ def test_a_worker_killed_mid_training_loses_nothing(
     assert_history_continues(job, total)
 
 
+@pytest.mark.slow
 @redis_only
 def test_sigterm_hands_the_running_job_back_and_another_worker_resumes_it(
     client, start_worker, tiny_model, seconds_per_step
@@ -74,6 +74,7 @@ def test_sigterm_hands_the_running_job_back_and_another_worker_resumes_it(
     assert_history_continues(job, total)
 
 
+@pytest.mark.slow
 @sqlite_only
 def test_drain_finishes_the_running_job_before_exiting(client, start_worker, tiny_model):
     worker = start_worker(args=("--drain",))
@@ -88,6 +89,7 @@ def test_drain_finishes_the_running_job_before_exiting(client, start_worker, tin
     assert not any("handed back" in line for line in job.logs(200))
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_kernel_killed_mid_training_is_retried_from_its_checkpoint(
     client, start_worker, tiny_model, seconds_per_step
@@ -112,6 +114,7 @@ def test_a_kernel_killed_mid_training_is_retried_from_its_checkpoint(
     assert worker.proc.poll() is None  # the worker lives on
 
 
+@pytest.mark.slow
 @sqlite_only
 def test_a_job_whose_kernel_dies_on_its_last_attempt_fails_naming_the_attempts(
     client, start_worker, tiny_model

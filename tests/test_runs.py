@@ -85,11 +85,12 @@ def test_gc_collects_ended_jobs_older_than_an_age_and_a_dry_run_keeps_them(clien
 
 
 def test_the_gc_command_prints_what_it_frees(client, capsys, monkeypatch):
+    import ftkit
     from ftkit import cli
 
     job = client.submit(EXAMPLE_DATA, max_steps=2)
     job.cancel()
-    monkeypatch.setattr("ftkit._client", client)
+    monkeypatch.setattr(ftkit, "client", lambda: client)  # the CLI's connection
     assert cli.main(["gc", "--older-than", "0s", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"{job.id}  cancelled" in out and "would free 0 B from 1 job" in out
@@ -184,11 +185,12 @@ def test_following_logs_yields_every_line_until_the_job_ends(client):
 
 
 def test_the_logs_command_prints_the_tail_and_follows_to_the_end(client, capsys, monkeypatch):
+    import ftkit
     from ftkit import cli
 
     job = client.submit(EXAMPLE_DATA, max_steps=2)
     client.store.add_logs(job.id, ["one", "two", "three"])
-    monkeypatch.setattr("ftkit._client", client)
+    monkeypatch.setattr(ftkit, "client", lambda: client)  # the CLI's connection
     assert cli.main(["logs", job.id, "-n", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == ["two", "three"]
     job.cancel()

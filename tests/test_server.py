@@ -741,6 +741,7 @@ def chunked_upload(server: ApiServer, name: str, pieces) -> tuple[int, bytes]:
     return resp.status, resp.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_a_large_upload_streams_to_disk_without_sitting_in_memory(api_process, settings):
     api = api_process
@@ -779,6 +780,7 @@ def proc_kb(pid: int, field: str) -> int:
 
 
 # -- the schema as the contract ---------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_generated_requests_never_get_a_server_error(api):
     """Every operation of the served OpenAPI schema, with schemathesis' generated requests (valid

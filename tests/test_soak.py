@@ -18,9 +18,8 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # about 7 minutes on 2 busy cores: every job trains for real
 def test_no_job_is_lost_stuck_or_trained_twice_through_every_kind_of_fault():
     faults = ["--worker-kills=2", "--worker-kill-during=training,end", "--kernel-kills=1"]

@@ -229,10 +229,10 @@ def test_a_garbled_run_in_a_sweep_record_is_left_out(client):
 
 
 def test_the_sweep_commands_list_sweeps_and_show_one(client, capsys, monkeypatch):
+    import ftkit
     from ftkit import cli
 
-    monkeypatch.setattr("ftkit._client", client)
-    import ftkit
+    monkeypatch.setattr(ftkit, "client", lambda: client)  # the connection of the CLI and ftkit.*
 
     sweep = ftkit.sweep(EXAMPLE_DATA, learning_rate=[1e-4, 2e-4], tags=["cli"], **QUICK)
     assert ftkit.get_sweep(sweep.id).record == sweep.record

@@ -12,8 +12,6 @@ from conftest import TEST_DATA, wait_for
 from ftkit import train
 from ftkit.config import TrainConfig
 
-pytestmark = pytest.mark.slow  # real training steps: `make test-fast` leaves them out
-
 
 def run(tiny_model, tmp_path, path, fmt, **overrides):
     settings = dict(max_steps=3, batch_size=2, max_seq_length=128, learning_rate=1e-3)
@@ -27,6 +25,7 @@ def run(tiny_model, tmp_path, path, fmt, **overrides):
     return trainer, result, summary, info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,fmt",
     [
@@ -47,6 +46,7 @@ def test_a_few_steps_train_on_each_format(name, fmt, tiny_model, tmp_path):
     assert all("loss" in row for row in trainer.state.log_history[:3])
 
 
+@pytest.mark.slow
 def test_packing_trains_padding_free(tiny_model, tmp_path):
     trainer, result, summary, _ = run(
         tiny_model, tmp_path, TEST_DATA / "alpaca_en_demo.json", "alpaca", packing=True
@@ -59,6 +59,7 @@ def test_packing_trains_padding_free(tiny_model, tmp_path):
     assert 0 < masked < batch["labels"].numel(), "no prompt token is masked in a packed batch"
 
 
+@pytest.mark.slow
 def test_validation_split_logs_eval_loss(tiny_model, tmp_path):
     trainer, _, summary, _ = run(
         tiny_model,
@@ -72,6 +73,7 @@ def test_validation_split_logs_eval_loss(tiny_model, tmp_path):
     assert any("eval_loss" in row for row in trainer.state.log_history)
 
 
+@pytest.mark.slow
 def test_eval_steps_0_evaluates_once_at_the_end(tiny_model, tmp_path):
     trainer, result, _, _ = run(
         tiny_model, tmp_path, TEST_DATA / "identity.json", "alpaca", validation_split=0.2
@@ -80,6 +82,7 @@ def test_eval_steps_0_evaluates_once_at_the_end(tiny_model, tmp_path):
     assert len(evals) == 1 and evals[0]["step"] == result["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_a_long_run_prints_a_bounded_log_and_keeps_every_step(
     tiny_model, tmp_path, capsys, monkeypatch
 ):
@@ -99,6 +102,7 @@ def test_a_long_run_prints_a_bounded_log_and_keeps_every_step(
     assert [row["step"] for row in trainer.state.log_history if "loss" in row] == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_training_shows_no_library_deprecation_warnings(tiny_model, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -112,6 +116,7 @@ def test_training_shows_no_library_deprecation_warnings(tiny_model, tmp_path):
     assert not deprecations
 
 
+@pytest.mark.slow
 def test_the_kernel_warm_up_loads_a_throw_away_model_and_leaves_no_files(tmp_path, monkeypatch):
     """A warm kernel's first real model load should find transformers' and peft's lazy set-up
     done: the warm-up loads (and discards) a model saved the way a base model is."""

@@ -9,24 +9,23 @@ import signal
 
 import pytest
 
-from conftest import wait_for
+from conftest import redis_only, sqlite_only, wait_for
 from ftkit.storage import Storage
 from slow_jobs import (
     FAST,
     assert_history_continues,
-    redis_only,
     seconds_per_step,
     slow_job,
-    sqlite_only,
     step_of,
     steps_past,
 )
 
 # Generous deadlines: on a busy machine a step can take ten times as long as on a quiet one.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)
 __all__ = ["seconds_per_step"]  # a fixture the tests here use
 
 
+@pytest.mark.slow
 @sqlite_only
 @pytest.mark.parametrize("save_steps", [5, 0])  # 0: the job keeps only its last step's weights
 def test_a_worker_killed_after_training_ended_leaves_nothing_to_train_again(
@@ -50,6 +49,7 @@ def test_a_worker_killed_after_training_ended_leaves_nothing_to_train_again(
     assert_history_continues(job, 12)
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_run_the_record_no_longer_names_stops_and_the_job_trains_once(
     client, start_worker, tiny_model, seconds_per_step
@@ -72,6 +72,7 @@ def test_a_run_the_record_no_longer_names_stops_and_the_job_trains_once(
     assert worker.proc.poll() is None
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_job_whose_end_redis_forgot_is_ended_again_without_training_again(
     client, start_worker, tiny_model

@@ -18,7 +18,7 @@ from .problems import (
     _string,
     _too_many_turns,
 )
-from .readers import _readable_file, _records, _sniff
+from .readers import _readable_file, records, sniff
 
 
 def read_examples(
@@ -27,10 +27,10 @@ def read_examples(
     """Normalized examples, streaming. Records with errors are skipped: validation reported them."""
     path = _readable_file(path)
     _check_arguments(format, columns)
-    source, problem = _sniff(path)
+    source, problem = sniff(path)
     if problem is not None:
         return
-    for line, record, problem in _records(source):
+    for line, record, problem in records(source):
         if problem is None and isinstance(record, dict):
             example, _ = normalize(_renamed(record, columns), format, line)
             if example is not None:

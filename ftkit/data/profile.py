@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import DatasetError
 from .formats import _check_arguments, _renamed, detect_format, normalize
 from .problems import KEPT_PER_KIND, PREVIEW_CHARS, PREVIEW_ROWS, DatasetProfile, Problem
-from .readers import _readable_file, _records, _sniff
+from .readers import _readable_file, records, sniff
 
 
 # -- public entry points ---------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def inspect_dataset(
     only a missing or unreadable path (or a wrong argument) raises DatasetError."""
     path = _readable_file(path)
     _check_arguments(format, columns)
-    source, problem = _sniff(path)
+    source, problem = sniff(path)
     scan = _Scan(
         DatasetProfile(str(path), source.label, format, max_seq_length=max_seq_length),
         columns,
@@ -38,7 +38,7 @@ def inspect_dataset(
     if problem is not None:
         scan.add(problem)
         return scan.finish()
-    for line, record, problem in _records(source):
+    for line, record, problem in records(source):
         if problem is not None:
             scan.add(problem)
         else:

@@ -1,5 +1,8 @@
 """Streaming readers, one per file kind (JSONL, JSON array, CSV/TSV, text, Parquet; gzip too): each
-yields ``(line, record, problem)`` events in bounded memory, never a whole file."""
+yields ``(line, record, problem)`` events in bounded memory, never a whole file.
+
+The rest of the package reads a file in two calls: ``sniff(path)`` says what it holds (a ``Source``)
+or why it cannot be read, and ``records(source)`` streams its events."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def _readable_file(path: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     path: Path
     kind: str  # jsonl | json (an array) | csv | tsv | txt | parquet
     gzipped: bool
@@ -63,13 +66,13 @@ class _Source:
         return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
 
 
-def _sniff(path: Path) -> tuple[_Source, Problem | None]:
+def sniff(path: Path) -> tuple[Source, Problem | None]:
     """What the file holds, judged by its first bytes as well as its name, or why it cannot be read."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == GZIP_MAGIC
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = EXTENSIONS.get(suffixes[-1] if suffixes else "", "jsonl")
-    source = _Source(path, kind, gzipped)
+    source = Source(path, kind, gzipped)
     try:
         with source.open() as f:
             head = f.read(SNIFF_BYTES)
@@ -89,7 +92,7 @@ def _sniff(path: Path) -> tuple[_Source, Problem | None]:
     return source, None
 
 
-def _records(source: _Source) -> Iterator[Event]:
+def records(source: Source) -> Iterator[Event]:
     """Every record with its line (or row) number, and every problem met on the way."""
     try:
         if source.kind == "parquet":
@@ -210,7 +213,7 @@ class _JsonArray:
             self._skip(",\t\n\r " if self.opened else "\t\n\r ")
             if self.pos >= len(self.buf):
                 break
-            if not self.opened:  # the file starts with "[": _sniff chose this reader for it
+            if not self.opened:  # the file starts with "[": sniff chose this reader for it
                 self.opened, self.pos = True, self.pos + 1
             elif self.buf[self.pos] == "]":
                 self.done = True
@@ -336,7 +339,7 @@ def _txt_records(lines: Iterable[tuple[int, str, Problem | None]]) -> Iterator[E
         yield start, {"text": "".join(block).rstrip()}, None
 
 
-def _parquet_records(source: _Source) -> Iterator[Event]:
+def _parquet_records(source: Source) -> Iterator[Event]:
     pa = require("pyarrow", "worker")
     pq = require("pyarrow.parquet", "worker")
     row = 0
