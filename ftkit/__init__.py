@@ -11,6 +11,7 @@ Importing ftkit connects to nothing and loads no torch, transformers or papermil
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ from .errors import (
     WorkerExitedWarning,
 )
 from .sweeping import Sweep
+
+if typing.TYPE_CHECKING:  # a type only: not a public name of the face
+    from .core.records import WorkerInfo
 
 _client: Client | None = None
 
@@ -95,7 +99,7 @@ def health() -> dict[str, Any]:
     return client().health()
 
 
-def workers() -> list[dict[str, Any]]:
+def workers() -> list[WorkerInfo]:
     return client().workers()
 
 

@@ -15,15 +15,16 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, ClassVar, Literal, cast, overload
 
 from . import jobstore as jobs
 from .config import Settings, TrainConfig
 from .core import statuses
+from .core.records import DatasetRef, JobRecord, WorkerInfo
 from .core.rules import (
     check_attempts,
     check_idempotency_key,
@@ -245,7 +246,7 @@ class Client:
         ds = self.resolve_dataset(dataset)
         job_id = job_id or uuid.uuid4().hex[:12]
         now = time.time()
-        record = {
+        record: JobRecord = {
             "job_id": job_id,
             "status": statuses.QUEUED,
             "created_at": now,
@@ -268,10 +269,8 @@ class Client:
             "tags": tags,
             "note": note,
             "config": cfg.to_dict(),
-            **({"resume_from": parent} if parent else {}),
-            **({"retry_of": _retry_of} if _retry_of else {}),
             "model": model_ref,  # a local base-model folder uploaded to storage, or None
-            "dataset": {k: v for k, v in ds.to_dict().items() if k != "profile"},
+            "dataset": cast(DatasetRef, {k: v for k, v in ds.to_dict().items() if k != "profile"}),
             "dataset_profile": {
                 **{
                     k: ds.profile.get(k)
@@ -289,6 +288,10 @@ class Client:
             },
             "warnings": [w.get("message") for w in ds.profile.get("warnings", [])][:20],
         }
+        if parent:  # only on a job that continues another, or retries it
+            record["resume_from"] = parent
+        if _retry_of:
+            record["retry_of"] = _retry_of
         secret = self.settings.queue_secret
         record["signature"] = sign(record, secret) if secret else None
         stored_id = self.store.create(record, message_for(self.huey, job_id, priority))
@@ -429,10 +432,10 @@ class Client:
             raise JobFailed(f"job {job_id} has no adapter to download (status {record['status']})")
         return self.storage.get_dir(Storage.run_parts(job_id, "adapter"), Path(dest).expanduser())
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerInfo]:
         return self.store.workers()
 
-    def reap_if_orphaned(self, record: dict[str, Any]) -> bool:
+    def reap_if_orphaned(self, record: JobRecord) -> bool:
         """An active job whose worker stopped heart-beating goes back to the queue (or fails after
         its last attempt) as soon as anyone looks, even when no worker is left to notice."""
         if record.get("worker") in {w["worker_id"] for w in self.store.workers()}:
@@ -861,7 +864,7 @@ def _looks_like_id(text: str) -> bool:
     return 8 <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
 
 
-def public_status(record: dict[str, Any]) -> dict[str, Any]:
+def public_status(record: Mapping[str, Any]) -> dict[str, Any]:
     """What status() shows: the record with readable times and without internals."""
     out = {k: v for k, v in record.items() if k not in ("idempotency_key",)}
     out.setdefault("tags", [])  # records from before tags and notes

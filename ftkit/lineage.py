@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import TrainConfig
+from .core.records import JobRecord
 from .core.rules import is_job_id
 from .core.statuses import COMPLETED
 from .errors import ConfigError, JobNotFound
@@ -95,7 +96,7 @@ def start_point(
 
 
 def check_same_lora(
-    parent: str, record: dict[str, Any], config: TrainConfig, model: dict[str, str] | None
+    parent: str, record: JobRecord, config: TrainConfig, model: dict[str, str] | None
 ) -> None:
     """A LoRA adapter loads only into LoRA of the same rank over the same base model, and means
     the same only at the same alpha: any difference is refused, naming both values."""

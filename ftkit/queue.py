@@ -26,6 +26,7 @@ from huey.serializer import Serializer
 from . import jobstore as jobs
 from .config import Settings
 from .core import statuses
+from .core.records import JobRecord
 from .core.rules import MAX_PRIORITY, is_job_id
 from .errors import BrokerUnavailable
 
@@ -247,12 +248,12 @@ def _bounded_int(value: Any, low: int, high: int, fallback: int) -> int:
     return fallback
 
 
-def max_attempts_of(record: dict[str, Any]) -> int:
+def max_attempts_of(record: JobRecord) -> int:
     """How often a job may be tried: the value recorded at submit, the same for every reaper."""
     return _bounded_int(record.get("max_attempts"), 1, 100, DEFAULT_MAX_ATTEMPTS)
 
 
-def priority_of(record: dict[str, Any]) -> int:
+def priority_of(record: JobRecord) -> int:
     return _bounded_int(record.get("priority"), -MAX_PRIORITY, MAX_PRIORITY, 0)
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ class JobSpec:
         return dataclasses.replace(self, config=self.config.replace(base_model=str(path)))
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> JobSpec:
+    def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
         """Rebuild the spec from a record read from the job store, refusing anything malformed:
         the configuration goes through ``TrainConfig.from_dict`` (unknown keys, bad values)."""
         job_id = record.get("job_id")
@@ -159,7 +160,7 @@ class JobSpec:
         )
 
 
-def signed_bytes(record: dict[str, Any]) -> bytes:
+def signed_bytes(record: Mapping[str, Any]) -> bytes:
     """The bytes that are signed: the record's signed fields as sorted-key JSON. Read from the raw
     record, before any parsing, so a tampered record fails its signature whatever it holds."""
     body = {name: record.get(name) for name in SIGNED_FIELDS}
@@ -170,11 +171,11 @@ def signed_bytes(record: dict[str, Any]) -> bytes:
         raise RecordRefused(f"the job record cannot be read: {exc}") from exc
 
 
-def sign(record: dict[str, Any], secret: str) -> str:
+def sign(record: Mapping[str, Any], secret: str) -> str:
     return hmac.new(secret.encode(), signed_bytes(record), hashlib.sha256).hexdigest()
 
 
-def verify_signature(record: dict[str, Any], secret: str | None) -> None:
+def verify_signature(record: Mapping[str, Any], secret: str | None) -> None:
     """With a secret, the record must carry the signature its client made at submit."""
     if not secret:
         return

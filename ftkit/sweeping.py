@@ -36,6 +36,7 @@ from .client import (
 )
 from .config import TrainConfig
 from .core import statuses
+from .core.records import JobRecord
 from .core.rules import is_job_id
 from .errors import ConfigError, FtkitError, JobFailed, JobNotFound, NoWorkerWarning
 from .report import Comparison
@@ -407,7 +408,7 @@ class Sweep:
             "note": self.record.get("note"),
         }
 
-    def _records(self) -> dict[str, dict[str, Any]]:
+    def _records(self) -> dict[str, JobRecord]:
         """Each run's job record (those that exist); a run whose worker died is reaped on sight, as
         Job.status does."""
         found = {}

@@ -21,6 +21,7 @@ from . import jobstore as jobs
 from . import stack
 from .config import Settings
 from .core import statuses
+from .core.records import JobRecord, WorkerInfo
 from .core.retry import through_outages
 from .data import checked_columns
 from .errors import BrokerUnavailable, ConfigError, StorageUnavailable
@@ -248,7 +249,7 @@ def retry_or_give_up(
     )
 
 
-def verify_record(rt: Runtime, record: dict[str, Any]) -> JobSpec:
+def verify_record(rt: Runtime, record: JobRecord) -> JobSpec:
     """The job as its client asked for it, or RecordRefused: the signature first (with a secret),
     then every field a worker acts on, then the base model against this worker's own rules."""
     verify_signature(record, rt.settings.queue_secret)
@@ -472,7 +473,7 @@ def continue_from(rt: Runtime, job_id: str, run_dir: Path, parent: str) -> tuple
 
 
 @phase("claim")
-def claim(rt: Runtime, job_id: str) -> dict[str, Any] | None:
+def claim(rt: Runtime, job_id: str) -> JobRecord | None:
     """queued -> preparing for this worker, or None when the job is not ours to run (cancelled
     while queued, or already taken by another worker)."""
 
@@ -703,7 +704,7 @@ def job_result(
 
 
 # -- the worker process ---------------------------------------------------------------------------
-def gpu_info() -> dict[str, Any]:
+def gpu_info() -> WorkerInfo:
     """The GPU this worker trains on, read without importing torch (nvidia-smi), or CPU."""
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -738,7 +739,7 @@ def heartbeat_loop(rt: Runtime, huey, stop: threading.Event) -> None:
     offset = 0  # the queued-job reaper looks at one page of the backlog per beat, in turn
     missing: dict[str, tuple[Any, float]] = {}  # queued jobs seen without a message, and since when
 
-    static = {
+    static: WorkerInfo = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": rt.started_at,

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import struct
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +17,11 @@ from conftest import EXAMPLE_DATA, WorkerProcess, wait_for
 from ftkit import spec
 from ftkit.client import Client
 from ftkit.config import Settings
+from ftkit.jobstore import QueueMessage, huey_layout
 from ftkit.queue import QUEUE_NAME, enqueue
 
 SECRET = "hostile-writer-test-secret"
-QUEUE_KEY = f"huey.redis.{QUEUE_NAME}"
+QUEUE_KEY = huey_layout.redis_queue_key(QUEUE_NAME)
 
 
 @dataclass
@@ -61,7 +60,8 @@ class Attack:
 
 def push_raw(r: redis.Redis, data: bytes, priority: int = 0) -> None:
     """Put bytes on the Huey queue exactly as Huey does (a time prefix keeps FIFO order)."""
-    r.zadd(QUEUE_KEY, {struct.pack(">Q", int(time.time() * 1e6)) + data: -priority})
+    key, member, score = huey_layout.redis_member(QueueMessage(QUEUE_NAME, data, priority))
+    r.zadd(key, {member: score})
 
 
 @pytest.fixture(scope="module")

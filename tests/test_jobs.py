@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import EXAMPLE_DATA, wait_for
 from ftkit import jobstore as jobs
 from ftkit.core import statuses
 from ftkit.errors import JobExists, JobNotFound
@@ -418,3 +418,73 @@ def test_a_poll_stops_a_run_the_record_no_longer_names(store):
     store.update("a1", stop=None, attempt=2)
     moved_on = Reporter("a1", store, worker="w1", attempt=1, poll_seconds=0)
     assert moved_on.should_stop() and moved_on.stop_reason == "superseded"
+
+
+# -- the typed records hold what the code writes ---------------------------------------------------
+def declared(typed_dict) -> set[str]:
+    return set(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the same JSON on both backends
+def test_every_field_a_real_job_record_holds_is_declared_in_job_record(
+    client, start_worker, tiny_model, tmp_path
+):
+    """Real records, written by Client.submit, a worker, its kernel and the store: one job that
+    completes, one that continues it, one that fails in a notebook cell and one cancelled while
+    queued. A field any of them writes that JobRecord does not declare fails here."""
+    import shutil
+
+    from ftkit.core.records import JobRecord, WorkerInfo
+
+    config = {"base_model": str(tiny_model), "max_steps": 2, "max_seq_length": 128}
+    gone = tmp_path / "no-such-model"
+    shutil.copytree(tiny_model, gone)
+    failing = client.submit(EXAMPLE_DATA, **{**config, "base_model": str(gone)})
+    shutil.rmtree(gone)  # moved after submitting: the notebook's model cell fails
+    done = client.submit(EXAMPLE_DATA, tags=["typed"], note="a note", **config)
+    cancelled = client.submit(EXAMPLE_DATA, **config)
+    cancelled.cancel()
+    start_worker()
+    assert failing.wait(timeout=300, progress=False)["status"] == statuses.FAILED
+    assert done.wait(timeout=300, progress=False)["status"] == statuses.COMPLETED
+    continued = client.submit(EXAMPLE_DATA, resume_from=done.id, **config)
+    assert continued.wait(timeout=300, progress=False)["status"] == statuses.COMPLETED
+    workers = client.store.workers()
+
+    records = [client.store.get(job.id) for job in (failing, done, continued, cancelled)]
+    written = set().union(*records)
+    assert written - declared(JobRecord) == set()
+    assert {"error_cell", "error_traceback", "result", "report", "queue_ref", "host"} <= written
+    assert {"started_from", "resume_from", "stop", "cancel_requested", "current_step"} <= written
+    assert workers and set().union(*workers) - declared(WorkerInfo) == set()
+
+
+def test_every_field_a_store_write_names_is_declared_in_job_record():
+    """The paths no test above runs to the end (a retry, a hand-back, a timeout, a reaper): every
+    field named at a store's ``transition``, ``update`` or ``create`` call in ftkit's source."""
+    import ast
+    from pathlib import Path
+
+    import ftkit
+    from ftkit.core.records import JobRecord
+
+    conditions = {"allowed", "expect", "expect_worker", "message"}
+    named: dict[str, str] = {}
+    for path in Path(ftkit.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            # store.transition(...), or through_outages(store.transition, ...)
+            targets = [node.func, *node.args[:1]]
+            if any(
+                isinstance(t, ast.Attribute)
+                and t.attr in ("transition", "update")
+                and "store" in ast.unparse(t.value)
+                for t in targets
+            ):
+                for keyword in node.keywords:
+                    if keyword.arg and keyword.arg not in conditions:
+                        named[keyword.arg] = f"{path.name}:{node.lineno}"
+    assert "started_from" in named and "attempt" in named  # the scan sees both forms
+    undeclared = {k: where for k, where in named.items() if k not in declared(JobRecord)}
+    assert undeclared == {}

@@ -31,9 +31,14 @@ RANK: dict[str, float] = {
     "ftkit.config": 1,
     "ftkit.stack": 1,
     "ftkit.machine": 1,
-    # storage, job store, machine facts, kernels
+    # the job store: Huey's queue layout, the contract, one module per backend, the package's face
+    "ftkit.jobstore.huey_layout": 1.5,
+    "ftkit.jobstore.contract": 1.6,
+    "ftkit.jobstore.redis": 1.7,
+    "ftkit.jobstore.sqlite": 1.7,
+    "ftkit.jobstore": 1.9,
+    # storage, machine facts, kernels
     "ftkit.storage": 2,
-    "ftkit.jobstore": 2,
     "ftkit.device": 2,
     "ftkit.kernels": 2,
     # the data layer, room by room

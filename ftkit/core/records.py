@@ -16,17 +16,18 @@ from .statuses import Status
 
 
 class DatasetRef(TypedDict, total=False):
-    """The uploaded data set a job trains on (its profile stays with the data set)."""
+    """The uploaded data set a job trains on, as ``Dataset.to_dict()`` writes it into the record
+    (its profile stays with the data set)."""
 
-    dataset_id: str
-    sha256: str
+    id: str
     name: str
-    path: str
-    size: int
-    rows: int
+    url: str
     format: str
-    uploaded_at: float
-    columns: dict[str, str]
+    rows: int
+    sha256: str
+    uploaded_at: str  # ISO 8601
+    size_bytes: int
+    columns: dict[str, str] | None
 
 
 class Sample(TypedDict):
@@ -54,44 +55,52 @@ class JobResult(TypedDict, total=False):
 
 
 class JobRecord(TypedDict, total=False):
-    """A job as the job store holds it: written at submit, moved along by its worker. Times are
-    seconds since the epoch."""
+    """A job as the job store holds it: every field any code path writes (tests/test_jobs.py
+    reads back real records to hold this true). Times are seconds since the epoch."""
 
+    # written at submit (Client.submit), the queue reference by the store with the message
     job_id: str
     status: Status
     created_at: float
-    queued_at: float
-    started_at: float | None
-    finished_at: float | None
+    queued_at: float  # also each time it is queued again
     max_attempts: int
-    attempt: int
-    progress: float
-    current_step: int
-    total_steps: int | None
-    loss: float | None
-    error: str | None
-    failed_cell: int | None
-    worker: str | None
-    result: JobResult | None
-    cancel_requested: bool
-    stop: str | None  # a stop request: core.statuses.STOP_REASONS
-    host: str
-    queue_ref: str | None
-    stopped: str | None
+    attempt: int  # counts up each time it is queued again
     priority: int
     idempotency_key: str | None
     submitted_by: str
     tags: list[str]
     note: str | None
-    config: dict[str, Any]
-    resume_from: str | None
-    retry_of: str | None
-    model: dict[str, str] | None
+    config: dict[str, Any]  # its TrainConfig, whole
+    resume_from: str  # only on a job that continues another
+    retry_of: str  # only on a retry of another job
+    model: dict[str, str] | None  # a local base-model folder uploaded to storage
     dataset: DatasetRef
     dataset_profile: dict[str, Any]
     warnings: list[str]
-    signature: str | None
-    events: list[str]
+    signature: str | None  # with FTKIT_QUEUE_SECRET: ftkit.spec.sign, checked by the worker
+    queue_ref: str  # which queue message runs it (jobstore.huey_layout)
+    # claimed and run by a worker
+    worker: str | None
+    host: str
+    started_at: float | None
+    started_from: str  # the checkpoint (or "adapter") a job resumed from
+    # progress, written by the kernel as it trains
+    progress: float  # percent
+    current_step: int
+    total_steps: int | None
+    loss: float | None
+    eval_loss: float
+    eta_seconds: float | None
+    # stop requests: cancel, timeout, hand-back (core.statuses.STOP_REASONS)
+    cancel_requested: bool
+    stop: str | None
+    # the end
+    finished_at: float | None
+    error: str | None
+    error_cell: int | None  # the notebook cell that failed, with its traceback
+    error_traceback: str
+    result: JobResult | None
+    report: str | None  # the report notebook's URL
 
 
 class JobStatus(TypedDict, total=False):
@@ -135,7 +144,7 @@ class JobStatus(TypedDict, total=False):
 
 
 class WorkerInfo(TypedDict, total=False):
-    """A live worker's last heartbeat."""
+    """A live worker's last heartbeat, as the worker sends it and the job store adds to it."""
 
     worker_id: str
     host: str
@@ -151,6 +160,7 @@ class WorkerInfo(TypedDict, total=False):
     kernel_pid: int | None
     jobs_done: int
     warm_kernel: bool
+    last_seen: float  # written by the job store with each heartbeat
 
 
 class Health(TypedDict):

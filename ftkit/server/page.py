@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..client import Client
+from ..core.records import WorkerInfo
 from ..core.rules import JOB_ID, TAG
 from ..core.statuses import FINAL, STATUSES
 from ..errors import JobNotFound
@@ -146,7 +147,7 @@ def table(headers: list[str], rows: list[list[str]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def workers_table(workers: list[dict[str, Any]]) -> str:
+def workers_table(workers: list[WorkerInfo]) -> str:
     now = time.time()
     rows = [
         [
