@@ -180,9 +180,8 @@ def fit(
 
     from ..errors import OutOfMemory
 
-    start = None
-    if config.auto_batch_size:  # adapters are small: a copy costs little next to the base model
-        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    # adapters are small: a copy costs little next to the base model
+    start = trainable_weights(model) if config.auto_batch_size else None
     while True:
         trainer = make_trainer(
             model, tokenizer, train_data, eval_data, config, output_dir, reporter
@@ -195,25 +194,45 @@ def fit(
         except torch.OutOfMemoryError as exc:
             step, said = trainer.state.global_step, str(exc).split("\n")[0][:500]
         del trainer  # the exception is gone too: its frames held the activations
-        _release_memory()
-        smaller = smaller_batch(config.batch_size)
-        if start is None or smaller is None:
+        release_memory()
+        retry = at_a_smaller_batch(config)
+        if start is None or retry is None:
             raise OutOfMemory(out_of_memory_message(config, step, said))
-        factor = config.batch_size // smaller
         reporter.log(
             f"out of memory at batch_size={config.batch_size} (max_seq_length="
-            f"{config.max_seq_length}): retrying with batch_size={smaller} and "
-            f"gradient_accumulation_steps={config.gradient_accumulation_steps * factor} "
+            f"{config.max_seq_length}): retrying with batch_size={retry.batch_size} and "
+            f"gradient_accumulation_steps={retry.gradient_accumulation_steps} "
             f"(effective batch {config.batch_size * config.gradient_accumulation_steps} kept)"
         )
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in start:
-                    param.copy_(start[name])
-        config = config.replace(
-            batch_size=smaller,
-            gradient_accumulation_steps=config.gradient_accumulation_steps * factor,
-        )
+        restore_weights(model, start)
+        config = retry
+
+
+def trainable_weights(model) -> dict[str, Any]:
+    """A copy of the weights training changes (the adapter's), to start again from."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_weights(model, weights: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+
+
+def at_a_smaller_batch(config: TrainConfig) -> TrainConfig | None:
+    """The same effective batch at a smaller per-device batch (None at 1): the accumulation
+    raised by the factor the batch is lowered by."""
+    smaller = smaller_batch(config.batch_size)
+    if smaller is None:
+        return None
+    factor = config.batch_size // smaller
+    return config.replace(
+        batch_size=smaller,
+        gradient_accumulation_steps=config.gradient_accumulation_steps * factor,
+    )
 
 
 def smaller_batch(batch_size: int) -> int | None:
@@ -223,6 +242,7 @@ def smaller_batch(batch_size: int) -> int | None:
 
 
 def out_of_memory_message(config: TrainConfig, step: int, said: str) -> str:
+    """Where it ran out, at what settings, and which settings to change."""
     where = f"in training step {step + 1}" if step else "in the first training step"
     retried = " even after retrying at smaller batches" if config.auto_batch_size else ""
     fixes = [
@@ -243,7 +263,8 @@ def out_of_memory_message(config: TrainConfig, step: int, said: str) -> str:
     )
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+    """Give back what the failed attempt held before the next one allocates."""
     import gc
 
     import torch
