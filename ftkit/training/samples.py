@@ -51,6 +51,7 @@ def sample_prompts(
 
 
 def generate(model, tokenizer, sample: dict[str, Any], max_new_tokens: int = 48) -> str:
+    """The greedy answer to one sample (``messages`` or ``prompt``): what ``Job.generate`` calls."""
     return generate_batch(model, tokenizer, [sample], max_new_tokens)[0]
 
 
