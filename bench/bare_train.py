@@ -14,27 +14,27 @@ import sys
 import time
 
 started = time.perf_counter()
-from ftkit import train  # noqa: E402
+from ftkit import training  # noqa: E402
 from ftkit.config import TrainConfig  # noqa: E402
 from ftkit.data import validate_dataset  # noqa: E402
 
 # A worker's warm kernel has loaded a throw-away model (the lazy set-up of a first load): so has
 # this process, or the job would be compared against a colder start than its own.
-train.warm_up_model_loading()
+training.warm_up_model_loading()
 imported = time.perf_counter()  # from here on: what a warm process does for the same job
 model_dir, data, out, max_steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 # bench/overhead.py submits the job with these values; every other field is TrainConfig's default
 config = TrainConfig(
     base_model=model_dir, max_steps=max_steps, batch_size=4, learning_rate=1e-3, max_seq_length=256
 )
-model, tokenizer, _ = train.load_model(config)
+model, tokenizer, _ = training.load_model(config)
 fmt = validate_dataset(data).format  # as the upload detects it
-train_data, eval_data, _ = train.prepare_data(data, fmt, tokenizer, config)
-reporter = train.Reporter(None)
+train_data, eval_data, _ = training.prepare_data(data, fmt, tokenizer, config)
+reporter = training.Reporter(None)
 t0 = time.perf_counter()
-trainer, result = train.fit(model, tokenizer, train_data, eval_data, config, out, reporter)
+trainer, result = training.fit(model, tokenizer, train_data, eval_data, config, out, reporter)
 train_seconds = time.perf_counter() - t0
-train.save_adapter(model, tokenizer, out)
+training.save_adapter(model, tokenizer, out)
 done = time.perf_counter()
 steps = [(r["step"], r["time"]) for r in reporter.kept_metrics if "loss" in r]
 print(

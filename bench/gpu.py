@@ -5,7 +5,7 @@ the same data, sequence length, batch and steps. Tokens/s, peak GPU memory and M
     python bench/gpu.py [--steps 30] [--warmup 5] [--batch 8] [--seq-len 2048] [--json FILE]
     python bench/gpu.py --smoke    # the same code on a CPU with the tiny model, in well under 2 min
 
-Each variant runs in its own process through ftkit's own ``train.load_model``, ``prepare_data`` and
+Each variant runs in its own process through ftkit's own ``training.load_model``, ``prepare_data`` and
 ``make_trainer`` (what a worker runs), so each gets a clean import order (unsloth first, or never)
 and its own peak memory. A variant the machine cannot run shows the worker's own refusal.
 
@@ -139,7 +139,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     probe(import_unsloth=backend == "unsloth")  # unsloth before transformers, or not at all
     import torch
 
-    from ftkit import train
+    from ftkit import training
     from ftkit.config import TrainConfig
     from ftkit.errors import ConfigError
 
@@ -154,15 +154,15 @@ def run_variant(args: argparse.Namespace) -> dict:
         logging_steps=1,
     )
     try:
-        model, tokenizer, info = train.load_model(config)
+        model, tokenizer, info = training.load_model(config)
     except ConfigError as exc:
         return {**row, "skipped": str(exc)}
     from transformers import TrainerCallback
 
-    data, _, summary = train.prepare_data(args.data, "text", tokenizer, config)
+    data, _, summary = training.prepare_data(args.data, "text", tokenizer, config)
     work = Path(args.out).parent / key
-    trainer = train.make_trainer(
-        model, tokenizer, data, None, config, str(work), train.Reporter(None)
+    trainer = training.make_trainer(
+        model, tokenizer, data, None, config, str(work), training.Reporter(None)
     )
     cuda = torch.cuda.is_available()
     stamps: list[float] = []

@@ -16,7 +16,7 @@ from common import TEST_DATA, tiny_model, workdir
 
 
 def tokens_per_second(model_dir, work, steps: int, packing: bool) -> float:
-    from ftkit import train
+    from ftkit import training
     from ftkit.config import TrainConfig
 
     config = TrainConfig(
@@ -27,12 +27,12 @@ def tokens_per_second(model_dir, work, steps: int, packing: bool) -> float:
         learning_rate=1e-3,
         packing=packing,
     )
-    model, tokenizer, _ = train.load_model(config)
-    data, _, _ = train.prepare_data(
+    model, tokenizer, _ = training.load_model(config)
+    data, _, _ = training.prepare_data(
         str(TEST_DATA / "alpaca_en_demo.json"), "alpaca", tokenizer, config
     )
-    trainer = train.make_trainer(
-        model, tokenizer, data, None, config, str(work), train.Reporter(None)
+    trainer = training.make_trainer(
+        model, tokenizer, data, None, config, str(work), training.Reporter(None)
     )
     started = time.perf_counter()
     trainer.train()

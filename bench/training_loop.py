@@ -16,7 +16,7 @@ from common import DATA, redis_server, settings_in, tiny_model, workdir
 
 
 def run(model_dir, work, steps: int, reporter) -> float:
-    from ftkit import train
+    from ftkit import training
     from ftkit.config import TrainConfig
 
     config = TrainConfig(
@@ -26,10 +26,10 @@ def run(model_dir, work, steps: int, reporter) -> float:
         max_seq_length=128,
         learning_rate=1e-3,
     )
-    model, tokenizer, _ = train.load_model(config)
-    data, _, _ = train.prepare_data(str(DATA), "chat", tokenizer, config)
-    trainer = train.make_trainer(
-        model, tokenizer, data, None, config, str(work), reporter or train.Reporter(None)
+    model, tokenizer, _ = training.load_model(config)
+    data, _, _ = training.prepare_data(str(DATA), "chat", tokenizer, config)
+    trainer = training.make_trainer(
+        model, tokenizer, data, None, config, str(work), reporter or training.Reporter(None)
     )
     if reporter is None:
         trainer.callback_handler.callbacks = [
@@ -48,7 +48,7 @@ def main() -> None:
     work = workdir()
     try:
         model = tiny_model(work)
-        from ftkit import train
+        from ftkit import training
         from ftkit.jobstore import open_store
 
         with redis_server() as url:
@@ -59,7 +59,7 @@ def main() -> None:
             with_cb, without = [], []
             for _ in range(args.repeat):
                 without.append(run(model, work, args.steps, None))
-                with_cb.append(run(model, work, args.steps, train.Reporter("bench", store)))
+                with_cb.append(run(model, work, args.steps, training.Reporter("bench", store)))
             assert len(store.metrics("bench")) == args.steps * args.repeat, (
                 "every step was reported"
             )

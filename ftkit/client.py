@@ -658,7 +658,7 @@ class Job:
 
     def generate(self, prompt: str, *, max_new_tokens: int = 64) -> str:
         """A quick check: the fine-tuned model's answer to one user message (greedy)."""
-        from .train import generate
+        from .training import generate
 
         if not hasattr(self, "_loaded"):
             self._loaded = self.load()

@@ -34,7 +34,7 @@ log = logging.getLogger("ftkit.kernels")
 WARM_UP = """\
 import ftkit.device
 _ftkit_unsloth = ftkit.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
-import ftkit.train, ftkit.data.render, ftkit.zygote  # what every job runs
+import ftkit.training, ftkit.data.render, ftkit.zygote  # what every job runs
 ftkit.zygote.warm_up()
 """
 

@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# What a job's kernel imports (the template, train.py), and the worker process itself.
+# What a job's kernel imports (the template, ftkit.training), and the worker process itself.
 WORKER_MODULES = (
     "torch",
     "transformers",

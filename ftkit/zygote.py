@@ -60,9 +60,9 @@ def warm_up() -> None:
     import ftkit.data
     import ftkit.data.render
     import ftkit.device
-    import ftkit.train
+    import ftkit.training
 
-    ftkit.train.warm_up()
+    ftkit.training.warm_up()
     torch.set_num_threads(threads)
 
 

@@ -42,36 +42,37 @@ timeout_minutes = None                        # the worker stops the job after t
 auto_batch_size = False                       # out of memory: retry at half the batch, twice the accumulation
 sample_prompts = []                           # answered by the base and the fine-tuned model below"""
 
-CONFIG = """from ftkit import train
+CONFIG = """from ftkit import training  # everything this notebook runs: model, trainer, report tables
 from ftkit.config import TrainConfig
+from ftkit.core.statuses import SAVING, STOP_HANDOFF, STOPPED_SUPERSEDED
 
 # Re-validated here: the notebook refuses a bad value even when run by hand.
 config = TrainConfig.from_dict({name: globals()[name] for name in TrainConfig.field_names()})
-reporter = train.Reporter.for_job(job_id)
-train.show_table(config.to_dict(), "Configuration")"""
+reporter = training.Reporter.for_job(job_id)
+training.show_table(config.to_dict(), "Configuration")"""
 
-TRAINING = """trainer, result = train.fit(
+TRAINING = """trainer, result = training.fit(
     model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint
 )
-train.plot_training(trainer.state.log_history)
-speed = train.throughput(result, data_summary, config)
-train.show_table(speed, "Throughput and memory")"""
+training.plot_training(trainer.state.log_history)
+speed = training.throughput(result, data_summary, config)
+training.show_table(speed, "Throughput and memory")"""
 
 SAMPLES = """samples = []
-if result["stopped"] not in ("handoff", "superseded"):  # the job finishes in another run
-    prompts = train.sample_prompts(
+if result["stopped"] not in (STOP_HANDOFF, STOPPED_SUPERSEDED):  # the job finishes in another run
+    prompts = training.sample_prompts(
         dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts, columns=dataset_columns
     )
-    samples = train.show_samples(model, tokenizer, prompts)"""
+    samples = training.show_samples(model, tokenizer, prompts)"""
 
-RESULT = """reporter.status("saving")
-adapter_dir = train.save_adapter(model, tokenizer, output_dir)
+RESULT = """reporter.status(SAVING)
+adapter_dir = training.save_adapter(model, tokenizer, output_dir)
 losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
 summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
            "adapter_dir": str(adapter_dir)}
-train.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
+training.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
                    samples=samples)
-train.show_table(summary, "Result")"""
+training.show_table(summary, "Result")"""
 
 params = code(PARAMETERS)
 params.metadata["tags"] = ["parameters"]
@@ -86,18 +87,18 @@ cells = [
     params,
     code(CONFIG),
     md("## Environment"),
-    code('train.show_table(train.environment(), "Environment")'),
+    code('training.show_table(training.environment(), "Environment")'),
     md("## Model and LoRA"),
     code(
-        "model, tokenizer, model_info = train.load_model(config, resume_from_adapter)\n"
-        'train.show_table(model_info, "Model")'
+        "model, tokenizer, model_info = training.load_model(config, resume_from_adapter)\n"
+        'training.show_table(model_info, "Model")'
     ),
     md("## Data"),
     code(
-        "train_data, eval_data, data_summary = train.prepare_data(\n"
+        "train_data, eval_data, data_summary = training.prepare_data(\n"
         "    dataset_path, dataset_format, tokenizer, config, dataset_columns\n"
         ")\n"
-        "train.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)"
+        "training.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)"
     ),
     md("## Training\n\nLoss and learning rate by step, then throughput and peak memory."),
     code(TRAINING),

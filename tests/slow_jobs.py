@@ -39,17 +39,17 @@ def seconds_per_step(tiny_model, tmp_path_factory) -> float:
     same code): the median gap between steps 2 to 5 of a real run."""
     from transformers import TrainerCallback
 
-    from ftkit import train
+    from ftkit import training
     from ftkit.config import TrainConfig
 
     config = TrainConfig(
         base_model=str(tiny_model), **{**SLOW_JOB, "max_steps": 5, "save_steps": 0}
     )
-    model, tokenizer, _ = train.load_model(config)
-    data, eval_data, _ = train.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
+    model, tokenizer, _ = training.load_model(config)
+    data, eval_data, _ = training.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
     folder = tmp_path_factory.mktemp("step-time")
-    trainer = train.make_trainer(
-        model, tokenizer, data, eval_data, config, str(folder), train.Reporter(None)
+    trainer = training.make_trainer(
+        model, tokenizer, data, eval_data, config, str(folder), training.Reporter(None)
     )
     ends: list[float] = []
 
@@ -58,7 +58,7 @@ def seconds_per_step(tiny_model, tmp_path_factory) -> float:
             ends.append(time.perf_counter())
 
     trainer.add_callback(Clock())
-    train.train(trainer, train.Reporter(None))
+    training.train(trainer, training.Reporter(None))
     gaps = sorted(b - a for a, b in zip(ends[1:], ends[2:]))
     return gaps[len(gaps) // 2]
 

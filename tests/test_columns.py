@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE_DATA
-from ftkit import train
+from ftkit import training
 from ftkit.config import TrainConfig
 from ftkit.data import checked_columns
 from ftkit.errors import DatasetError
@@ -57,18 +57,18 @@ def test_a_parquet_file_with_mapped_columns_prepares_every_row(tiny_model, tmp_p
     path = tmp_path / "qa.parquet"
     pq.write_table(pa.Table.from_pylist(qa_rows()), path)
     config = TrainConfig(base_model=str(tiny_model), max_steps=1, max_seq_length=128)
-    _, tokenizer, _ = train.load_model(config)
-    data, _, summary = train.prepare_data(str(path), "alpaca", tokenizer, config, MAPPING)
+    _, tokenizer, _ = training.load_model(config)
+    data, _, summary = training.prepare_data(str(path), "alpaca", tokenizer, config, MAPPING)
     assert summary["examples"] == 120 and summary["trained_tokens"] > 0
-    prompts = train.sample_prompts(str(path), "alpaca", None, tokenizer, [], columns=MAPPING)
+    prompts = training.sample_prompts(str(path), "alpaca", None, tokenizer, [], columns=MAPPING)
     assert prompts[0]["messages"][-1]["content"] == qa_rows()[0]["question"]
 
 
 def test_without_the_mapping_the_same_file_has_nothing_to_train(tiny_model, tmp_path):
     config = TrainConfig(base_model=str(tiny_model), max_steps=1, max_seq_length=128)
-    _, tokenizer, _ = train.load_model(config)
+    _, tokenizer, _ = training.load_model(config)
     with pytest.raises(ValueError, match="no usable training examples"):
-        train.prepare_data(str(write_csv(tmp_path / "qa.csv")), "alpaca", tokenizer, config)
+        training.prepare_data(str(write_csv(tmp_path / "qa.csv")), "alpaca", tokenizer, config)
 
 
 @pytest.mark.parametrize(

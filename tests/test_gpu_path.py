@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import EXAMPLE_DATA
-from ftkit import train
+from ftkit import training
 from ftkit.config import TrainConfig
 from ftkit.device import (
     BITSANDBYTES_FLOOR,
@@ -45,7 +45,7 @@ def test_probe_reads_this_machine():
 def test_auto_on_this_machine_matches_what_it_offers():
     machine = probe()
     expected = "unsloth" if machine.cuda and machine.unsloth else "hf"
-    assert choose_backend("auto", machine) == expected == train.pick_backend("auto")
+    assert choose_backend("auto", machine) == expected == training.pick_backend("auto")
     if not machine.cuda:
         assert choose_dtype(machine) == "float32"
         assert choose_4bit(None, machine) is False
@@ -96,7 +96,7 @@ def test_a_4bit_job_on_this_machine_is_refused_before_any_model_loads(tmp_path):
     # the base model does not exist: the 4-bit refusal must come first
     config = TrainConfig(base_model=str(tmp_path / "no-model"), load_in_4bit=True)
     with pytest.raises(ConfigError, match="load_in_4bit=True"):
-        train.load_model(config)
+        training.load_model(config)
 
 
 def test_load_in_4bit_takes_true_false_or_none():
@@ -178,9 +178,11 @@ def fit(model_dir, tmp_path, **overrides):
     config = TrainConfig(
         base_model=str(model_dir), max_steps=3, max_seq_length=64, learning_rate=1e-3, **overrides
     )
-    model, tokenizer, _ = train.load_model(config)
-    data, _, _ = train.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
-    return train.fit(model, tokenizer, data, None, config, str(tmp_path), train.Reporter(None))
+    model, tokenizer, _ = training.load_model(config)
+    data, _, _ = training.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
+    return training.fit(
+        model, tokenizer, data, None, config, str(tmp_path), training.Reporter(None)
+    )
 
 
 def test_the_capped_model_trains_within_its_room(capped_model, tmp_path):
@@ -237,7 +239,7 @@ def test_auto_batch_size_still_fails_clearly_when_one_sequence_does_not_fit(capp
     "batch,smaller", [(8, 4), (6, 3), (3, 1), (2, 1), (1, None), (12, 6), (7, 1)]
 )
 def test_smaller_batch_divides_the_batch_exactly(batch, smaller):
-    assert train.smaller_batch(batch) == smaller
+    assert training.smaller_batch(batch) == smaller
 
 
 @pytest.mark.slow

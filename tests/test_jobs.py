@@ -341,7 +341,7 @@ def test_a_checkpoint_counts_only_once_its_metrics_are_in_the_store(store, setti
     # A job resumed from checkpoint-N trains on from step N+1: a row for step N still buffered
     # when the worker died would be a hole in the history for good.
     from ftkit.storage import Storage
-    from ftkit.train import Reporter
+    from ftkit.training import Reporter
 
     store.create(record("a1"))
     storage = Storage(str(tmp_path / "storage"))
@@ -358,7 +358,7 @@ def test_a_checkpoint_counts_only_once_its_metrics_are_in_the_store(store, setti
 
 
 def test_an_orphaned_kernel_writes_nothing_more(store):
-    from ftkit.train import Reporter
+    from ftkit.training import Reporter
 
     store.create(record("a1"))
     reporter = Reporter("a1", store)
@@ -386,7 +386,7 @@ def test_a_run_the_record_no_longer_names_stops_and_saves_nothing(store, tmp_pat
     # was re-queued as its next attempt (this run's worker was taken for dead): this run's
     # checkpoint and marker would race the run the record names.
     from ftkit.storage import Storage
-    from ftkit.train import Reporter
+    from ftkit.training import Reporter
 
     store.create(record("a1"))
     store.update("a1", worker="w1", attempt=1)
@@ -407,7 +407,7 @@ def test_a_run_the_record_no_longer_names_stops_and_saves_nothing(store, tmp_pat
 
 
 def test_a_poll_stops_a_run_the_record_no_longer_names(store):
-    from ftkit.train import Reporter
+    from ftkit.training import Reporter
 
     store.create(record("a1"))
     store.update("a1", worker="w1", attempt=1)

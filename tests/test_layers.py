@@ -51,7 +51,17 @@ RANK: dict[str, float] = {
     "ftkit.data": 2.7,
     # what builds on them: the signed spec, the kernel's training code, test model, figures
     "ftkit.spec": 3,
-    "ftkit.train": 3,
+    # the kernel's training code: who owns the job, checkpoints, reporting, the trainer, the report
+    "ftkit.training.fencing": 2.8,
+    "ftkit.training.checkpoints": 2.8,
+    "ftkit.training.model": 2.8,
+    "ftkit.training.display": 2.8,
+    "ftkit.training.samples": 2.8,
+    "ftkit.training.warmup": 2.8,
+    "ftkit.training.reporter": 2.9,
+    "ftkit.training.callback": 3.0,
+    "ftkit.training.trainer": 3.1,
+    "ftkit.training": 3.2,
     "ftkit.tinymodel": 3,
     "ftkit.plots": 3,
     "ftkit.output_log": 3,
@@ -195,4 +205,4 @@ def test_every_module_a_warm_kernel_imports_exists():
     ]
     missing = [name for name in names if find_spec(name) is None]
     assert not missing, f"the kernel warm-up imports modules that do not exist: {missing}"
-    assert "ftkit.train" in names and "ftkit.data.render" in names  # what every job runs
+    assert "ftkit.training" in names and "ftkit.data.render" in names  # what every job runs

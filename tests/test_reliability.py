@@ -197,7 +197,7 @@ def test_a_kernel_that_starts_while_redis_restarts_waits_for_it(tmp_path, monkey
 
     from ftkit.config import Settings
     from ftkit.jobstore import open_store
-    from ftkit.train import Reporter
+    from ftkit.training import Reporter
 
     server = RedisServer(port=free_port(), dir=tmp_path, appendonly=True)
     server.start()

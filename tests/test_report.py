@@ -102,13 +102,13 @@ def test_the_config_table_has_every_field(finished):
 def test_model_data_environment_and_throughput_sections(finished):
     client, jobs = finished
     report = report_of(client, jobs[0])
-    model = html_of(outputs_of(report, "train.load_model("))
+    model = html_of(outputs_of(report, "training.load_model("))
     assert "trainable_parameters" in model and "backend" in model and "hf" in model
     data = html_of(outputs_of(report, "prepare_data"))
     assert "sha256" in data and "tokens mean" in data and "eval_examples" in data
-    env = html_of(outputs_of(report, "train.environment()"))
+    env = html_of(outputs_of(report, "training.environment()"))
     assert all(k in env for k in ("python", "torch", "transformers", "trl", "peft", "CPU", "host"))
-    speed = html_of(outputs_of(report, "train.fit("))
+    speed = html_of(outputs_of(report, "training.fit("))
     assert "tokens/s" in speed and "peak process RSS" in speed
 
 

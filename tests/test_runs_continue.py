@@ -99,31 +99,31 @@ def test_the_kernel_loads_only_an_adapter_that_fits(tiny_model, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ftkit import train
+    from ftkit import training
     from ftkit.config import TrainConfig
 
     config = TrainConfig(base_model=str(tiny_model), lora_r=4)
-    model, tokenizer, _ = train.load_model(config)
+    model, tokenizer, _ = training.load_model(config)
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:
                 param.normal_()  # a LoRA that has learned something: B no longer zero
     adapter = tmp_path / "0123456789ab"
-    train.save_adapter(model, tokenizer, str(tmp_path))
+    training.save_adapter(model, tokenizer, str(tmp_path))
     (tmp_path / "adapter").rename(adapter)
 
-    loaded, _, info = train.load_model(config, str(adapter))
+    loaded, _, info = training.load_model(config, str(adapter))
     saved = {n: p for n, p in model.named_parameters() if p.requires_grad}
     again = {n: p for n, p in loaded.named_parameters() if p.requires_grad}
     assert saved.keys() == again.keys() and all(torch.equal(saved[n], again[n]) for n in saved)
     assert info["starts from"].startswith("job 0123456789ab's adapter")
 
     with pytest.raises(ValueError, match="adapter has r=4, this run lora_r=8"):
-        train.load_model(config.replace(lora_r=8), str(adapter))
+        training.load_model(config.replace(lora_r=8), str(adapter))
     settings = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**settings, "r": 8}))
     with pytest.raises(ValueError, match=r"has shape \(4, \d+\), this run \(8, \d+\)"):
-        train.load_model(config.replace(lora_r=8), str(adapter))
+        training.load_model(config.replace(lora_r=8), str(adapter))
     (adapter / "adapter_config.json").write_text(json.dumps(settings))
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     extra = "base_model.model.lm_head.lora_A.weight"
@@ -131,11 +131,11 @@ def test_the_kernel_loads_only_an_adapter_that_fits(tiny_model, tmp_path):
     with pytest.raises(
         ValueError, match=f"1 weights for modules this run has no LoRA on .e.g. {extra}"
     ):
-        train.load_model(config, str(adapter))
+        training.load_model(config, str(adapter))
     dropped = sorted(weights)[0]
     save_file(
         {k: v for k, v in weights.items() if k != dropped},
         str(adapter / "adapter_model.safetensors"),
     )
     with pytest.raises(ValueError, match=f"1 of this run's LoRA weights missing .e.g. {dropped}"):
-        train.load_model(config, str(adapter))
+        training.load_model(config, str(adapter))

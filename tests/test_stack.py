@@ -23,7 +23,7 @@ import pytest
 from conftest import EXAMPLE_DATA, REPO, free_port, wait_for
 from ftkit.config import Settings
 from ftkit.errors import WorkerExited, WorkerExitedWarning
-from ftkit.train import checkpointing_args
+from ftkit.training import checkpointing_args
 
 SITE = Path(next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)))
 JOB = "abcdefabcdef"  # a well-formed job id no store holds

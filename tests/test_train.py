@@ -9,19 +9,19 @@ import warnings
 import pytest
 
 from conftest import TEST_DATA, wait_for
-from ftkit import train
+from ftkit import training
 from ftkit.config import TrainConfig
 
 
 def run(tiny_model, tmp_path, path, fmt, **overrides):
     settings = dict(max_steps=3, batch_size=2, max_seq_length=128, learning_rate=1e-3)
     config = TrainConfig(base_model=str(tiny_model), **{**settings, **overrides})
-    model, tokenizer, info = train.load_model(config)
-    data, eval_data, summary = train.prepare_data(str(path), fmt, tokenizer, config)
-    trainer = train.make_trainer(
-        model, tokenizer, data, eval_data, config, str(tmp_path), train.Reporter(None)
+    model, tokenizer, info = training.load_model(config)
+    data, eval_data, summary = training.prepare_data(str(path), fmt, tokenizer, config)
+    trainer = training.make_trainer(
+        model, tokenizer, data, eval_data, config, str(tmp_path), training.Reporter(None)
     )
-    result = train.train(trainer, train.Reporter(None))
+    result = training.train(trainer, training.Reporter(None))
     return trainer, result, summary, info
 
 
@@ -86,7 +86,9 @@ def test_eval_steps_0_evaluates_once_at_the_end(tiny_model, tmp_path):
 def test_a_long_run_prints_a_bounded_log_and_keeps_every_step(
     tiny_model, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(train, "MAX_LOG_LINES", 5)  # 50 in use: the same rule, fewer steps
+    from ftkit.training import callback
+
+    monkeypatch.setattr(callback, "MAX_LOG_LINES", 5)  # 50 in use: the same rule, fewer steps
     trainer, result, _, _ = run(
         tiny_model, tmp_path, TEST_DATA / "identity.json", "alpaca", max_steps=20
     )
@@ -134,7 +136,7 @@ def test_the_kernel_warm_up_loads_a_throw_away_model_and_leaves_no_files(tmp_pat
         return load(cls, folder, *args, **kwargs)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
-    train.warm_up_model_loading()
+    training.warm_up_model_loading()
     assert loaded and "model.safetensors" in loaded[0] and "config.json" in loaded[0]
     assert not list(tmp_path.glob("ftkit-warm-*"))  # its temporary folder is gone
 
@@ -160,7 +162,7 @@ def test_the_last_checkpoint_waits_out_a_storage_outage_and_the_others_do_not(
         return put_dir(*args, **kwargs)
 
     monkeypatch.setattr(storage, "put_dir", put_dir_in_an_outage)
-    callback = train.progress_callback(train.Reporter("0123456789ab", None, storage))
+    callback = training.progress_callback(training.Reporter("0123456789ab", None, storage))
     args = SimpleNamespace(output_dir=str(tmp_path / "out"), save_strategy="steps")
     for step in (10, 20):
         folder = tmp_path / "out" / f"checkpoint-{step}"
@@ -183,11 +185,11 @@ def test_a_kernel_whose_worker_died_saves_no_checkpoint_and_no_marker(tmp_path):
     from ftkit.storage import Storage
 
     storage = Storage(str(tmp_path / "storage"))
-    reporter = train.Reporter("0123456789ab", None, storage)
+    # as after the worker died: this process has another parent than the worker that started it
+    reporter = training.Reporter("0123456789ab", None, storage, worker_pid=-1)
     folder = tmp_path / "checkpoint-20"
     folder.mkdir()
     (folder / "trainer_state.json").write_text("{}")
-    reporter._parent = -1  # as after the worker died: this process has another parent now
     reporter.save_checkpoint(folder, trained=(0, 20))
     assert reporter.stop_reason == "orphaned"
     assert storage.listdir(*Storage.run_parts("0123456789ab", "checkpoints")) == []
@@ -198,7 +200,7 @@ def test_a_kernel_dies_with_the_worker_that_started_it():
     """A worker SIGKILLed sends its kernel no signal: ipykernel's parent poller (the launcher sets
     JPY_PARENT_PID) ends it within a second, long before the dead worker's heartbeat lapses and
     another attempt of its job starts. What the kernel would still write, it checks first
-    (``Reporter.orphaned``)."""
+    (``Fence.orphaned``)."""
     import subprocess
     import sys
 
@@ -238,7 +240,7 @@ def test_the_last_checkpoint_carries_the_marker_written_before_it_counts(tmp_pat
     from ftkit.storage import Storage
 
     storage = Storage(str(tmp_path / "storage"))
-    reporter = train.Reporter("0123456789ab", None, storage, attempt=2)
+    reporter = training.Reporter("0123456789ab", None, storage, attempt=2)
     folder = tmp_path / "checkpoint-20"
     folder.mkdir()
     for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt"):

@@ -1,0 +1,79 @@
+"""Everything that runs inside the notebook kernel: load the model, attach LoRA, build the trainer,
+train, save the adapter, and show the run report's tables, figure and sample answers.
+
+The only package that imports torch, and only inside functions: importing it costs nothing. What
+it knows of the rest of ftkit: the job store, to report progress, metrics and logs and to ask
+whether this run should stop or still owns its job (reporter.py, fencing.py); storage, for
+checkpoints and the exactly-once "trained" markers (checkpoints.py); the configuration, the data
+layer and the machine's facts. It knows no queue, no worker and no client: the worker starts the
+template notebook with parameters and environment variables, and reads back result.json.
+
+    reporter.py     progress, metrics, logs and stop requests, buffered, to the job store
+    fencing.py      does this run still own the job (orphaned, superseded), the trained markers
+    checkpoints.py  checkpoint uploads to storage, committed by a final ``complete``
+    callback.py     the trainer callback that reports, stops and saves
+    model.py        backend choice, base model and LoRA, a past job's adapter
+    trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
+    display.py      report tables, the loss figure, throughput, environment, result.json
+    samples.py      sample prompts and the base and fine-tuned answers
+    warmup.py       what a spare kernel loads before it gets a job
+"""
+
+from .callback import TrainedAlready, progress_callback
+from .checkpoints import saves_checkpoints
+from .display import (
+    environment,
+    plot_training,
+    show_dataset,
+    show_table,
+    throughput,
+    write_result,
+)
+from .fencing import ORPHANED, SUPERSEDED, Fence
+from .model import check_base_model, load_model, pick_backend
+from .reporter import Reporter
+from .samples import generate, generate_batch, sample_prompts, show_samples
+from .trainer import (
+    checkpointing_args,
+    fit,
+    make_trainer,
+    out_of_memory_message,
+    prepare_data,
+    save_adapter,
+    smaller_batch,
+    train,
+)
+from .warmup import warm_up, warm_up_model_loading
+
+__all__ = [
+    "ORPHANED",
+    "SUPERSEDED",
+    "Fence",
+    "Reporter",
+    "TrainedAlready",
+    "check_base_model",
+    "checkpointing_args",
+    "environment",
+    "fit",
+    "generate",
+    "generate_batch",
+    "load_model",
+    "make_trainer",
+    "out_of_memory_message",
+    "pick_backend",
+    "plot_training",
+    "prepare_data",
+    "progress_callback",
+    "sample_prompts",
+    "save_adapter",
+    "saves_checkpoints",
+    "show_dataset",
+    "show_samples",
+    "show_table",
+    "smaller_batch",
+    "throughput",
+    "train",
+    "warm_up",
+    "warm_up_model_loading",
+    "write_result",
+]
