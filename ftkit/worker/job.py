@@ -42,7 +42,6 @@ from .runtime import Runtime, patiently
 from .staging import continue_from, inside, restore_checkpoint, stage_dataset, stage_model
 
 log = logging.getLogger(__name__)
-RETRY = "retry"  # not a status: the kernel died mid-run, so the job wants a new attempt
 
 
 def run_job(rt: Runtime, job_id: str) -> None:
@@ -69,6 +68,7 @@ class JobRun:
         self.final: str = statuses.FAILED
         self.fields: dict[str, Any] = {"error": "the worker stopped before the job ended"}
         self.stopped: str | None = None  # why training stopped early, when it did
+        self.killed = False  # its kernel died with no stop asked of it: it wants a new attempt
         self.phases: dict[str, float] = {}  # seconds per phase, logged when the job ends
         self.record: dict[str, Any] = {}
         self.data_path = Path()
@@ -176,7 +176,7 @@ class JobRun:
             through_outages(self.rt.store.add_event, self.job_id, note)
             return
         self.apply_stop_request()
-        event = self.retry_or_give_up() if self.final == RETRY else None
+        event = self.retry_or_give_up() if self.killed else None
         with self.timed("report"):
             self.fields["report"] = save_report(
                 self.rt, self.job_id, self.report, self.record, self.final, self.fields
@@ -209,8 +209,7 @@ class JobRun:
         died with no stop asked of it was killed from outside (out of memory, say): a retry."""
         stopped = through_outages(self.rt.store.get_field, self.job_id, "stop")
         self.fields, self.stopped = error, stopped
-        if self.fields.pop("kernel_died", False) and not self.stopped:
-            self.final = RETRY
+        self.killed = bool(self.fields.pop("kernel_died", False)) and not self.stopped
 
     def notebook_completed(self) -> None:
         """A notebook that ran to its end: its outputs uploaded, unless it stopped to hand the job
