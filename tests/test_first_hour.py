@@ -22,7 +22,8 @@ from ftkit.config import Settings
 from ftkit.errors import ConfigError, DatasetError, NoWorkerWarning, StorageError
 from ftkit.storage import check_model_ref, folder_digest, model_files, safe_model_name
 from ftkit.widgets import MonitorPanel
-from ftkit.worker import Runtime, stage_model
+from ftkit.worker.runtime import Runtime
+from ftkit.worker.staging import stage_model
 
 
 def fake_model(folder: Path, text: str = '{"model_type": "llama"}') -> Path:

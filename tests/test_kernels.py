@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from conftest import wait_for
-from ftkit import kernels
+from ftkit.worker import kernels
 
 pytestmark = pytest.mark.slow  # a real kernel imports the training stack
 
@@ -29,7 +29,7 @@ def test_a_failed_warm_up_is_tried_again_after_a_back_off(monkeypatch):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     pool.start()
     try:
-        wait_for(lambda: pool._retry_at is not None, 60, "the failed warm-up to be seen")
+        wait_for(lambda: pool.retry_in() is not None, 60, "the failed warm-up to be seen")
         assert not pool.ready
         pool.keep_warm()  # too early: the back-off has not passed
         assert len(calls) == 1
@@ -40,8 +40,7 @@ def test_a_failed_warm_up_is_tried_again_after_a_back_off(monkeypatch):
         kernels.shutdown(km)
     finally:
         pool.close()
-        if pool._warming is not None:
-            pool._warming.join(timeout=600)
+        pool.wait_for_warm_up(600)
     # every kernel the pool started is gone again
     wait_for(
         lambda: not ({p.pid for p in psutil.Process().children(recursive=True)} - before),
@@ -109,7 +108,7 @@ def test_a_forked_kernel_killed_from_outside_is_seen_dead_and_one_of_a_dead_work
 
     parent = (
         "import time\n"
-        "from ftkit.kernels import KernelPool, kernel_pid\n"
+        "from ftkit.worker.kernels import KernelPool, kernel_pid\n"
         "pool = KernelPool(warm=True, fork=True).start()\n"
         "km = pool.take()\n"
         "print(pool.zygote.process.pid, kernel_pid(km), flush=True)\n"

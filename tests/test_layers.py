@@ -40,7 +40,7 @@ RANK: dict[str, float] = {
     # storage, machine facts, kernels
     "ftkit.storage": 2,
     "ftkit.device": 2,
-    "ftkit.kernels": 2,
+    "ftkit.worker.kernels": 2,
     # the data layer, room by room
     "ftkit.data.problems": 2.1,
     "ftkit.data.readers": 2.2,
@@ -64,14 +64,20 @@ RANK: dict[str, float] = {
     "ftkit.training": 3.2,
     "ftkit.tinymodel": 3,
     "ftkit.plots": 3,
-    "ftkit.output_log": 3,
-    "ftkit.forkclient": 0,
-    "ftkit.zygote": 3.5,
+    "ftkit.worker.output_log": 3,
+    "ftkit.worker.forkclient": 0,
+    "ftkit.worker.zygote": 3.5,
     # the queue, then the report, then the worker and the client
     "ftkit.queue": 4,
     "ftkit.report": 4.5,
     "ftkit.runs": 4.8,
     "ftkit.lineage": 4.8,
+    # the worker, room by room: what its threads share, staging and the notebook, one job, the process
+    "ftkit.worker.runtime": 4.85,
+    "ftkit.worker.staging": 4.9,
+    "ftkit.worker.notebook": 4.9,
+    "ftkit.worker.job": 4.95,
+    "ftkit.worker.process": 4.97,
     "ftkit.worker": 5,
     "ftkit.client": 5,
     "ftkit.sweeping": 5.5,
@@ -195,7 +201,7 @@ def test_every_module_a_warm_kernel_imports_exists():
     would only log a warning on each worker, and every job would pay the cold import."""
     from importlib.util import find_spec
 
-    from ftkit.kernels import WARM_UP
+    from ftkit.worker.kernels import WARM_UP
 
     names = [
         alias.name

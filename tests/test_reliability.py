@@ -221,7 +221,7 @@ def test_a_kernel_that_starts_while_redis_restarts_waits_for_it(tmp_path, monkey
 
 def test_output_lines_written_during_a_redis_restart_reach_the_log_after_it(tmp_path):
     from ftkit.jobstore import RedisJobStore
-    from ftkit.output_log import OutputLog
+    from ftkit.worker.output_log import OutputLog
 
     server = RedisServer(port=free_port(), dir=tmp_path, appendonly=True)
     server.start()
@@ -242,7 +242,7 @@ def test_output_lines_written_during_a_redis_restart_reach_the_log_after_it(tmp_
 
 def test_a_job_step_waits_out_a_broker_outage_and_a_storage_outage_in_turn():
     from ftkit.errors import StorageUnavailable
-    from ftkit.worker import patiently
+    from ftkit.worker.runtime import patiently
 
     faults = [BrokerUnavailable("Redis restarting"), StorageUnavailable("S3 away")]
     calls = []

@@ -135,7 +135,7 @@ def test_a_worker_run_is_found_by_tag_and_deleted_with_its_run_folder(
 
 def test_output_lines_reach_the_logs_in_order_once_each(settings):
     from ftkit import jobstore
-    from ftkit.output_log import MAX_LINE, OutputLog
+    from ftkit.worker.output_log import MAX_LINE, OutputLog
 
     store = jobstore.open_store(settings)
     store.create({"job_id": "0123456789ab", "status": "training", "created_at": 1.0})

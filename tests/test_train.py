@@ -208,7 +208,7 @@ def test_a_kernel_dies_with_the_worker_that_started_it():
 
     parent = (
         "import time\n"
-        "from ftkit.kernels import kernel_pid, start_kernel\n"
+        "from ftkit.worker.kernels import kernel_pid, start_kernel\n"
         "print(kernel_pid(start_kernel(warm=False)), flush=True)\n"
         "time.sleep(600)\n"
     )

@@ -2,9 +2,9 @@
 torch, transformers, trl and peft already imported, so a job's notebook starts training at once.
 
 Two ways, chosen by ``KernelPool``:
-- **fork** (no CUDA device visible, Linux): a zygote process (``ftkit.zygote``) imports the stack
-  once at the worker's start and forks each job's kernel in milliseconds. Nothing warms beside a
-  running job.
+- **fork** (no CUDA device visible, Linux): a zygote process (``ftkit.worker.zygote``) imports
+  the stack once at the worker's start and forks each job's kernel in milliseconds. Nothing warms
+  beside a running job.
 - **spare** (a CUDA worker, where a process that touched CUDA cannot fork kernels that use it):
   one spare kernel, warmed while the worker is idle (at its start, and after each job ends),
   never while a job trains; on a CUDA worker its warm-up imports unsloth and bitsandbytes too.
@@ -27,15 +27,15 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("ftkit.kernels")
+log = logging.getLogger(__name__)
 
 # One warm-up for both ways: what the zygote imports before it forks, a spare imports too (after
 # unsloth and bitsandbytes on a CUDA worker, which only a spare kernel ever meets).
 WARM_UP = """\
 import ftkit.device
 _ftkit_unsloth = ftkit.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
-import ftkit.training, ftkit.data.render, ftkit.zygote  # what every job runs
-ftkit.zygote.warm_up()
+import ftkit.training, ftkit.data.render, ftkit.worker.zygote  # what every job runs
+ftkit.worker.zygote.warm_up()
 """
 
 
@@ -186,9 +186,9 @@ def cuda_visible() -> bool:
 
 
 class ForkServer:
-    """The worker's zygote (``ftkit.zygote``): started warm-up first, then a kernel per job forked
-    from it. Started from the worker's main thread: the zygote dies with the thread that started
-    it (``PR_SET_PDEATHSIG``), and the main thread lives as long as the worker."""
+    """The worker's zygote (``ftkit.worker.zygote``): started warm-up first, then a kernel per job
+    forked from it. Started from the worker's main thread: the zygote dies with the thread that
+    started it (``PR_SET_PDEATHSIG``), and the main thread lives as long as the worker."""
 
     def __init__(self, idle: bool = False):
         self.folder = Path(tempfile.mkdtemp(prefix="ftkit-zygote-"))
@@ -211,7 +211,7 @@ class ForkServer:
         if idle:
             env["FTKIT_ZYGOTE_IDLE"] = "1"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ftkit.zygote", str(self.socket)],
+            [sys.executable, "-m", "ftkit.worker.zygote", str(self.socket)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -308,7 +308,7 @@ class KernelPool:
         """What a job imports, imported for real before the worker takes a job: by the zygote's
         own warm-up where there is one, else in a child process (``stack.check_in_child``).
         unsloth alone takes about 40 s to import."""
-        from .stack import Problem, check_in_child
+        from ..stack import Problem, check_in_child
 
         if self.zygote is not None:
             return [Problem(**p) for p in self.zygote.checked(timeout)]
@@ -363,7 +363,7 @@ class KernelPool:
                 and not self._closed
                 and self._spare is None
                 and self._retry_at is None
-                and not (self._warming is not None and self._warming.is_alive())
+                and not self.warming
             )
         if due:
             self._warm_next()
@@ -392,12 +392,31 @@ class KernelPool:
                 and self._spare is None
                 and self._retry_at is not None
                 and time.monotonic() >= self._retry_at
-                and not (self._warming is not None and self._warming.is_alive())
+                and not self.warming
             )
             if due:
                 self._retry_at = None
         if due:
             self._warm_next()
+
+    @property
+    def warming(self) -> bool:
+        """A spare kernel is being started and warmed now."""
+        return self._warming is not None and self._warming.is_alive()
+
+    def wait_for_warm_up(self, timeout: float) -> bool:
+        """Until the warm-up in progress, if any, has ended; False when it still runs."""
+        if self._warming is not None:
+            self._warming.join(timeout=timeout)
+        return not self.warming
+
+    def retry_in(self) -> float | None:
+        """Seconds until ``keep_warm()`` tries a failed warm-up again (0: it is due), or None when
+        no failed warm-up waits for a retry."""
+        with self._lock:
+            if self._retry_at is None:
+                return None
+            return max(0.0, self._retry_at - time.monotonic())
 
     @property
     def ready(self) -> bool:
@@ -419,8 +438,8 @@ class KernelPool:
             self._wanted, warming = True, self._starting
         if warming is not None and self.idle_priority:  # a job waits for it now: no background
             set_idle(warming, False)
-        if self.warm and self._warming is not None:
-            self._warming.join(timeout=wait)
+        if self.warm:
+            self.wait_for_warm_up(wait)
         with self._lock:
             km, self._spare, self._wanted = self._spare, None, False
         if km is not None and self.idle_priority:

@@ -3,11 +3,11 @@ kernel for each job. A fork copies the imported state in milliseconds and shares
 job's kernel starts warm without a warm-up running beside the job, and no state crosses jobs: each
 kernel starts from the zygote's state, never from another job's.
 
-    python -m ftkit.zygote SOCKET      (kernels.ForkServer starts it)
+    python -m ftkit.worker.zygote SOCKET      (kernels.ForkServer starts it)
 
 It prints ``ready`` once warm, or ``problem {...}`` lines (``stack.Problem``) and exits 3 when
-the stack a job needs does not import. Each connection on SOCKET (``ftkit/forkclient.py``) brings a
-connection file, a working folder, an environment and three file descriptors (the kernel's
+the stack a job needs does not import. Each connection on SOCKET (``ftkit/worker/forkclient.py``)
+brings a connection file, a working folder, an environment and three file descriptors (the kernel's
 stdin, stdout and stderr); the zygote forks, answers ``{"pid": N}``, and when the kernel ends,
 ``{"exit": status}``. A client that goes away takes its kernel with it. The zygote dies with its
 worker, and each kernel with the zygote (``PR_SET_PDEATHSIG``).

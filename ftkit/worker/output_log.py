@@ -12,10 +12,10 @@ import logging
 import threading
 import time
 
-from .errors import BrokerUnavailable
-from .jobstore import LOG_LINES_KEPT, JobStore
+from ..errors import BrokerUnavailable
+from ..jobstore import LOG_LINES_KEPT, JobStore
 
-log = logging.getLogger("ftkit.worker")
+log = logging.getLogger(__name__)
 MAX_LINE = 1000
 
 

@@ -1,7 +1,8 @@
 """The process a kernel manager starts for a forked kernel: it asks the worker's zygote
-(``ftkit.zygote``) for a kernel on its connection file, then stands in for it. It relays signals
-(an interrupt, a stop) to the kernel and exits with the kernel's exit status, so that jupyter_client
-and nbclient see an ordinary kernel process; if it is killed, the zygote kills the kernel.
+(``ftkit.worker.zygote``) for a kernel on its connection file, then stands in for it. It relays
+signals (an interrupt, a stop) to the kernel and exits with the kernel's exit status, so that
+jupyter_client and nbclient see an ordinary kernel process; if it is killed, the zygote kills the
+kernel.
 
 Run as a script (``python -S forkclient.py CONNECTION_FILE``), never imported: it uses the standard
 library only, so that it starts in milliseconds.
