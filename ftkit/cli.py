@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +363,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         worker.stop(timeout=30)
 
 
-def _print_what_was_learned(result: dict[str, Any]) -> None:
+def _print_what_was_learned(result: Mapping[str, Any] | None) -> None:
+    if not result:
+        return
     first, last = result["first_loss"], result["final_loss"]
     print(
         f"loss {first:.3f} -> {last:.3f} (first -> last step, {1 - last / first:.0%} lower) "

@@ -27,7 +27,7 @@ from pydantic import (
 from ..config import TrainConfig
 from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, TAG
 from ..core.statuses import STATUSES
-from ..sweeping import MAX_RUNS, MODES
+from ..sweep_plan import MAX_RUNS, MODES
 
 JobId = typing.Annotated[str, Field(pattern=JOB_ID.pattern, examples=["3f2a9c1b7d4e"])]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
