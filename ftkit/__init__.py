@@ -11,8 +11,8 @@ Importing ftkit connects to nothing and loads no torch, transformers or papermil
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import typing
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__ as __version__
