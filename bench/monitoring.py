@@ -161,7 +161,7 @@ def run_backend(
 ) -> dict[int, dict[str, dict[str, float]]]:
     from ftkit.client import Client
     from ftkit.config import TrainConfig
-    from ftkit.widgets import Dashboard
+    from ftkit.panels.monitor import Dashboard
 
     client = Client(settings_in(work, url))
     store = client.store

@@ -34,8 +34,8 @@ from .errors import (
 )
 from .sweeping import Sweep
 
-if typing.TYPE_CHECKING:  # a type only: not a public name of the face
-    from .core.records import WorkerInfo
+if typing.TYPE_CHECKING:  # the shapes of what jobs(), health() and workers() return
+    from .core.records import Health, JobStatus, WorkerInfo
 
 _client: Client | None = None
 
@@ -80,9 +80,7 @@ def get_job(job_id: str) -> Job:
     return client().get_job(job_id)
 
 
-def jobs(
-    status: str | None = None, limit: int = 50, *, tag: str | None = None
-) -> list[dict[str, Any]]:
+def jobs(status: str | None = None, limit: int = 50, *, tag: str | None = None) -> list[JobStatus]:
     """Job statuses, newest first; ``status`` and ``tag`` narrow the list."""
     return client().jobs(status=status, limit=limit, tag=tag)
 
@@ -95,7 +93,7 @@ def download(job_id: str, dest: str | os.PathLike) -> Path:
     return client().download(job_id, dest)
 
 
-def health() -> dict[str, Any]:
+def health() -> Health:
     return client().health()
 
 
@@ -156,42 +154,42 @@ def compare(jobs: list[Job | str]):
 
 def panel(**kwargs: Any):
     """Upload, configure and monitor in one ipywidgets panel."""
-    from .widgets import Panel
+    from .panels.train import Panel
 
     return Panel(client(), **kwargs).widget
 
 
 def monitor(job: Job | str):
     """A live monitor of one job (also one submitted elsewhere)."""
-    from .widgets import MonitorPanel
+    from .panels.monitor import MonitorPanel
 
     return MonitorPanel(job if isinstance(job, Job) else get_job(job)).widget
 
 
 def dashboard(**kwargs: Any):
     """Live workers, queue depth and a table of jobs."""
-    from .widgets import Dashboard
+    from .panels.monitor import Dashboard
 
     return Dashboard(client(), **kwargs).widget
 
 
 def runs_panel(**kwargs: Any):
     """Recent jobs and sweeps: filter by tag, compare, retry and delete the selected runs."""
-    from .runs_widgets import RunsPanel
+    from .panels.sweeps import RunsPanel
 
     return RunsPanel(client(), **kwargs).widget
 
 
 def _monitor_in_cell(job: Job, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """A job left as a cell's value shows its live monitor (the panels load on first display)."""
-    from .widgets import MonitorPanel
+    from .panels.monitor import MonitorPanel
 
     return MonitorPanel(job).widget._repr_mimebundle_(**kwargs)
 
 
 def _sweep_in_cell(sweep: Sweep, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """A sweep left as a cell's value shows a live table of its runs."""
-    from .runs_widgets import SweepView
+    from .panels.sweeps import SweepView
 
     return SweepView(sweep).widget._repr_mimebundle_(**kwargs)
 

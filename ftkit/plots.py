@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def loss_svg(metrics: list[dict[str, Any]], width: int = 460, height: int = 160) -> str:
+def loss_svg(metrics: Sequence[Mapping[str, Any]], width: int = 460, height: int = 160) -> str:
     """The loss curve (train, and eval where logged) as inline SVG: no plotting library in the client."""
     series = {
         "loss": [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None],

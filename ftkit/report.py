@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import html
 import re
 import subprocess
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .core.html import Markup, esc, key_values, table
 
 TEMPLATE = Path(__file__).parent / "templates" / "train_template.ipynb"
 
@@ -74,31 +76,26 @@ def header_html(record: dict[str, Any]) -> str:
         "note": record.get("note"),
         "version": template_version(),
     }
-    body = "".join(
-        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-        f"{html.escape(str(v))}</td></tr>"
-        for k, v in rows.items()
-        if v not in (None, "")
-    )
-    body += lineage_rows(record)
+    shown: dict[str, Any] = {k: v for k, v in rows.items() if v not in (None, "")}
+    shown.update(lineage_facts(record))
     return (
-        f"<div class='ftkit-header'><h2 style='color:{color}'>{html.escape(status.upper())}</h2>"
-        f"<table>{body}</table></div>"
+        f"<div class='ftkit-header'><h2 style='color:{color}'>{esc(status.upper())}</h2>"
+        f"{key_values(shown)}</div>"
     )
 
 
-def _job_link(job: Any) -> str | None:
+def _job_link(job: Any) -> Markup | None:
     """A link to another job's report, for a well-formed job id only (the record is untrusted).
     Reports lie side by side in storage (runs/<job_id>/report.html): a relative link."""
     if isinstance(job, str) and len(job) == 12 and all(c in "0123456789abcdef" for c in job):
-        return f"<a href='../{job}/report.html'>{job}</a>"
+        return Markup(f"<a href='../{job}/report.html'>{job}</a>")
     return None
 
 
-def lineage_rows(record: dict[str, Any]) -> str:
+def lineage_facts(record: Mapping[str, Any]) -> dict[str, Markup]:
     """The rows naming the job this one continues (and from what it started) and the job it
     retries, each linked to its report."""
-    rows = []
+    rows: dict[str, Markup] = {}
     parent = _job_link(record.get("resume_from"))
     if parent:
         started = record.get("started_from")
@@ -108,14 +105,11 @@ def lineage_rows(record: dict[str, Any]) -> str:
             how = f"{parent}: resumed from {started} (adapter, optimizer state and step)"
         else:
             how = parent
-        rows.append(("continues job", how))
+        rows["continues job"] = Markup(how)  # built of a checked link and a checked name
     retried = _job_link(record.get("retry_of"))
     if retried:
-        rows.append(("retry of", retried))
-    return "".join(
-        f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-        for k, v in rows
-    )
+        rows["retry of"] = retried
+    return rows
 
 
 def finalize_report(path: Path, record: dict[str, Any]):
@@ -235,7 +229,9 @@ class Comparison:
 
     METRICS = ("status", "final_loss", "eval_loss", "global_step", "training_duration_seconds")
 
-    def __init__(self, statuses: list[dict[str, Any]], metrics: list[list[dict[str, Any]]]):
+    def __init__(
+        self, statuses: Sequence[Mapping[str, Any]], metrics: Sequence[Sequence[Mapping[str, Any]]]
+    ):
         self.statuses, self.metrics = statuses, metrics
         configs = [s.get("config") or {} for s in statuses]
         keys = sorted({k for c in configs for k in c})
@@ -259,15 +255,8 @@ class Comparison:
         from .plots import loss_svg
 
         columns = ["job_id", *self.differing, *self.METRICS]
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns)
-            + "</tr>"
-            for r in self.rows
-        )
         curves = "".join(
-            f"<div style='display:inline-block;margin:4px'><small>{html.escape(s['job_id'])}</small><br>"
+            f"<div style='display:inline-block;margin:4px'><small>{esc(s['job_id'])}</small><br>"
             f"{loss_svg(m, width=300, height=120)}</div>"
             for s, m in zip(self.statuses, self.metrics)
         )
@@ -276,12 +265,12 @@ class Comparison:
         if self.best is not None and self.best_by is not None:
             values = ", ".join(f"{k}={self.best.get(k)!r}" for k in self.differing)
             best = (
-                f"<p class='ftkit-best'>best: <b>{html.escape(self.best['job_id'])}</b> "
+                f"<p class='ftkit-best'>best: <b>{esc(self.best['job_id'])}</b> "
                 f"({self.best_by} {self.best[self.best_by]:.4f}"
-                f"{html.escape(', ' + values if values else '')})</p>"
+                f"{esc(', ' + values if values else '')})</p>"
             )
         return (
-            f"<div class='ftkit-compare'>{best}<table><tr>{head}</tr>{body}</table>{overlay}<details><summary>each curve"
+            f"<div class='ftkit-compare'>{best}{table(self.rows, columns)}{overlay}<details><summary>each curve"
             f"</summary>{curves}</details></div>"
         )
 
@@ -301,7 +290,10 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 
 
 def overlay_svg(
-    names: list[str], metrics: list[list[dict[str, Any]]], width: int = 560, height: int = 220
+    names: Sequence[str],
+    metrics: Sequence[Sequence[Mapping[str, Any]]],
+    width: int = 560,
+    height: int = 220,
 ) -> str:
     """Loss curves of several jobs on shared axes, as inline SVG with a legend."""
     series = [[(m["step"], m["loss"]) for m in ms if m.get("loss") is not None] for ms in metrics]
@@ -323,7 +315,7 @@ def overlay_svg(
             f"<polyline class='ftkit-compare-loss' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>"
         )
         legend.append(
-            f"<text x='{width - 150}' y='{16 + 14 * i}' font-size='11' fill='{color}'>{html.escape(name)}</text>"
+            f"<text x='{width - 150}' y='{16 + 14 * i}' font-size='11' fill='{color}'>{esc(name)}</text>"
         )
     return (
         f"<svg width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'><rect width='100%' height='100%' "

@@ -1,4 +1,5 @@
-"""Sweeps: one data set trained over a grid, or random samples, of TrainConfig values.
+"""Sweeps: one data set trained over a grid, or random samples, of TrainConfig values (which runs:
+``sweep_plan``).
 
 Every run is checked before any is queued. The sweep is recorded in the job store beside its jobs
 (each tagged ``sweep:<id>``), so it is found again after the notebook restarts, and followed,
@@ -7,44 +8,25 @@ compared and cancelled as one. It sits above the client and queues each run thro
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import getpass
-import html
-import itertools
-import math
 import os
-import random
-import secrets
 import time
 import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .client import (
-    Client,
-    Dataset,
-    Job,
-    WorkerWatch,
-    check_attempts,
-    check_note,
-    check_priority,
-    check_tags,
-    public_status,
-    resolve_config,
-)
+from .client import Client, Dataset, Job, WorkerWatch, public_status, resolve_config
 from .config import TrainConfig
 from .core import statuses
+from .core.html import table
 from .core.records import JobRecord
-from .core.rules import is_job_id
+from .core.rules import check_attempts, check_note, check_priority, check_tags, is_job_id
 from .errors import ConfigError, FtkitError, JobFailed, JobNotFound, NoWorkerWarning
 from .report import Comparison
+from .sweep_plan import plan
 
-MODES = ("grid", "random")
-MAX_RUNS = 256  # a typo in a grid should not queue a million jobs
-LOG_SCALE = ("learning_rate",)  # sampled log-uniform: its order of magnitude is what matters
-LIST_VALUED = ("sample_prompts",)  # a list is this field's value: a list of lists sweeps it
 MISSING = "missing"  # a run whose job is gone (deleted), or was never queued
 
 
@@ -52,145 +34,8 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-# -- planning: which runs ----------------------------------------------------------------------------
-def _kind(name: str) -> str:
-    """How a range of this field is sampled: 'int', 'float', or '' (no range: choose from a list)."""
-    kind = str(next(f.type for f in dataclasses.fields(TrainConfig) if f.name == name))
-    return "" if "bool" in kind else "int" if "int" in kind else "float" if "float" in kind else ""
-
-
 def _describe(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
-
-
-def split_fields(
-    mode: str, fields: dict[str, Any]
-) -> tuple[dict[str, list[Any]], dict[str, tuple[float, float]], dict[str, Any]]:
-    """(lists to choose from, ranges to sample, fixed values), each named field once."""
-    names = TrainConfig.field_names()
-    choices: dict[str, list[Any]] = {}
-    ranges: dict[str, tuple[float, float]] = {}
-    fixed: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name not in names:
-            TrainConfig.from_dict({name: value})  # the unknown-key error, with the closest name
-        if isinstance(value, tuple):
-            if mode != "random":
-                raise ConfigError(
-                    f"{name}={value!r} is a range: ranges are sampled with mode='random', n=...; "
-                    f"a grid takes a list of values, e.g. {name}=[{', '.join(map(repr, value))}]",
-                    field=name,
-                )
-            ranges[name] = _check_range(name, value)
-        elif isinstance(value, list) and (
-            name not in LIST_VALUED or (value and all(isinstance(v, list) for v in value))
-        ):
-            if not value:
-                raise ConfigError(f"{name}=[]: give at least one value", field=name)
-            if len({repr(v) for v in value}) < len(value):
-                raise ConfigError(f"{name}={value!r} lists a value twice", field=name)
-            choices[name] = value
-        else:
-            fixed[name] = value
-    if not choices and not ranges:
-        raise ConfigError(
-            "a sweep needs at least one field with several values: a list (a grid, e.g. "
-            "learning_rate=[1e-4, 2e-4]) or a range with mode='random' (learning_rate=(1e-5, 1e-3))"
-        )
-    return choices, ranges, fixed
-
-
-def _check_range(name: str, value: tuple) -> tuple[float, float]:
-    kind = _kind(name)
-    if not kind:
-        raise ConfigError(
-            f"{name}={value!r}: a range is for a numeric field; give a list of values to choose "
-            f"from, e.g. {name}=[...]",
-            field=name,
-        )
-    number = int if kind == "int" else (int, float)
-    if (
-        len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, number) for v in value)
-        or any(isinstance(v, float) and not math.isfinite(v) for v in value)
-    ):
-        what = "two whole numbers" if kind == "int" else "two numbers"
-        raise ConfigError(f"{name}={value!r}: a range is (low, high), {what}", field=name)
-    low, high = value
-    if not low < high:
-        raise ConfigError(
-            f"{name}={value!r}: a range's low end must be below its high end", field=name
-        )
-    for end, at in (("low", low), ("high", high)):
-        try:
-            TrainConfig.from_dict({name: at})  # every draw lies between two valid ends
-        except ConfigError as exc:
-            raise ConfigError(f"{name}={value!r}: its {end} end: {exc}", field=name) from None
-    return low, high
-
-
-def grid(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the listed values, in the order the fields were given."""
-    count = math.prod(len(v) for v in choices.values())
-    if count > MAX_RUNS:
-        raise ConfigError(f"the grid has {count} runs: at most {MAX_RUNS} in one sweep")
-    return [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
-
-
-def sample(
-    choices: dict[str, list[Any]], ranges: dict[str, tuple[float, float]], n: int, seed: int
-) -> list[dict[str, Any]]:
-    """``n`` draws: a list is a choice, a range is uniform (log-uniform for a learning rate; whole
-    numbers for an integer field). Fields are drawn in name order, so the same seed gives the same
-    runs whatever order the fields were given in."""
-    rng = random.Random(seed)
-    order = list(choices) + list(ranges)
-    runs = []
-    for _ in range(n):
-        drawn: dict[str, Any] = {}
-        for name in sorted(order):
-            if name in choices:
-                drawn[name] = rng.choice(choices[name])
-                continue
-            low, high = ranges[name]
-            if _kind(name) == "int":
-                drawn[name] = rng.randint(int(low), int(high))
-                continue
-            if name in LOG_SCALE and low > 0:
-                x = math.exp(rng.uniform(math.log(low), math.log(high)))
-            else:
-                x = rng.uniform(low, high)
-            drawn[name] = min(max(float(f"{x:.4g}"), low), high)  # readable, still in range
-        runs.append({name: drawn[name] for name in order})
-    return runs
-
-
-def plan(
-    mode: str, fields: dict[str, Any], n: int | None, sample_seed: int | None
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], int | None]:
-    """(each run's swept values, the spec to record, the fixed values, the seed drawn with)."""
-    if mode not in MODES:
-        raise ConfigError(f"mode={mode!r}: one of {', '.join(MODES)}", field="mode")
-    if mode == "grid" and (n is not None or sample_seed is not None):
-        raise ConfigError(
-            "n and sample_seed are for mode='random'; a grid runs every combination", field="n"
-        )
-    choices, ranges, fixed = split_fields(mode, fields)
-    spec: dict[str, Any] = {name: {"values": values} for name, values in choices.items()}
-    if mode == "grid":
-        return grid(choices), spec, fixed, None
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_RUNS:
-        raise ConfigError(
-            f"n={n!r}: mode='random' needs the number of runs, from 1 to {MAX_RUNS}", field="n"
-        )
-    if sample_seed is None:
-        sample_seed = secrets.randbelow(2**32)  # recorded: the draw can be made again
-    elif isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
-        raise ConfigError(f"sample_seed={sample_seed!r}: must be an integer", field="sample_seed")
-    for name, (low, high) in ranges.items():
-        scale = "int" if _kind(name) == "int" else "log" if name in LOG_SCALE else "linear"
-        spec[name] = {"range": [low, high], "scale": scale}
-    return sample(choices, ranges, n, sample_seed), spec, fixed, sample_seed
 
 
 # -- queueing --------------------------------------------------------------------------------------
@@ -213,24 +58,10 @@ def create(
     runs, spec, fixed, sample_seed = plan(mode, fields, n, sample_seed)
     user_tags, note = check_tags(tags), check_note(note)
     sweep_id = new_id()
-    try:
-        run_tags = check_tags([*user_tags, f"sweep:{sweep_id}"])
-    except ConfigError as exc:
-        raise ConfigError(
-            f"{exc} (each run also carries its sweep:<id> tag)", field="tags"
-        ) from None
+    run_tags = _run_tags(user_tags, sweep_id)
     check_priority(priority)
     check_attempts(client.settings.max_attempts if max_attempts is None else max_attempts)
-    for name, value in fixed.items():  # a fixed value's error is not one run's fault
-        resolve_config(config, {name: value})
-    configs = []
-    for i, values in enumerate(runs):
-        try:
-            configs.append(client.check_config(config, **fixed, **values))
-        except ConfigError as exc:
-            raise ConfigError(
-                f"run {i + 1} of {len(runs)} ({_describe(values)}): {exc}", field=exc.field
-            ) from None
+    configs = _check_runs(client, config, fixed, runs)
     ds = client.resolve_dataset(dataset)
     swept = set(spec)
     record: dict[str, Any] = {
@@ -247,18 +78,53 @@ def create(
         "runs": [{"job_id": new_id(), "values": values} for values in runs],
     }
     client.store.create_sweep(record)  # first: every queued run is found from it
+    options = {"tags": run_tags, "note": note, "priority": priority, "max_attempts": max_attempts}
+    _queue_runs(client, record, ds, configs, options)
+    return Sweep(record, client)
+
+
+def _run_tags(user_tags: list[str], sweep_id: str) -> list[str]:
+    """The tags each run carries: the user's, and its sweep's ``sweep:<id>``."""
+    try:
+        return check_tags([*user_tags, f"sweep:{sweep_id}"])
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (each run also carries its sweep:<id> tag)", field="tags"
+        ) from None
+
+
+def _check_runs(
+    client: Client,
+    config: TrainConfig | dict | None,
+    fixed: dict[str, Any],
+    runs: list[dict[str, Any]],
+) -> list[TrainConfig]:
+    """Each run's configuration, checked as submit checks it; a bad value names its run."""
+    for name, value in fixed.items():  # a fixed value's error is not one run's fault
+        resolve_config(config, {name: value})
+    configs = []
+    for i, values in enumerate(runs):
+        try:
+            configs.append(client.check_config(config, **fixed, **values))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"run {i + 1} of {len(runs)} ({_describe(values)}): {exc}", field=exc.field
+            ) from None
+    return configs
+
+
+def _queue_runs(
+    client: Client,
+    record: dict[str, Any],
+    ds: Dataset,
+    configs: list[TrainConfig],
+    options: dict[str, Any],
+) -> None:
+    """Submit every run with its reserved id; should one fail, take back what was queued."""
     queued: list[str] = []
     try:
         for run, cfg in zip(record["runs"], configs):
-            client.submit(
-                ds,
-                cfg,
-                job_id=run["job_id"],
-                tags=run_tags,
-                note=note,
-                priority=priority,
-                max_attempts=max_attempts,
-            )
+            client.submit(ds, cfg, job_id=run["job_id"], **options)
             queued.append(run["job_id"])
     except BaseException as exc:
         undone = _roll_back(client, record, queued)
@@ -266,7 +132,6 @@ def create(
         if add_note is not None:
             add_note(undone)
         raise
-    return Sweep(record, client)
 
 
 def _roll_back(client: Client, record: dict[str, Any], queued: list[str]) -> str:
@@ -329,21 +194,14 @@ def cell(column: str, value: Any) -> str:
 
 
 def table_html(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> str:
-    head = "".join(
-        f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in columns
-    )
-    body = "".join(
-        f"<tr data-status='{html.escape(str(r.get('status', '')))}'>"
-        + "".join(
-            f"<td style='padding:2px 8px'>{html.escape(cell(c, r.get(c)))}</td>" for c in columns
-        )
-        + "</tr>"
-        for r in rows
-    )
-    caption = f"<caption style='text-align:left'>{html.escape(title)}</caption>" if title else ""
-    return (
-        f"<table class='ftkit-table ftkit-sweep'>{caption}<thead><tr>{head}</tr></thead>"
-        f"<tbody>{body}</tbody></table>"
+    """Runs as a table, each row marked with its status (``data-status``) for styles and tests."""
+    return table(
+        rows,
+        columns,
+        caption=title,
+        css_class="ftkit-table ftkit-sweep",
+        cell=cell,
+        row_attrs=lambda row: {"data-status": row.get("status", "")},
     )
 
 

@@ -20,8 +20,8 @@ from conftest import EXAMPLE_DATA, REPO, sqlite_only, wait_for
 from ftkit.client import Client, WorkerWatch
 from ftkit.config import Settings
 from ftkit.errors import ConfigError, DatasetError, NoWorkerWarning, StorageError
+from ftkit.panels.monitor import MonitorPanel
 from ftkit.storage import check_model_ref, folder_digest, model_files, safe_model_name
-from ftkit.widgets import MonitorPanel
 from ftkit.worker.runtime import Runtime
 from ftkit.worker.staging import stage_model
 

@@ -123,7 +123,7 @@ def test_cli_refuses_bad_values_and_writes_nothing(settings, args, named):
 
 
 def test_panel_keeps_submit_disabled_for_hostile_values(client):
-    from ftkit.widgets import Panel
+    from ftkit.panels.train import Panel
 
     panel = Panel(client)
     panel.upload.load(EXAMPLE_DATA)

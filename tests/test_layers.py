@@ -29,6 +29,7 @@ RANK: dict[str, float] = {
     "ftkit.core.html": 0.2,
     "ftkit.core": 0.3,
     "ftkit.config": 1,
+    "ftkit.sweep_plan": 1.5,
     "ftkit.stack": 1,
     "ftkit.machine": 1,
     # the job store: Huey's queue layout, the contract, one module per backend, the package's face
@@ -70,7 +71,7 @@ RANK: dict[str, float] = {
     # the queue, then the report, then the worker and the client
     "ftkit.queue": 4,
     "ftkit.report": 4.5,
-    "ftkit.runs": 4.8,
+    "ftkit.cleanup": 4.8,
     "ftkit.lineage": 4.8,
     # the worker, room by room: what its threads share, staging and the notebook, one job, the process
     "ftkit.worker.runtime": 4.85,
@@ -79,11 +80,20 @@ RANK: dict[str, float] = {
     "ftkit.worker.job": 4.95,
     "ftkit.worker.process": 4.97,
     "ftkit.worker": 5,
-    "ftkit.client": 5,
+    # the client, room by room: what a status shows, data sets, workers, a job, the client
+    "ftkit.client.status": 4.85,
+    "ftkit.client.datasets": 4.85,
+    "ftkit.client.workers": 4.85,
+    "ftkit.client.job": 4.9,
+    "ftkit.client.client": 5,
+    "ftkit.client": 5.1,
     "ftkit.sweeping": 5.5,
     # panels, then the face, then the HTTP layer over it, then the command line over everything
-    "ftkit.widgets": 6,
-    "ftkit.runs_widgets": 6.5,
+    "ftkit.panels.common": 6,
+    "ftkit.panels.monitor": 6.1,
+    "ftkit.panels.train": 6.2,
+    "ftkit.panels.sweeps": 6.3,
+    "ftkit.panels": 6.5,
     "ftkit": 7,
     "ftkit.server.asgi": 8.0,
     "ftkit.server.sessions": 8.05,
@@ -171,7 +181,9 @@ def test_the_reading_sees_lazy_and_relative_imports():
     assert "ftkit.data.render" in imports_of(
         "ftkit.data.profile", found["ftkit.data.profile"], set(found)
     )
-    assert "ftkit.widgets" in imports_of("ftkit", found["ftkit"], set(found))  # lazy, in panel()
+    assert "ftkit.panels.train" in imports_of(
+        "ftkit", found["ftkit"], set(found)
+    )  # lazy, in panel()
     assert "ftkit.worker" in imports_of(
         "ftkit.cli.service", found["ftkit.cli.service"], set(found)
     )  # lazy, in cmd_worker

@@ -18,7 +18,7 @@ import pytest
 
 from ftkit import jobstore as jobs
 from ftkit.core import statuses
-from ftkit.widgets import Dashboard
+from ftkit.panels.monitor import Dashboard
 
 LIMIT = 5
 # Scans that read only what is shown or only what is small: the creation-time index newest first

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import ftkit
 
 
@@ -79,3 +81,21 @@ def test_cli_refuses_bad_config_before_queueing(tmp_path):
     )
     assert out.returncode == 2 and "learning_rate" in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", ["JobStatus", "JobResult", "Health"])
+def test_the_http_models_declare_the_fields_of_the_typed_records(name):
+    """What Job.status(), a job's result and Client.health() return (core.records, checked by
+    mypy) and what the HTTP API declares (server.models, its OpenAPI schema) name the same
+    fields; the only differences are the documented renames and omissions."""
+    pytest.importorskip("fastapi")
+    from ftkit.core import records
+    from ftkit.server import models
+
+    typed, model = set(getattr(records, name).__annotations__), getattr(models, name)
+    renamed: dict[str, str] = getattr(model, "RENAMED", {})
+    not_served = set(getattr(model, "NOT_SERVED", ()))
+    served = {renamed.get(field, field) for field in model.model_fields}
+    assert served - typed == set(), "model fields the typed record lacks"
+    assert typed - served - not_served == set(), "typed keys the model does not declare"
+    assert not_served <= typed

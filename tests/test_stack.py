@@ -192,7 +192,7 @@ def broken_nbconvert(tmp_path: Path) -> dict[str, str]:
 def test_wait_and_the_panel_say_that_a_local_worker_exited_with_its_code_and_log(
     settings, client, tmp_path, tiny_model
 ):
-    from ftkit.widgets import WorkerNotice
+    from ftkit.panels.monitor import WorkerNotice
 
     job = client.submit(client.upload_dataset(EXAMPLE_DATA), base_model=str(tiny_model))
     worker = client.start_local_worker(env=broken_nbconvert(tmp_path))

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from conftest import EXAMPLE_DATA
-from ftkit import sweeping
+from ftkit import sweep_plan, sweeping
 from ftkit.client import Client
 from ftkit.errors import ConfigError, JobActive, JobExists, JobNotFound
 
@@ -18,7 +18,7 @@ QUICK = dict(base_model="org/model", max_steps=2)  # queued, never run: a hub id
 
 
 def test_a_grid_is_every_combination_in_the_given_order_and_scalars_are_fixed():
-    runs, spec, fixed, seed = sweeping.plan(
+    runs, spec, fixed, seed = sweep_plan.plan(
         "grid", {"lora_r": [8, 16], "learning_rate": [1e-4, 2e-4, 3e-4], "max_steps": 2}, None, None
     )
     assert runs == [
@@ -29,23 +29,25 @@ def test_a_grid_is_every_combination_in_the_given_order_and_scalars_are_fixed():
 
 
 def test_sample_prompts_is_swept_only_by_a_list_of_lists():
-    runs, _, fixed, _ = sweeping.plan(
+    runs, _, fixed, _ = sweep_plan.plan(
         "grid", {"sample_prompts": [["Hi"], ["Hi", "Bye"]], "lora_r": 8}, None, None
     )
     assert runs == [{"sample_prompts": ["Hi"]}, {"sample_prompts": ["Hi", "Bye"]}]
     with pytest.raises(ConfigError, match="at least one field with several values"):
-        sweeping.plan("grid", {"sample_prompts": ["Hi", "Bye"]}, None, None)  # one value: a list
-    _, _, fixed, _ = sweeping.plan("grid", {"sample_prompts": ["Hi"], "lora_r": [4, 8]}, None, None)
+        sweep_plan.plan("grid", {"sample_prompts": ["Hi", "Bye"]}, None, None)  # one value: a list
+    _, _, fixed, _ = sweep_plan.plan(
+        "grid", {"sample_prompts": ["Hi"], "lora_r": [4, 8]}, None, None
+    )
     assert fixed == {"sample_prompts": ["Hi"]}
 
 
 def test_random_draws_are_reproducible_with_sample_seed_and_stay_in_their_ranges():
     fields = {"learning_rate": (1e-5, 1e-1), "lora_r": (4, 64), "lora_dropout": [0.0, 0.05]}
-    runs, spec, _, seed = sweeping.plan("random", fields, 200, 7)
+    runs, spec, _, seed = sweep_plan.plan("random", fields, 200, 7)
     assert seed == 7 and len(runs) == 200
-    again, *_ = sweeping.plan("random", dict(reversed(fields.items())), 200, 7)
+    again, *_ = sweep_plan.plan("random", dict(reversed(fields.items())), 200, 7)
     assert [dict(sorted(r.items())) for r in again] == [dict(sorted(r.items())) for r in runs]
-    assert sweeping.plan("random", fields, 200, 8)[0] != runs
+    assert sweep_plan.plan("random", fields, 200, 8)[0] != runs
     assert spec["learning_rate"] == {"range": [1e-5, 1e-1], "scale": "log"}
     assert spec["lora_r"] == {"range": [4, 64], "scale": "int"}
     assert spec["lora_dropout"] == {"values": [0.0, 0.05]}
@@ -58,7 +60,7 @@ def test_random_draws_are_reproducible_with_sample_seed_and_stay_in_their_ranges
     assert all(isinstance(x, int) and 4 <= x <= 64 for x in ranks)
     assert {4, 64} <= set(ranks)  # the ends of an integer range are drawn too
     assert {r["lora_dropout"] for r in runs} == {0.0, 0.05}
-    uniform, *_ = sweeping.plan("random", {"lora_dropout": (0.0, 0.5)}, 200, 1)
+    uniform, *_ = sweep_plan.plan("random", {"lora_dropout": (0.0, 0.5)}, 200, 1)
     assert 0.15 < sum(r["lora_dropout"] for r in uniform) / 200 < 0.35
 
 
@@ -87,7 +89,7 @@ def test_random_draws_are_reproducible_with_sample_seed_and_stay_in_their_ranges
 )
 def test_bad_sweeps_are_refused_with_the_field_named(mode, fields, n, message):
     with pytest.raises(ConfigError, match=message) as info:
-        sweeping.plan(mode, fields, n, None)
+        sweep_plan.plan(mode, fields, n, None)
     assert info.value.field in (*fields, "mode", "n", None)
 
 
@@ -181,7 +183,7 @@ def test_a_random_sweep_records_its_seed_and_the_draw_can_be_made_again(client):
     )
     seed = sweep.record["sample_seed"]
     assert isinstance(seed, int) and sweep.record["mode"] == "random"
-    runs, *_ = sweeping.plan(
+    runs, *_ = sweep_plan.plan(
         "random", {"learning_rate": (1e-5, 1e-3), "lora_r": [4, 8, 16]}, 3, seed
     )
     assert [values for _, values in sweep.runs] == runs
@@ -260,7 +262,7 @@ def test_the_sweep_commands_list_sweeps_and_show_one(client, capsys, monkeypatch
 def test_a_sweep_trains_through_a_worker_and_is_compared_and_shown(
     client, settings, start_worker, tiny_model
 ):
-    from ftkit.runs_widgets import SweepView
+    from ftkit.panels.sweeps import SweepView
 
     start_worker()
     sweep = sweeping.create(

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import EXAMPLE_DATA, wait_for
 from ftkit.core import statuses
-from ftkit.widgets import ConfigureStep, Dashboard, MonitorPanel, Panel, loss_svg
+from ftkit.panels import ConfigureStep, Dashboard, MonitorPanel, Panel
+from ftkit.plots import loss_svg
 
 
 def seed_jobs(client, n: int, status: str = "queued", first: int = 0) -> None:
@@ -177,7 +178,7 @@ def finish(client, job_id: str, losses: list[float]) -> None:
 
 
 def test_runs_panel_lists_jobs_and_sweeps_by_tag_and_narrows_to_one_sweep(client):
-    from ftkit.runs_widgets import RunsPanel
+    from ftkit.panels.sweeps import RunsPanel
     from ftkit.sweeping import create
 
     ds = client.upload_dataset(EXAMPLE_DATA)
@@ -199,7 +200,7 @@ def test_runs_panel_lists_jobs_and_sweeps_by_tag_and_narrows_to_one_sweep(client
 
 
 def test_runs_panel_compares_two_or_more_selected_runs_and_keeps_the_selection(client):
-    from ftkit.runs_widgets import RunsPanel
+    from ftkit.panels.sweeps import RunsPanel
 
     a, b, c = (client.submit(EXAMPLE_DATA, **QUICK) for _ in range(3))
     finish(client, a.id, [3.0, 2.5, 2.0])
@@ -226,7 +227,7 @@ def test_runs_panel_compares_two_or_more_selected_runs_and_keeps_the_selection(c
 
 
 def test_runs_panel_retries_ended_runs_and_says_which_it_cannot(client):
-    from ftkit.runs_widgets import RunsPanel
+    from ftkit.panels.sweeps import RunsPanel
 
     cancelled = client.submit(EXAMPLE_DATA, lora_r=4, tags=["t"], **QUICK)
     cancelled.cancel()
@@ -245,7 +246,7 @@ def test_runs_panel_retries_ended_runs_and_says_which_it_cannot(client):
 
 
 def test_runs_panel_deletes_only_after_a_confirm(client):
-    from ftkit.runs_widgets import RunsPanel
+    from ftkit.panels.sweeps import RunsPanel
 
     done, waiting = client.submit(EXAMPLE_DATA, **QUICK), client.submit(EXAMPLE_DATA, **QUICK)
     finish(client, done.id, [2.0, 1.0])
@@ -270,7 +271,7 @@ def test_runs_panel_deletes_only_after_a_confirm(client):
 
 def test_a_sweep_in_a_cell_is_a_live_table_that_cancels_and_stops(client):
     import ftkit  # joins Sweep to its view, as Job to its monitor
-    from ftkit.runs_widgets import SweepView
+    from ftkit.panels.sweeps import SweepView
     from ftkit.sweeping import create
 
     sweep = create(client, EXAMPLE_DATA, learning_rate=[1e-4, 2e-4], **QUICK)

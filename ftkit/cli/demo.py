@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ def _train_and_show(model_dir: Path, max_steps: int, worker_log: Path) -> int:
     return 0
 
 
-def _print_what_was_learned(result: dict[str, Any]) -> None:
+def _print_what_was_learned(result: Mapping[str, Any] | None) -> None:
+    if not result:
+        return
     first, last = result["first_loss"], result["final_loss"]
     print(
         f"loss {first:.3f} -> {last:.3f} (first -> last step, {1 - last / first:.0%} lower) "

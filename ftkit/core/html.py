@@ -1,5 +1,6 @@
 """The one HTML table that the panels, the run report, sweeps and the web page share: every value
-escaped, so a tag or a note someone typed never becomes markup."""
+escaped, so a tag or a note someone typed never becomes markup (only what the caller marked as
+``Markup``, built from escaped parts, passes as HTML)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
+class Markup(str):
+    """HTML the caller built from escaped parts (a link, a badge, an inline SVG): ``esc``, and so
+    every table cell and value, leaves it as it is. Never wrap text read from a record in it."""
+
+
 def esc(value: Any) -> str:
-    """Text as HTML; None is empty."""
+    """Text as HTML; None is empty; Markup stays as it is."""
+    if isinstance(value, Markup):
+        return value
     return html.escape("" if value is None else str(value), quote=True)
 
 

@@ -30,16 +30,15 @@ class DatasetRef(TypedDict, total=False):
     columns: dict[str, str] | None
 
 
-class Sample(TypedDict):
-    """One sample prompt, answered by the base model and by the fine-tuned one."""
-
-    prompt: str
-    base: str
-    tuned: str
+# One sample prompt, answered by the base model and by the fine-tuned one (``show_samples``): its
+# keys are the report table's headings, spaces and all.
+Sample = TypedDict(
+    "Sample", {"prompt": str, "source": str, "base model": str, "fine-tuned": str}, total=False
+)
 
 
 class JobResult(TypedDict, total=False):
-    """What a completed job left behind, written by its worker."""
+    """What a completed job left behind, written by its worker (``job_result``)."""
 
     output_dir: str
     adapter_dir: str
@@ -104,30 +103,36 @@ class JobRecord(TypedDict, total=False):
 
 
 class JobStatus(TypedDict, total=False):
-    """What ``Job.status()`` returns: the record without internals, times as ISO 8601 text."""
+    """What ``Job.status()`` returns (``client.status.public_status``): the record without its
+    idempotency key, times as ISO 8601 text, and how long it ran. Fields later versions added
+    (tags, note, resume_from, retry_of, warnings) are always there."""
 
     job_id: str
     status: Status
     created_at: str | None
-    queued_at: float
+    queued_at: float  # seconds since the epoch, as stored (the reaper's clock)
     started_at: str | None
     finished_at: str | None
-    duration_seconds: float | None
+    duration_seconds: float | None  # so far, while it runs
     max_attempts: int
     attempt: int
-    progress: float
+    progress: float  # percent
     current_step: int
     total_steps: int | None
+    eta_seconds: float | None
     loss: float | None
+    eval_loss: float
     error: str | None
-    failed_cell: int | None
+    error_cell: int  # the notebook cell that raised, when one did
+    error_traceback: str
     worker: str | None
+    host: str
     result: JobResult | None
+    report: str | None  # the executed notebook's URL
     cancel_requested: bool
     stop: str | None  # a stop request: core.statuses.STOP_REASONS
-    host: str
+    started_from: str  # a continued job: "adapter" or the checkpoint it resumed
     queue_ref: str | None
-    stopped: str | None
     priority: int
     submitted_by: str
     tags: list[str]
@@ -140,7 +145,6 @@ class JobStatus(TypedDict, total=False):
     dataset_profile: dict[str, Any]
     warnings: list[str]
     signature: str | None
-    events: list[str]
 
 
 class WorkerInfo(TypedDict, total=False):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,7 @@ from pydantic import (
 from ..config import TrainConfig
 from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, TAG
 from ..core.statuses import STATUSES
-from ..sweeping import MAX_RUNS, MODES
+from ..sweep_plan import MAX_RUNS, MODES
 
 JobId = typing.Annotated[str, Field(pattern=JOB_ID.pattern, examples=["3f2a9c1b7d4e"])]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -147,6 +147,8 @@ class DatasetDeleted(BaseModel):
 
 
 class JobResult(BaseModel):
+    """What a completed job left behind (``core.records.JobResult``)."""
+
     model_config = ConfigDict(extra="allow")
 
     output_dir: str | None = None
@@ -154,10 +156,40 @@ class JobResult(BaseModel):
     training_duration_seconds: float | None = None
     dataset_size: int | None = None
     report: str | None = None
+    global_step: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    trainable_parameters: int | None = None
+    backend: str | None = None
+    samples: list[dict[str, Any]] = Field(
+        default=[], description="sample prompts answered before and after training"
+    )
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _as_written(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """Written by a worker anyone with the queue's URL could run: a field in the wrong shape
+        reads as unset, not as a server error."""
+        try:
+            return handler(value)
+        except ValidationError:
+            assert info.field_name is not None
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+
+
+# Fields a record may hold in any shape (anyone with the queue's URL writes records): they read as
+# unset when malformed. The job's id and status are checked as they are.
+JOB_STATUS_CHECKED = (
+    "max_attempts", "priority", "tags", "note", "resume_from", "retry_of", "config", "dataset",
+    "queued_at", "eta_seconds", "eval_loss", "error_cell", "error_traceback", "host", "report",
+    "cancel_requested", "stop", "started_from", "queue_ref", "submitted_by", "model",
+    "dataset_profile", "warnings", "signature",
+)  # fmt: skip
 
 
 class JobStatus(BaseModel):
-    """What ``job.status()`` returns; fields beyond these pass through unchanged."""
+    """What ``job.status()`` returns (``core.records.JobStatus``); fields beyond these pass
+    through unchanged."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -180,12 +212,29 @@ class JobStatus(BaseModel):
     tags: list[str] = []
     note: str | None = None
     resume_from: str | None = Field(default=None, description="the job it continues from")
+    retry_of: str | None = Field(default=None, description="the job it retries")
     config: dict[str, Any] | None = Field(default=None, description="its TrainConfig, whole")
     dataset: dict[str, Any] | None = None
-
-    @field_validator(
-        "max_attempts", "priority", "tags", "note", "resume_from", "config", "dataset", mode="wrap"
+    queued_at: float | None = Field(default=None, description="seconds since the epoch")
+    eta_seconds: float | None = None
+    eval_loss: float | None = None
+    error_cell: int | None = Field(default=None, description="the notebook cell that raised")
+    error_traceback: str | None = None
+    host: str | None = None
+    report: str | None = Field(default=None, description="the executed notebook's URL")
+    cancel_requested: bool | None = None
+    stop: str | None = Field(default=None, description="a stop request: cancel, timeout, handoff")
+    started_from: str | None = Field(
+        default=None, description="a continued job: 'adapter' or the checkpoint it resumed"
     )
+    queue_ref: str | None = None
+    submitted_by: str | None = None
+    model: dict[str, str] | None = Field(default=None, description="an uploaded base model")
+    dataset_profile: dict[str, Any] | None = None
+    warnings: list[str] = []
+    signature: str | None = None
+
+    @field_validator(*JOB_STATUS_CHECKED, mode="wrap")
     @classmethod
     def _as_written(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
         """A record is data anyone with the queue's URL may have written: one of these fields in
@@ -350,6 +399,17 @@ class SweepCancelled(BaseModel):
 
 
 class Health(BaseModel):
+    """``Client.health()`` in the earlier design's shape, which its users read."""
+
+    # Model fields under the earlier design's names, and the client's key each one serves.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "redis_connected": "broker_connected",
+        "celery_workers": "workers",
+    }
+    # Client.health() keys not served: not in the earlier shape, and the queue's and storage's
+    # places (and the warning naming them) would tell a stranger how the server is laid out.
+    NOT_SERVED: ClassVar[tuple[str, ...]] = ("queue", "storage", "warning", "signed_messages")
+
     status: Literal["healthy", "degraded", "unhealthy"]
     broker: str
     redis_connected: bool = Field(description="the queue's broker answers (Redis or SQLite)")

@@ -10,8 +10,8 @@ logs. Every value from a record is escaped: records are written by anyone with t
 
 from __future__ import annotations
 
-import html
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -19,7 +19,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..client import Client
-from ..core.records import WorkerInfo
+from ..core.html import Markup, esc
+from ..core.html import table as html_table
 from ..core.rules import JOB_ID, TAG
 from ..core.statuses import FINAL, STATUSES
 from ..errors import JobNotFound
@@ -73,10 +74,6 @@ if (every > 0) setInterval(() => refresh().catch(() => {}), every);
 """
 
 
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
 def sparkline(losses: list[float], width: int = 120, height: int = 24) -> str:
     """A loss curve as an inline SVG polyline (at most 60 points)."""
     if len(losses) < 2:
@@ -95,7 +92,7 @@ def sparkline(losses: list[float], width: int = 120, height: int = 24) -> str:
     )
 
 
-def progress_bar(s: dict[str, Any]) -> str:
+def progress_bar(s: Mapping[str, Any]) -> str:
     pct = float(s.get("progress") or 0.0)
     return (
         f"<span class='bar' title='{pct:.0f}%'><span style='width:{pct:.1f}%'></span></span> "
@@ -103,7 +100,7 @@ def progress_bar(s: dict[str, Any]) -> str:
     )
 
 
-def cancel_button(s: dict[str, Any]) -> str:
+def cancel_button(s: Mapping[str, Any]) -> str:
     if s["status"] in FINAL:
         return ""
     return f"<button class='cancel' data-job='{esc(s['job_id'])}'>Cancel</button>"
@@ -139,35 +136,36 @@ def layout(
     )
 
 
-def table(headers: list[str], rows: list[list[str]], empty: str) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> str:
+    """Rows under these headings (cells escaped unless Markup), or a muted line when none."""
     if not rows:
         return f"<p class='muted'>{esc(empty)}</p>"
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(rows, columns)
 
 
-def workers_table(workers: list[WorkerInfo]) -> str:
+def job_link(job_id: str) -> Markup:
+    return Markup(f"<a href='/ui/job/{esc(job_id)}'>{esc(job_id)}</a>")
+
+
+def workers_table(workers: Sequence[Mapping[str, Any]]) -> str:
     now = time.time()
     rows = [
-        [
-            esc(w["worker_id"]),
-            esc(w.get("host")),
-            esc(w.get("gpu") or "CPU")
-            + (f" ({esc(w['gpu_memory'])})" if w.get("gpu_memory") else ""),
-            (
-                f"<a href='/ui/job/{esc(w['current_job'])}'>{esc(w['current_job'])}</a>"
-                if w.get("current_job")
-                else "<span class='muted'>idle</span>"
-            ),
-            esc(w.get("jobs_done", 0)),
-            f"{max(0.0, now - w['last_seen']):.0f} s ago",
-        ]
+        {
+            "worker": w["worker_id"],
+            "host": w.get("host"),
+            "GPU": (w.get("gpu") or "CPU")
+            + (f" ({w['gpu_memory']})" if w.get("gpu_memory") else ""),
+            "current job": job_link(w["current_job"])
+            if w.get("current_job")
+            else Markup("<span class='muted'>idle</span>"),
+            "jobs done": w.get("jobs_done", 0),
+            "heartbeat": f"{max(0.0, now - w['last_seen']):.0f} s ago",
+        }
         for w in workers
     ]
     return table(
-        ["worker", "host", "GPU", "current job", "jobs done", "heartbeat"],
         rows,
+        ["worker", "host", "GPU", "current job", "jobs done", "heartbeat"],
         "no live workers: start one with `ftkit worker`",
     )
 
@@ -187,37 +185,41 @@ def tag_links(tags: Any) -> str:
     )
 
 
-def jobs_table(client: Client, jobs: list[dict[str, Any]]) -> str:
+JOB_COLUMNS = ["job", "data set", "model", "status", "progress", "step", "loss", "loss curve",
+               "created (UTC)", "tags", ""]  # fmt: skip
+
+
+def jobs_table(client: Client, jobs: Sequence[Mapping[str, Any]]) -> str:
+    """One row per job; the newest SPARKLINE_ROWS with their loss curve (one metrics read each)."""
     rows = []
     for i, s in enumerate(jobs):
-        losses = (
-            [m["loss"] for m in client.get_job(s["job_id"]).metrics() if m.get("loss") is not None]
-            if i < SPARKLINE_ROWS
-            else []
-        )
+        metrics = client.get_job(s["job_id"]).metrics() if i < SPARKLINE_ROWS else []
         jid = esc(s["job_id"])
         rows.append(
-            [
-                f"<a class='job-link' href='/ui/job/{jid}'>{jid}</a>",
-                esc((s.get("dataset") or {}).get("name")),
-                esc((s.get("config") or {}).get("base_model")),
-                f"<span class='status st-{esc(s['status'])}'>{esc(s['status'])}</span>",
-                progress_bar(s),
-                f"<span class='step'>{esc(s.get('current_step') or 0)}</span>/"
-                f"{esc(s.get('total_steps') or '?')}",
-                f"{s['loss']:.4f}" if s.get("loss") is not None else "",
-                sparkline(losses),
-                esc((s.get("created_at") or "")[:19].replace("T", " ")),
-                f"<span class='tags'>{tag_links(s.get('tags'))}</span>",
-                cancel_button(s),
-            ]
+            {
+                "job": Markup(f"<a class='job-link' href='/ui/job/{jid}'>{jid}</a>"),
+                "data set": (s.get("dataset") or {}).get("name"),
+                "model": (s.get("config") or {}).get("base_model"),
+                "status": status_badge(s),
+                "progress": Markup(progress_bar(s)),
+                "step": Markup(
+                    f"<span class='step'>{esc(s.get('current_step') or 0)}</span>/"
+                    f"{esc(s.get('total_steps') or '?')}"
+                ),
+                "loss": f"{s['loss']:.4f}" if s.get("loss") is not None else "",
+                "loss curve": Markup(
+                    sparkline([m["loss"] for m in metrics if m.get("loss") is not None])
+                ),
+                "created (UTC)": (s.get("created_at") or "")[:19].replace("T", " "),
+                "tags": Markup(f"<span class='tags'>{tag_links(s.get('tags'))}</span>"),
+                "": Markup(cancel_button(s)),
+            }
         )
-    return table(
-        ["job", "data set", "model", "status", "progress", "step", "loss", "loss curve",
-         "created (UTC)", "tags", ""],
-        rows,
-        "no jobs yet",
-    )  # fmt: skip
+    return table(rows, JOB_COLUMNS, "no jobs yet")
+
+
+def status_badge(s: Mapping[str, Any]) -> Markup:
+    return Markup(f"<span class='status st-{esc(s['status'])}'>{esc(s['status'])}</span>")
 
 
 def filters(
@@ -261,22 +263,24 @@ def tag_form(status: str | None, tag: str | None, refused: str | None) -> str:
 def sweeps_table(sweeps: list[dict[str, Any]], tag: str | None) -> str:
     """Recent sweeps; a sweep's id filters the jobs to its runs."""
     rows = [
-        [
-            f"<a class='sweep-link' href='{url(tag='sweep:' + s['sweep_id'])}'>"
-            f"{esc(s['sweep_id'])}</a>",
-            esc((s.get("created_at") or "")[:19].replace("T", " ")),
-            esc(s.get("mode")),
-            esc(", ".join(s.get("swept") or [])),
-            esc(s.get("runs")),
-            esc(s.get("dataset")),
-            tag_links(s.get("tags")),
-            esc((s.get("note") or "")[:80] if isinstance(s.get("note"), str) else ""),
-        ]
+        {
+            "sweep": Markup(
+                f"<a class='sweep-link' href='{url(tag='sweep:' + s['sweep_id'])}'>"
+                f"{esc(s['sweep_id'])}</a>"
+            ),
+            "created (UTC)": (s.get("created_at") or "")[:19].replace("T", " "),
+            "mode": s.get("mode"),
+            "swept": ", ".join(s.get("swept") or []),
+            "runs": s.get("runs"),
+            "data set": s.get("dataset"),
+            "tags": Markup(tag_links(s.get("tags"))),
+            "note": (s.get("note") or "")[:80] if isinstance(s.get("note"), str) else "",
+        }
         for s in sweeps
     ]
     return table(
-        ["sweep", "created (UTC)", "mode", "swept", "runs", "data set", "tags", "note"],
         rows,
+        ["sweep", "created (UTC)", "mode", "swept", "runs", "data set", "tags", "note"],
         f"no sweeps tagged {tag}" if tag else "no sweeps yet: ftkit.sweep(...) or POST /sweep",
     )
 
@@ -370,7 +374,7 @@ def dashboard(
     return HTMLResponse(layout("dashboard", live, top=top, refresh=refresh, csrf=csrf_of(request)))
 
 
-def about(s: dict[str, Any]) -> str:
+def about(s: Mapping[str, Any]) -> str:
     """What people said of the job: its tags, its note, the job it continues from."""
     parent = s.get("resume_from")
     parts = [
@@ -414,8 +418,7 @@ def job_page(
         else ""
     )
     live = (
-        f"<h2>Job {esc(job_id)} <span class='status st-{esc(s['status'])}'>{esc(s['status'])}"
-        f"</span> {cancel_button(s)}</h2>"
+        f"<h2>Job {esc(job_id)} {status_badge(s)} {cancel_button(s)}</h2>"
         f"<p>{progress_bar(s)} step <span class='step'>{esc(s.get('current_step') or 0)}</span>/"
         f"{esc(s.get('total_steps') or '?')}"
         + (f" · loss <b>{s['loss']:.4f}</b>" if s.get("loss") is not None else "")

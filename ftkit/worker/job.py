@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import jobstore as jobs
 from ..core import statuses
+from ..core.records import JobRecord
 from ..core.retry import through_outages
 from ..errors import ConfigError
 from ..spec import (
@@ -70,7 +71,7 @@ class JobRun:
         self.stopped: str | None = None  # why training stopped early, when it did
         self.killed = False  # its kernel died with no stop asked of it: it wants a new attempt
         self.phases: dict[str, float] = {}  # seconds per phase, logged when the job ends
-        self.record: dict[str, Any] = {}
+        self.record: JobRecord = {}
         self.data_path = Path()
         self.resume = self.adapter = ""  # the checkpoint or the adapter it starts from
 
@@ -297,7 +298,7 @@ class JobRun:
         )
 
     # -- helpers -----------------------------------------------------------------------------------
-    def claim_record(self) -> dict[str, Any] | None:
+    def claim_record(self) -> JobRecord | None:
         """The job's record, now preparing on this worker; None when it is not ours to run
         (cancelled while queued, or already taken by another worker)."""
         rt, job_id = self.rt, self.job_id
@@ -342,7 +343,7 @@ class JobRun:
 
 
 # -- records the worker will not run ---------------------------------------------------------------
-def verify_record(rt: Runtime, record: dict[str, Any]) -> JobSpec:
+def verify_record(rt: Runtime, record: JobRecord) -> JobSpec:
     """The job as its client asked for it, or RecordRefused: the signature first (with a secret),
     then every field a worker acts on, then the base model against this worker's own rules."""
     verify_signature(record, rt.settings.queue_secret)

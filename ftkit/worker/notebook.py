@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import statuses
+from ..core.records import JobRecord
 from ..core.retry import through_outages
 from ..data import checked_columns
 from ..errors import StorageUnavailable
@@ -26,7 +27,7 @@ TEMPLATE = Path(__file__).parents[1] / "templates" / "train_template.ipynb"
 
 def notebook_parameters(
     spec: JobSpec,
-    record: dict[str, Any],
+    record: JobRecord,
     data_path: Path,
     run_dir: Path,
     resume_from_checkpoint: str = "",
@@ -163,7 +164,7 @@ def save_report(
     rt: Runtime,
     job_id: str,
     report: Path,
-    record: dict[str, Any],
+    record: JobRecord,
     final: str,
     fields: dict[str, Any],
 ) -> str | None:
@@ -212,7 +213,7 @@ def save_html_report(rt: Runtime, job_id: str, nb: Any, fields: dict[str, Any]) 
 
 
 def job_result(
-    rt: Runtime, job_id: str, outputs: dict[str, Any], record: dict[str, Any]
+    rt: Runtime, job_id: str, outputs: dict[str, Any], record: JobRecord
 ) -> dict[str, Any]:
     """A completed job's ``result``: where its outputs are, and what the run reported."""
     url = rt.storage.full_url

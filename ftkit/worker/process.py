@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
@@ -20,7 +19,9 @@ from .. import jobstore as jobs
 from .. import stack
 from ..config import Settings
 from ..core import statuses
+from ..core.records import WorkerInfo
 from ..jobstore import open_store
+from ..machine import gpu_info
 from ..spec import secret_fingerprint
 from ..storage import Storage
 from .job import refuse_message, run_job
@@ -148,7 +149,7 @@ def heartbeat_loop(rt: Runtime, stop: threading.Event) -> None:
         log.warning("could not deregister worker: %s", exc)
 
 
-def worker_facts(rt: Runtime) -> dict[str, Any]:
+def worker_facts(rt: Runtime) -> WorkerInfo:
     """What every heartbeat says about this worker that does not change while it runs."""
     return {
         "host": socket.gethostname(),
@@ -162,7 +163,7 @@ def worker_facts(rt: Runtime) -> dict[str, Any]:
     }
 
 
-def beat(rt: Runtime, facts: dict[str, Any]) -> None:
+def beat(rt: Runtime, facts: WorkerInfo) -> None:
     """One heartbeat: alive, and which job this worker runs or is claiming."""
     noted_at = time.time()  # before the job is read: see JobStore.orphans
     rt.store.heartbeat(
@@ -204,33 +205,6 @@ class Reaper:
         )
         more = rt.store.count(statuses.QUEUED) > self.offset + self.PAGE
         self.offset = self.offset + self.PAGE if more else 0
-
-
-def gpu_info() -> dict[str, Any]:
-    """The GPU this worker trains on, read without importing torch (nvidia-smi), or CPU."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        import subprocess
-
-        try:
-            out = (
-                subprocess.run(
-                    [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                )
-                .stdout.strip()
-                .splitlines()
-            )
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            index = int(visible.split(",")[0]) if visible and visible.split(",")[0].isdigit() else 0
-            if out:
-                name, memory = [s.strip() for s in out[min(index, len(out) - 1)].split(",")]
-                return {"gpu": name, "gpu_memory": memory}
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-    return {"gpu": None, "gpu_memory": None}
 
 
 # -- what the worker checks and says at its start --------------------------------------------------

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -116,11 +117,11 @@ def train(req: TrainRequest, client: Client = Depends(get_client)) -> TrainRespo
             else f"job {job.id} queued: {dataset.name}, {dataset.rows} rows, "
             f"{status['config']['base_model']}"
         ),
-        created_at=status["created_at"],
+        created_at=cast(str, status["created_at"]),  # a job just queued has its time
     )
 
 
-def public(request: Request, status: dict[str, Any]) -> dict[str, Any]:
+def public(request: Request, status: Mapping[str, Any]) -> dict[str, Any]:
     """A status as an HTTP client sees it: its error, traceback, result and data set paths
     without ANSI codes or the server's folders."""
     clean = request.app.state.redact
@@ -198,7 +199,7 @@ def retry(job_id: str = JobIdPath, client: Client = Depends(get_client)) -> Retr
         status=status["status"],
         message=f"job {status['job_id']} queued: a retry of {job_id}, "
         + ("from its checkpoint" if parent else "from step 1 (it kept no checkpoint)"),
-        created_at=status["created_at"],
+        created_at=cast(str, status["created_at"]),  # a job just queued has its time
         retry_of=job_id,
         resume_from=parent,
     )

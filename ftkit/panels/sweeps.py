@@ -1,8 +1,5 @@
-"""ipywidgets views of runs people keep: a sweep's live table, and the runs panel (recent jobs and
-sweeps, filtered by tag; compare, retry or delete the selected runs).
-
-Thin views over the public API, as the other panels (``widgets.py``): a refresh reads what it
-shows and assigns only what changed.
+"""A sweep's live table, and the runs panel: recent jobs and sweeps, filtered by tag; compare,
+retry or delete the selected runs. A refresh reads what it shows and assigns only what changed.
 """
 
 from __future__ import annotations
@@ -11,17 +8,13 @@ from typing import Any
 
 import ipywidgets as w
 
-from .client import Client, Job
-from .errors import ConfigError, FtkitError
-from .report import Comparison, best_row, overlay_svg
-from .sweeping import Sweep, recent, table_html
-from .widgets import FINAL, JOB_COLUMNS, Refresher, _esc, _on_close, _table, job_row
-
-
-def _set(widget: w.HTML, value: str) -> None:
-    """Assign only on change: an unchanged view is not re-rendered (no flicker, no traffic)."""
-    if widget.value != value:
-        widget.value = value
+from ..client import Client, Job
+from ..core.html import esc, table
+from ..core.statuses import FINAL
+from ..errors import ConfigError, FtkitError
+from ..report import Comparison, best_row, overlay_svg
+from ..sweeping import MISSING, Sweep, recent, table_html
+from .common import JOB_COLUMNS, Refresher, job_row, on_close, set_html
 
 
 class SweepView:
@@ -30,7 +23,7 @@ class SweepView:
 
     def __init__(self, sweep: Sweep, *, interval: float = 2.0, autostart: bool = True):
         self.sweep = sweep
-        self.title = w.HTML(f"<b>{_esc(sweep.title)}</b>")
+        self.title = w.HTML(f"<b>{esc(sweep.title)}</b>")
         self.table = w.HTML()
         self.best = w.HTML()
         self.curves = w.HTML()
@@ -43,10 +36,11 @@ class SweepView:
             layout=w.Layout(border="1px solid #ddd", padding="8px"),
         )
         self.widget.add_class("ftkit-sweep-view")
-        self._metrics: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id, _ in sweep.runs}
+        self._jobs = list({job.id: job for job in sweep.jobs}.values())  # a record is data
+        self._metrics: dict[str, list[dict[str, Any]]] = {job.id: [] for job in self._jobs}
         self.done = False
         self._refresher = Refresher(self.refresh, interval)
-        _on_close(self.widget, self._refresher.stop)
+        on_close(self.widget, self._refresher.stop)
         self.refresh()
         if autostart and not self.done:
             self._refresher.start()
@@ -54,20 +48,20 @@ class SweepView:
     def refresh(self) -> bool:
         """Read each run's record and its new metric rows; True once every run has ended."""
         rows = self.sweep.status()
-        store = self.sweep._client.store
-        for job_id, seen in self._metrics.items():
-            seen += store.metrics(job_id, start=len(seen))
-        _set(self.table, table_html(rows, rows.columns))
-        _set(self.curves, overlay_svg(list(self._metrics), list(self._metrics.values())))
+        for job in self._jobs:
+            seen = self._metrics[job.id]
+            seen += job.metrics(start=len(seen))
+        set_html(self.table, table_html(rows, rows.columns))
+        set_html(self.curves, overlay_svg(list(self._metrics), list(self._metrics.values())))
         best, by = best_row(rows)
-        _set(
+        set_html(
             self.best,
             ""
             if best is None or by is None
-            else f"<span class='ftkit-best'>best so far: <b>{_esc(best['job_id'])}</b> "
+            else f"<span class='ftkit-best'>best so far: <b>{esc(best['job_id'])}</b> "
             f"({by} {best[by]:.4f})</span>",
         )
-        self.done = all(r["status"] in (*FINAL, "missing") for r in rows)
+        self.done = all(r["status"] in (*FINAL, MISSING) for r in rows)
         self.cancel_button.disabled = self.done
         return self.done
 
@@ -137,7 +131,7 @@ class RunsPanel:
         self.widget.add_class("ftkit-runs")
         self._pending: list[str] = []  # asked to delete, awaiting the confirm
         self._refresher = Refresher(lambda: self.refresh() and False, interval)
-        _on_close(self.widget, self._refresher.stop)
+        on_close(self.widget, self._refresher.stop)
         self.refresh()
         if autostart:
             self._refresher.start()
@@ -154,9 +148,9 @@ class RunsPanel:
             empty = "no jobs" if tag is None else f"no jobs tagged {tag}"
         except ConfigError as exc:  # a tag being typed: say what is wrong with it, list nothing
             sweeps, jobs, empty = [], [], str(exc)
-        _set(
+        set_html(
             self.sweeps,
-            _table(
+            table(
                 [
                     {**s, "swept": ", ".join(s["swept"]), "tags": " ".join(s["tags"])}
                     for s in sweeps
@@ -179,7 +173,7 @@ class RunsPanel:
                 self.sweep.value = value
             finally:
                 self._refreshing = False
-        _set(self.jobs, _table([job_row(s) for s in jobs], JOB_COLUMNS, empty=empty))
+        set_html(self.jobs, table([job_row(s) for s in jobs], JOB_COLUMNS, empty=empty))
         # Labels that do not change while a job runs: a live status would reset the selection.
         choices = [
             (
@@ -213,7 +207,7 @@ class RunsPanel:
         try:
             comparison = Comparison([j.status() for j in handles], [j.metrics() for j in handles])
         except FtkitError as exc:
-            self._say(_esc(exc), "crimson")
+            self._say(esc(exc), "crimson")
             return None
         self.comparison.value = comparison._repr_html_()
         self._say(f"comparing {len(ids)} runs")
@@ -228,7 +222,7 @@ class RunsPanel:
                 refused.append(str(exc))
         lines = [f"queued {new.id} (retry of {old})" for old, new in queued]
         lines += [f"not retried: {r}" for r in refused]
-        self._say("<br>".join(_esc(x) for x in lines), "crimson" if refused else "inherit")
+        self._say("<br>".join(esc(x) for x in lines), "crimson" if refused else "inherit")
         self.refresh()
         return [new for _, new in queued]
 
@@ -240,7 +234,7 @@ class RunsPanel:
         n = len(self._pending)
         self.confirm_text.value = (
             f"<b style='color:crimson'>Delete {n} job{'s' if n != 1 else ''} "
-            f"({_esc(', '.join(self._pending))})?</b> Their records, metrics, logs and run "
+            f"({esc(', '.join(self._pending))})?</b> Their records, metrics, logs and run "
             "folders go for good. "
         )
         self.confirm.layout.display = ""
@@ -260,7 +254,7 @@ class RunsPanel:
                 refused.append(str(exc))
         lines = [f"deleted {r['job_id']} ({r['status']})" for r in freed]
         lines += [f"not deleted: {r}" for r in refused]
-        self._say("<br>".join(_esc(x) for x in lines), "crimson" if refused else "inherit")
+        self._say("<br>".join(esc(x) for x in lines), "crimson" if refused else "inherit")
         self.refresh()
         return freed
 

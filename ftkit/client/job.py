@@ -1,0 +1,271 @@
+"""A handle on one job: follow it (status, metrics, logs, a progress bar), stop or retry it, and
+collect what it made (adapter, report, a loaded model)."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal, overload
+
+from ..core import statuses
+from ..core.records import JobStatus
+from ..errors import (
+    ConfigError,
+    JobFailed,
+    JobNotFound,
+    NoWorkerWarning,
+    WorkerExited,
+    WorkerExitedWarning,
+)
+from ..storage import Storage
+from .status import public_status
+from .workers import WorkerWatch
+
+# ftkit.client.client.Client, which sits above this module and hands itself in (it makes Jobs).
+Client = Any
+
+
+class Job:
+    """A handle on one job; every call reads the live record."""
+
+    def __init__(self, job_id: str, client: Client):
+        self.id = job_id
+        self._client = client
+
+    @property
+    def client(self) -> Client:
+        """The connection this job is read through (the panels start worker watches with it)."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<ftkit.Job {self.id}>"
+
+    # How a job shows itself in a notebook cell: the layer above (``ftkit/__init__``, with the panels)
+    # registers its live monitor here, so the client knows no widgets.
+    cell_view: ClassVar[Callable[[Job, dict[str, Any]], dict[str, Any] | None] | None] = None
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """In a notebook, a job shows its live monitor (None: IPython falls back to the repr)."""
+        view = type(self).cell_view
+        return view(self, kwargs) if view is not None else None
+
+    def status(self) -> JobStatus:
+        """The live record as people read it; an active job whose worker died is requeued first."""
+        record = self._client.store.get(self.id)
+        if record["status"] in statuses.ACTIVE and self._client.reap_if_orphaned(record):
+            record = self._client.store.get(self.id)
+        return public_status(record)
+
+    def metrics(self, start: int = 0) -> list[dict[str, Any]]:
+        """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""
+        return self._client.store.metrics(self.id, start)
+
+    @overload
+    def logs(self, n: int = ..., *, follow: Literal[False] = ...) -> list[str]: ...
+    @overload
+    def logs(
+        self, n: int = ..., *, follow: Literal[True], poll: float = ..., timeout: float | None = ...
+    ) -> Iterator[str]: ...
+
+    def logs(
+        self,
+        n: int = 50,
+        *,
+        follow: bool = False,
+        poll: float = 0.5,
+        timeout: float | None = None,
+    ) -> list[str] | Iterator[str]:
+        """The job's last ``n`` output lines: what its cells print (stdout and stderr) and ftkit's
+        events. ``follow=True``: every kept line, then each new one as it comes, until the job
+        ends (or ``timeout`` s pass: TimeoutError)."""
+        if not follow:
+            return self._client.store.logs(self.id, n)
+        return self._follow(poll, timeout)
+
+    def _follow(self, poll: float, timeout: float | None) -> Iterator[str]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor, ended = 0, False
+        while True:
+            lines, cursor = self._client.store.logs_since(self.id, cursor)
+            yield from lines
+            if ended and not lines:
+                return
+            if ended:
+                continue
+            if self.status()["status"] in statuses.FINAL:
+                # The final event is written just after the final status: read on until quiet.
+                ended = True
+                time.sleep(poll)
+            elif not lines:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.id} still running after {timeout} s of logs")
+                time.sleep(poll)
+
+    def cancel(self) -> str:
+        return self._client.cancel(self.id)
+
+    def retry(self) -> Job:
+        """A new job with this failed or cancelled job's data set, config, tags and note, starting
+        from its last kept checkpoint; when it kept none, from where this job started (step 1, or
+        the job it continued). Its ``retry_of`` names this job."""
+        from ..lineage import newest_checkpoint
+
+        record = self._client.store.get(self.id)
+        if record["status"] not in (statuses.FAILED, statuses.CANCELLED):
+            raise ConfigError(
+                f"job {self.id} is {record['status']}: only a failed or cancelled job is retried"
+            )
+        kept = newest_checkpoint(self._client.storage, self.id, to_continue=True) is not None
+        return self._client.submit(
+            record["dataset"]["id"],
+            record["config"],
+            priority=record.get("priority") or 0,
+            max_attempts=record.get("max_attempts"),
+            tags=record.get("tags") or None,
+            note=record.get("note"),
+            resume_from=self.id if kept else record.get("resume_from"),
+            _retry_of=self.id,
+        )
+
+    def delete(self, *, force: bool = False) -> dict[str, Any]:
+        """Remove this job and everything it left in the store and in storage (see Client.delete)."""
+        return self._client.delete(self.id, force=force)
+
+    def download(self, dest: str | os.PathLike) -> Path:
+        return self._client.download(self.id, dest)
+
+    def report_html(self) -> str:
+        """The rendered run report as one HTML page; JobNotFound while there is none yet."""
+        record = self._client.store.get(self.id)
+        parts = Storage.run_parts(self.id, "report.html")
+        if not self._client.storage.exists(*parts):
+            raise JobNotFound(f"job {self.id} has no report yet (status {record['status']})")
+        return self._client.storage.read_text(*parts)
+
+    def report(self):
+        """The rendered run report, shown inline in a notebook (an isolated frame)."""
+        import html
+
+        from IPython.display import HTML
+
+        body = self.report_html()
+        # sandbox="": the report shows data set text and model output; it runs no script here.
+        return HTML(
+            f'<iframe sandbox="" srcdoc="{html.escape(body, quote=True)}" '
+            "style='width:100%;height:800px;border:1px solid #ddd'></iframe>"
+        )
+
+    def load(self, *, device: str | None = None):
+        """(model, tokenizer): the base model with this job's adapter applied (PEFT), ready to generate
+        on this machine. The adapter is downloaded once into the local cache."""
+        from ..errors import require
+
+        require("peft", "worker")
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        adapter = self._adapter_dir()
+        base = self.status()["config"]["base_model"]
+        with warnings.catch_warnings():  # peft's own use of a name transformers 5.23 renamed
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        if device:
+            model = model.to(device)
+        return model.eval(), AutoTokenizer.from_pretrained(adapter)
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 64) -> str:
+        """A quick check: the fine-tuned model's answer to one user message (greedy)."""
+        from ..training import generate
+
+        if not hasattr(self, "_loaded"):
+            self._loaded = self.load()
+        model, tokenizer = self._loaded
+        return generate(
+            model, tokenizer, {"messages": [{"role": "user", "content": prompt}]}, max_new_tokens
+        )
+
+    def merge(self, dest: str | os.PathLike) -> Path:
+        """Save the base model with the adapter merged in, as a full model (save_pretrained)."""
+        model, tokenizer = self.load()
+        dest = Path(dest).expanduser()
+        model.merge_and_unload().save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+        return dest
+
+    def _adapter_dir(self) -> Path:
+        cache = Path(self._client.settings.scratch_dir).expanduser() / "adapters" / self.id
+        if not (cache / "adapter_config.json").is_file():
+            self.download(cache)
+        return cache
+
+    @property
+    def report_path(self) -> str | None:
+        """The executed notebook's URL (or local path), once the job has ended."""
+        return self._client.store.get_field(self.id, "report")
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: bool = True,
+        poll: float = 0.5,
+        raise_on_failure: bool = False,
+    ) -> JobStatus:
+        """Block until the job ends (with a progress bar, redrawn every ``poll`` seconds); the final
+        status. The end itself is seen at once, not at the next poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        watch, warned = WorkerWatch(self._client), set()
+        with self._client.store.end_watch(self.id) as sleep:
+            try:
+                while True:
+                    status = self.status()
+                    if progress:
+                        bar = _update_bar(bar, status)
+                    if status["status"] in statuses.FINAL:
+                        break
+                    exited = watch.exited()
+                    if exited is not None and raise_on_failure:
+                        raise WorkerExited(f"job {self.id} is {status['status']}: {exited}")
+                    message = exited or watch.check()
+                    if message is not None and message not in warned:
+                        category = WorkerExitedWarning if exited else NoWorkerWarning
+                        warnings.warn(
+                            f"job {self.id} is {status['status']}: {message}",
+                            category,
+                            stacklevel=2,
+                        )
+                        warned.add(message)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"job {self.id} still {status['status']} after {timeout} s"
+                        )
+                    sleep(poll)
+            finally:
+                if bar is not None:
+                    bar.close()
+        if raise_on_failure and status["status"] == statuses.FAILED:
+            raise JobFailed(f"job {self.id} failed: {status['error']}")
+        return status
+
+
+def _update_bar(bar: Any, status: JobStatus) -> Any:
+    from tqdm.auto import tqdm
+
+    total = status.get("total_steps") or 0
+    if bar is None:
+        bar = tqdm(total=total or None, desc=f"job {status['job_id']}", unit="step")
+    if total and bar.total != total:
+        bar.total = total
+    bar.n = status.get("current_step") or 0
+    loss = status.get("loss")
+    bar.set_postfix_str(
+        f"{status['status']}" + (f" loss={loss:.4f}" if loss is not None else ""), refresh=False
+    )
+    bar.refresh()
+    return bar
