@@ -119,7 +119,7 @@ def wait_until(condition, timeout: float, interval: float = 0.05):
 
 
 def tiny_model(work: Path) -> Path:
-    from ftkit.tinymodel import build_tiny_model
+    from ftkit.training.tinymodel import build_tiny_model
 
     return build_tiny_model(work / "tiny")
 

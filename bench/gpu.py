@@ -92,7 +92,7 @@ def build_model(dest: Path, smoke: bool) -> tuple[Path, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftkit.tinymodel import build_tiny_model, build_tokenizer
+    from ftkit.training.tinymodel import build_tiny_model, build_tokenizer
 
     if smoke:
         build_tiny_model(dest)
@@ -134,7 +134,7 @@ def write_data(path: Path, rows: int, seq_len: int) -> Path:
 def run_variant(args: argparse.Namespace) -> dict:
     key, shown, backend, four_bit, method = next(v for v in VARIANTS if v[0] == args.child)
     row: dict = {"variant": key, "path": shown, "method": method}
-    from ftkit.device import probe
+    from ftkit.training.device import probe
 
     probe(import_unsloth=backend == "unsloth")  # unsloth before transformers, or not at all
     import torch

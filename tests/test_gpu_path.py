@@ -15,7 +15,8 @@ import torch
 from conftest import EXAMPLE_DATA
 from ftkit import training
 from ftkit.config import TrainConfig
-from ftkit.device import (
+from ftkit.errors import ConfigError, OutOfMemory
+from ftkit.training.device import (
     BITSANDBYTES_FLOOR,
     Machine,
     choose_4bit,
@@ -25,7 +26,6 @@ from ftkit.device import (
     probe,
     usable,
 )
-from ftkit.errors import ConfigError, OutOfMemory
 
 H200 = Machine(cuda=True, capability=(9, 0), name="NVIDIA H200", unsloth=True, bitsandbytes=True)
 A100_PLAIN = Machine(cuda=True, capability=(8, 0), name="NVIDIA A100-SXM4-80GB")

@@ -40,7 +40,6 @@ RANK: dict[str, float] = {
     "ftkit.jobstore": 1.9,
     # storage, machine facts, kernels
     "ftkit.storage": 2,
-    "ftkit.device": 2,
     "ftkit.worker.kernels": 2,
     # the data layer, room by room
     "ftkit.data.problems": 2.1,
@@ -53,17 +52,19 @@ RANK: dict[str, float] = {
     # what builds on them: the signed spec, the kernel's training code, test model, figures
     "ftkit.spec": 3,
     # the kernel's training code: who owns the job, checkpoints, reporting, the trainer, the report
+    "ftkit.training.device": 2.75,
+    "ftkit.training.tinymodel": 2.75,
+    "ftkit.training.inference": 2.75,
     "ftkit.training.fencing": 2.8,
     "ftkit.training.checkpoints": 2.8,
     "ftkit.training.model": 2.8,
     "ftkit.training.display": 2.8,
     "ftkit.training.samples": 2.8,
-    "ftkit.training.warmup": 2.8,
+    "ftkit.training.warmup": 3.15,
     "ftkit.training.reporter": 2.9,
     "ftkit.training.callback": 3.0,
     "ftkit.training.trainer": 3.1,
     "ftkit.training": 3.2,
-    "ftkit.tinymodel": 3,
     "ftkit.plots": 3,
     "ftkit.worker.output_log": 3,
     "ftkit.worker.forkclient": 0,
@@ -223,4 +224,78 @@ def test_every_module_a_warm_kernel_imports_exists():
     ]
     missing = [name for name in names if find_spec(name) is None]
     assert not missing, f"the kernel warm-up imports modules that do not exist: {missing}"
-    assert "ftkit.training" in names and "ftkit.data.render" in names  # what every job runs
+    assert "ftkit.training.warmup" in names and "ftkit.data.render" in names  # what every job runs
+
+
+# The walls the ranks alone do not hold: who may never import whom, whatever their floors.
+WALLS = {
+    # the kernel package knows no queue, no worker, no client, no screen
+    "ftkit.training": (
+        "ftkit.queue",
+        "ftkit.worker",
+        "ftkit.client",
+        "ftkit.panels",
+        "ftkit.sweeping",
+        "ftkit.server",
+        "ftkit.cli",
+    ),
+    # storage knows files, never a job's state
+    "ftkit.storage": ("ftkit.jobstore", "ftkit.core.statuses", "ftkit.queue", "ftkit.spec"),
+    # the job store keeps records; it queues nothing itself and knows no worker
+    "ftkit.jobstore": ("ftkit.queue", "ftkit.worker", "ftkit.storage", "ftkit.training"),
+    # the panels speak only the public API: the client, its configuration and errors, and what
+    # draws (the vocabulary, figures, comparisons, sweeps)
+    "ftkit.panels": (
+        "ftkit.jobstore",
+        "ftkit.queue",
+        "ftkit.storage",
+        "ftkit.worker",
+        "ftkit.training",
+        "ftkit.spec",
+        "ftkit.server",
+    ),
+    # the worker runs the kernel's code in notebook kernels, never in its own process (its zygote,
+    # which forks those kernels, is the one room of the worker that loads it: see below)
+    "ftkit.worker": ("ftkit.training", "ftkit.client", "ftkit.panels"),
+}
+
+
+def breaches() -> list[str]:
+    found = modules()
+    wrong = []
+    for name, path in found.items():
+        for package, forbidden in WALLS.items():
+            if name != package and not name.startswith(package + "."):
+                continue
+            if name == "ftkit.worker.zygote":  # a kernel's parent: it preloads what kernels run
+                continue
+            for target in imports_of(name, path, set(found)):
+                if any(target == f or target.startswith(f + ".") for f in forbidden):
+                    wrong.append(f"{name} imports {target}")
+    return sorted(wrong)
+
+
+def test_the_walls_hold():
+    assert breaches() == []
+
+
+def test_only_the_kernel_package_imports_torch():
+    """torch is the heaviest import there is: a notebook client installs without it, and a worker
+    process must not touch CUDA before it forks kernels. The one exception is the worker's
+    start-up check, which imports in a child process what a job will import, to refuse jobs on a
+    broken install (ftkit/stack.py)."""
+    heavy = {"torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes", "accelerate"}
+    allowed = ("ftkit.training", "ftkit.stack")
+    wrong = []
+    for name, path in modules().items():
+        if name.startswith(allowed):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            wrong += [f"{name} imports {t}" for t in targets if t.split(".")[0] in heavy]
+    assert wrong == []

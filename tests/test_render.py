@@ -10,7 +10,7 @@ import pytest
 from conftest import TEST_DATA
 from ftkit.data import read_examples
 from ftkit.data.render import IGNORE_INDEX, build_dataset, count_tokens, tokenize_example
-from ftkit.tinymodel import CHAT_TEMPLATE
+from ftkit.training.tinymodel import CHAT_TEMPLATE
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 DATA = TEST_DATA

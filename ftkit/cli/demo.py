@@ -32,7 +32,7 @@ DEMO_TRAINING: dict[str, Any] = {
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from ..tinymodel import build_tiny_model
+    from ..training.tinymodel import build_tiny_model
 
     print(build_tiny_model(args.dir))
     return 0
@@ -60,7 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _tiny_model(model_dir: Path) -> Path:
     """The demo's model folder, built on the first run."""
-    from ..tinymodel import build_tiny_model, is_model_dir
+    from ..training.tinymodel import build_tiny_model, is_model_dir
 
     if not is_model_dir(model_dir):
         print(f"building a tiny Llama model in {model_dir}")

@@ -161,22 +161,9 @@ class Job:
     def load(self, *, device: str | None = None):
         """(model, tokenizer): the base model with this job's adapter applied (PEFT), ready to generate
         on this machine. The adapter is downloaded once into the local cache."""
-        from ..errors import require
+        from ..training.inference import load_tuned
 
-        require("peft", "worker")
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        adapter = self._adapter_dir()
-        base = self.status()["config"]["base_model"]
-        with warnings.catch_warnings():  # peft's own use of a name transformers 5.23 renamed
-            warnings.filterwarnings(
-                "ignore", "`is_gradient_checkpointing` is deprecated", category=FutureWarning
-            )
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
-        if device:
-            model = model.to(device)
-        return model.eval(), AutoTokenizer.from_pretrained(adapter)
+        return load_tuned(self.status()["config"]["base_model"], self._adapter_dir(), device=device)
 
     def generate(self, prompt: str, *, max_new_tokens: int = 64) -> str:
         """A quick check: the fine-tuned model's answer to one user message (greedy)."""
@@ -191,11 +178,10 @@ class Job:
 
     def merge(self, dest: str | os.PathLike) -> Path:
         """Save the base model with the adapter merged in, as a full model (save_pretrained)."""
+        from ..training.inference import merge_into
+
         model, tokenizer = self.load()
-        dest = Path(dest).expanduser()
-        model.merge_and_unload().save_pretrained(dest)
-        tokenizer.save_pretrained(dest)
-        return dest
+        return merge_into(model, tokenizer, Path(dest).expanduser())
 
     def _adapter_dir(self) -> Path:
         cache = Path(self._client.settings.scratch_dir).expanduser() / "adapters" / self.id

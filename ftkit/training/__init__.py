@@ -14,15 +14,18 @@ template notebook with parameters and environment variables, and reads back resu
     callback.py     the trainer callback that reports, stops and saves
     model.py        backend choice, base model and LoRA, a past job's adapter
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
-    display.py      report tables, the loss figure, throughput, environment, result.json
+    device.py       what the machine offers (CUDA, bf16, unsloth, 4-bit) and what a job does with it
+    display.py      report tables, the loss figure, throughput, result.json
     samples.py      sample prompts and the base and fine-tuned answers
-    warmup.py       what a spare kernel loads before it gets a job
+    warmup.py       what a kernel loads before it gets a job (the zygote's and a spare's)
+    tinymodel.py    a tiny Llama model saved locally, for the demo and the tests
+    inference.py    a finished job's adapter on its base model, in the user's notebook (Job.load)
 """
 
 from .callback import TrainedAlready, progress_callback
 from .checkpoints import saves_checkpoints
+from .device import environment
 from .display import (
-    environment,
     plot_training,
     show_dataset,
     show_table,

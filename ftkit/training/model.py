@@ -17,7 +17,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def pick_backend(requested: str) -> str:
     """unsloth where a CUDA GPU and unsloth are present (or asked for), else transformers + peft."""
-    from ..device import choose_backend, probe
+    from .device import choose_backend, probe
 
     return choose_backend(requested, probe(import_unsloth=requested != "hf"))
 
@@ -54,7 +54,7 @@ def load_model(config: TrainConfig, adapter: str = ""):
     weights instead of from zero."""
     import torch
 
-    from ..device import choose_4bit, choose_backend, choose_dtype, probe
+    from .device import choose_4bit, choose_backend, choose_dtype, probe
 
     started = time.perf_counter()
     # every refusal (unsloth or 4-bit where the worker cannot) comes before any model loads

@@ -82,7 +82,7 @@ def trainer_args(config: TrainConfig, output_dir: str, *, with_eval: bool) -> An
     import torch
     from trl import SFTConfig
 
-    from ..device import Machine, choose_dtype
+    from .device import Machine, choose_dtype
 
     use_cuda = torch.cuda.is_available()
     capability = torch.cuda.get_device_capability(0) if use_cuda else None

@@ -1,9 +1,38 @@
-"""What a kernel does before it gets a job, so the job does not pay for it: the client
-libraries, pyplot, and a first (throw-away) model load with LoRA."""
+"""What a kernel does before it gets a job, so the job does not pay for it: the training stack
+imported, the client libraries, pyplot, and a first (throw-away) model load with LoRA.
+
+``preload`` is the one warm-up of both ways a worker starts kernels: its zygote runs it before it
+forks each job's kernel, and a spare kernel runs it after unsloth (``kernels.WARM_UP``).
+"""
 
 from __future__ import annotations
 
 import warnings
+
+
+def preload() -> None:
+    """What a job's cells would load, loaded once; nothing that starts a thread (a fork copies only
+    the thread that forks): torch computes on one thread here, and the kernel app, with its ZeroMQ
+    threads, is only imported."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the warm-up's model load without an OpenMP pool
+    import ipykernel.kernelapp  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401
+
+    from ..data import render  # noqa: F401
+    from . import callback, device, display, model, samples, trainer  # noqa: F401
+
+    warm_up()
+    torch.set_num_threads(threads)
 
 
 def warm_up() -> None:

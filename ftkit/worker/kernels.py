@@ -27,15 +27,17 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from ..machine import cuda_visible
+
 log = logging.getLogger(__name__)
 
 # One warm-up for both ways: what the zygote imports before it forks, a spare imports too (after
 # unsloth and bitsandbytes on a CUDA worker, which only a spare kernel ever meets).
 WARM_UP = """\
-import ftkit.device
-_ftkit_unsloth = ftkit.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
-import ftkit.training, ftkit.data.render, ftkit.worker.zygote  # what every job runs
-ftkit.worker.zygote.warm_up()
+import ftkit.training.device
+_ftkit_unsloth = ftkit.training.device.warm_up_accelerator()  # on CUDA: unsloth first, bitsandbytes
+import ftkit.training.warmup, ftkit.data.render  # what every job runs
+ftkit.training.warmup.preload()
 """
 
 
@@ -169,20 +171,6 @@ def kill_kernel(km) -> bool:
     except psutil.Error:
         return False
     return True
-
-
-def cuda_visible() -> bool:
-    """Whether this machine shows a CUDA device to the worker, asked without touching CUDA here."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    try:
-        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "GPU" in listed
 
 
 class ForkServer:

@@ -39,33 +39,6 @@ def die_with_parent() -> None:
         pass
 
 
-def warm_up() -> None:
-    """What a job's cells would load, loaded once (also a spare kernel's warm-up, kernels.WARM_UP);
-    nothing that starts a thread (a fork copies only the thread that forks): torch computes on one
-    thread here, and the kernel app, with its ZeroMQ threads, is only imported."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the warm-up's model load without an OpenMP pool
-    import ipykernel.kernelapp  # noqa: F401
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import datasets  # noqa: F401
-    import peft  # noqa: F401
-    import transformers  # noqa: F401
-    import trl  # noqa: F401
-    from trl import SFTConfig, SFTTrainer  # noqa: F401
-
-    import ftkit.data
-    import ftkit.data.render
-    import ftkit.device
-    import ftkit.training
-
-    ftkit.training.warm_up()
-    torch.set_num_threads(threads)
-
-
 def run_kernel(request: dict, fds: list[int]) -> None:
     """In the forked child: become an ipykernel on the request's connection file."""
     die_with_parent()
@@ -202,7 +175,9 @@ def main() -> None:
         print("problem", json.dumps(dataclasses.asdict(problem)), flush=True)
     if problems:
         sys.exit(3)
-    warm_up()
+    from ftkit.training.warmup import preload
+
+    preload()
     if idle:  # its kernels run at normal priority
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     serve(sys.argv[1])

@@ -2,15 +2,18 @@
 
 The decisions are pure functions of a ``Machine``, so a CPU can check every branch a GPU worker
 takes: ``probe()`` reads the real machine, tests may also build a ``Machine`` by hand.
-Runs inside the notebook kernel; torch is imported by ``probe()`` only.
+Runs inside the notebook kernel; torch is imported by ``probe()`` and ``environment()`` only. What
+the worker itself needs to know of the machine, it asks nvidia-smi (``ftkit.machine``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..machine import driver_version
 
 # transformers 5 refuses 4-bit loading below it: an older bitsandbytes counts as none.
 BITSANDBYTES_FLOOR = "0.46.1"
@@ -55,6 +58,31 @@ def probe(*, import_unsloth: bool = True) -> Machine:
         bitsandbytes=usable(bnb, BITSANDBYTES_FLOOR),
         bitsandbytes_version=bnb,
     )
+
+
+def environment() -> dict[str, Any]:
+    """What this run ran on, for its report: library versions, the GPU as torch sees it (or CPU),
+    the driver as nvidia-smi says, the host."""
+    import platform
+    import socket
+
+    import torch
+
+    libraries = ("ftkit", "torch", "transformers", "trl", "peft", "unsloth", "papermill")
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        **{name: installed_version(name) or "not installed" for name in libraries},
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = props.name
+        env["gpu memory (GiB)"] = round(props.total_memory / 2**30, 1)
+        env["cuda"] = torch.version.cuda
+        env["driver"] = driver_version() or "unknown"
+    else:
+        env["gpu"] = "CPU"
+    env["host"] = socket.gethostname()
+    return env
 
 
 def installed_version(distribution: str) -> str | None:
