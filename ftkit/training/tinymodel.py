@@ -16,7 +16,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 def _corpus() -> list[str]:
     """Text to learn a small byte-level BPE vocabulary from: the bundled example data."""
-    path = Path(__file__).parent / "examples" / "example_data.jsonl"
+    path = Path(__file__).parents[1] / "examples" / "example_data.jsonl"
     texts = []
     for line in path.read_text(encoding="utf-8").splitlines():
         for message in json.loads(line)["messages"]:
