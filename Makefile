@@ -29,9 +29,11 @@ demo: install
 	$(VENV)/bin/ftkit demo
 
 # `make test-fast` runs the tests FAST selects; `make test` checks from its own timings that they
-# stay under FAST_BUDGET seconds of test time (about half that in wall time on two processes).
+# stay under FAST_BUDGET seconds of test time: on two processes, about half that in wall time, plus
+# some 20 s to start, so `make test-fast` stays under 3 minutes (measured 2026-12-05: 122 s of test
+# time in the full run, and `make test-fast` 61 s of wall time).
 FAST        = not slow and not browser
-FAST_BUDGET = 150
+FAST_BUDGET = 240
 TIMINGS     = test-timings.xml
 
 test: install redis browser-deps

@@ -195,6 +195,7 @@ def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp
     assert missing.returncode == 2 and "no job with id 'nope'" in missing.stderr
 
 
+@pytest.mark.slow  # two workers start
 def test_one_worker_per_gpu(settings, start_worker, client):
     from conftest import wait_for
 

@@ -98,3 +98,33 @@ def test_a_notebook_client_loads_nothing_of_the_worker_or_server_extras(tmp_path
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_wheel_holds_every_module(tmp_path):
+    """Packages are found, not listed, in pyproject.toml: a new package (ftkit/core/ was one) must
+    reach what pip installs, or a user's worker fails at import where an editable install passed."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "ftkit", source / "ftkit", symlinks=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "examples", "templates"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name)
+        elif (REPO / name).exists():
+            shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("ftkit-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    modules = {
+        str(p.relative_to(REPO))
+        for p in (REPO / "ftkit").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert sorted(modules - shipped) == []
+    assert {"ftkit/templates/train_template.ipynb", "ftkit/examples/example_data.jsonl"} <= shipped

@@ -425,6 +425,7 @@ def declared(typed_dict) -> set[str]:
     return set(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
 
 
+@pytest.mark.slow  # four real jobs
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the same JSON on both backends
 def test_every_field_a_real_job_record_holds_is_declared_in_job_record(
     client, start_worker, tiny_model, tmp_path
