@@ -157,16 +157,27 @@ class Storage:
                 if os.path.exists(partial):
                     os.remove(partial)
         else:
-            self._stream_up(Path(local), target)
+            with open(local, "rb") as src:
+                self.put_stream(src, Path(local).stat().st_size, *parts)
         return target
 
-    def _stream_up(self, local: Path, target: str) -> None:
-        with open(local, "rb") as src:
-            self._copy_up(src, target, local.stat().st_size)
-
-    def _copy_up(self, src: BinaryIO, target: str, expected: int) -> None:
-        """Chunked upload (multipart past one CHUNK): memory holds one chunk, and a failed upload
-        is aborted, so a partial object never becomes visible. The stored size is checked."""
+    def put_stream(self, src: BinaryIO, size: int, *parts: str) -> str:
+        """Copy ``size`` bytes from a stream in, one chunk in memory at a time (multipart on S3).
+        A failed copy is aborted, so a partial object never becomes visible, and the stored size
+        is checked. Not retried: a stream reads once (``put_file`` retries from its file)."""
+        target = self.path(*parts)
+        if self.is_local:
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            partial = f"{target}.partial-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                self._check_size(partial, size)
+                os.replace(partial, target)
+            finally:
+                if os.path.exists(partial):
+                    os.remove(partial)
+            return target
         dst = self.fs.open(target, "wb", block_size=CHUNK)
         try:
             shutil.copyfileobj(src, dst, CHUNK)
@@ -175,6 +186,10 @@ class Storage:
             dst.closed = True  # discarded: closing it later (when collected) must not upload
             raise
         dst.close()
+        self._check_size(target, size)
+        return target
+
+    def _check_size(self, target: str, expected: int) -> None:
         stored = self.fs.size(target)
         if stored != expected:
             self.fs.rm(target)

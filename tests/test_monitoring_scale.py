@@ -137,7 +137,7 @@ def test_sqlite_monitoring_runs_the_same_instructions_at_ten_times_the_jobs_thro
 
     client = Client(settings)
     with_running_jobs(client.store)
-    conn = client.store._conn()  # this thread's connection: the one every call below uses
+    conn = client.store.connection()  # this thread's connection: the one every call below uses
     steps = {"n": 0}
     statements: set[str] = set()
 

@@ -202,9 +202,8 @@ def test_a_file_past_the_multipart_threshold_goes_up_in_parts_and_a_failed_one_l
             return n
 
     source = FailsAfter()
-    target = store.path("runs", "j1", "broken.bin")
     with pytest.raises(OSError, match="read error"):
-        store._copy_up(source, target, 12 << 20)  # put_file's upload, from the failing source
+        store.put_stream(source, 12 << 20, "runs", "j1", "broken.bin")  # put_file's upload
     source.inner.close()
     assert source.in_progress == [("team/runs/j1/broken.bin", 2)]  # two parts stored, then...
     assert "team/runs/j1/broken.bin" not in bucket_keys_of(s3, bucket)

@@ -300,7 +300,7 @@ def test_a_sweep_trains_through_a_worker_and_is_compared_and_shown(
     assert f"best: <b>{best['job_id']}</b> (eval_loss {best['eval_loss']:.4f}" in html
 
     view = SweepView(again)  # what a cell shows: all runs ended, so it does not refresh on
-    assert view.done and not view._refresher.running
+    assert view.done and not view.refreshing
     assert view.table.value.count("data-status='completed'") == 2
     assert view.curves.value.count("ftkit-compare-loss") == 2
     assert best["job_id"] in view.best.value

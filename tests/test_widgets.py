@@ -114,9 +114,9 @@ def test_monitor_stops_refreshing_when_closed(client):
     seed_jobs(client, 1)
     client.store.transition("job00000", statuses.TRAINING)
     monitor = MonitorPanel(client.get_job("job00000"), interval=0.05)
-    assert monitor._refresher.running
+    assert monitor.refreshing
     monitor.widget.close()
-    wait_for(lambda: not monitor._refresher.running, 5, "the refresher to stop")
+    wait_for(lambda: not monitor.refreshing, 5, "the refresher to stop")
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_panel_submits_and_the_monitor_follows_the_job_to_the_end(client, start_
     assert len(monitor.curve.value.split("points='")[1].split("'")[0].split()) == 8
     assert not monitor.download_button.disabled and monitor.cancel_button.disabled
     assert "report.ipynb" in monitor.outputs.value
-    wait_for(lambda: not monitor._refresher.running, 5, "the refresher to stop after the job ended")
+    wait_for(lambda: not monitor.refreshing, 5, "the refresher to stop after the job ended")
 
 
 def test_dashboard_filters_by_tag_and_says_what_is_wrong_with_a_tag(client):
@@ -280,14 +280,14 @@ def test_a_sweep_in_a_cell_is_a_live_table_that_cancels_and_stops(client):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "data-status='queued'" in sweep._repr_html_()  # where widgets do not render
     view = SweepView(sweep, interval=0.05)
-    assert view._refresher.running and view.table.value.count("data-status='queued'") == 2
+    assert view.refreshing and view.table.value.count("data-status='queued'") == 2
     finish(client, sweep.jobs[0].id, [2.0, 1.5])
     wait_for(lambda: "data-status='completed'" in view.table.value, 10, "the table to refresh")
     assert "best so far" in view.best.value and sweep.jobs[0].id in view.best.value
     view.cancel_button.click()
-    wait_for(lambda: not view._refresher.running, 10, "the view to stop once every run ended")
+    wait_for(lambda: not view.refreshing, 10, "the view to stop once every run ended")
     assert view.table.value.count("data-status='cancelled'") == 1 and view.cancel_button.disabled
     live = SweepView(create(client, EXAMPLE_DATA, lora_r=[4, 8], **QUICK), interval=0.05)
-    assert live._refresher.running
+    assert live.refreshing
     live.widget.close()
-    wait_for(lambda: not live._refresher.running, 5, "the refresher to stop when closed")
+    wait_for(lambda: not live.refreshing, 5, "the refresher to stop when closed")

@@ -88,7 +88,7 @@ class SqliteJobStore(JobStore):
         """Create the tables, indexes and triggers, once per file; a file written before the
         per-tag status and the counts existed gets them, filled from its records."""
         names = [statement.split()[5] for statement in (*self._TABLES, *self._INDEXES)]
-        found = self._conn().execute(
+        found = self.connection().execute(
             f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({','.join('?' * len(names))})",
             names,
         )
@@ -114,7 +114,9 @@ class SqliteJobStore(JobStore):
             for statement in self._INDEXES:
                 db.execute(statement)
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (SQLite connections are per thread): every call of this store
+        on this thread goes through it, so tracing it shows what the store asks of SQLite."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
@@ -131,7 +133,7 @@ class SqliteJobStore(JobStore):
     @contextlib.contextmanager
     def _db(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """A transaction: BEGIN IMMEDIATE for writes so read-modify-write is atomic across processes."""
-        conn = self._conn()
+        conn = self.connection()
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield conn
@@ -145,7 +147,7 @@ class SqliteJobStore(JobStore):
 
     def ping(self) -> bool:
         try:
-            self._conn().execute("SELECT 1").fetchone()
+            self.connection().execute("SELECT 1").fetchone()
             return True
         except (sqlite3.Error, BrokerUnavailable):
             return False
@@ -191,7 +193,7 @@ class SqliteJobStore(JobStore):
 
     def get_field(self, job_id: str, name: str) -> Any:
         row = (
-            self._conn()
+            self.connection()
             .execute("SELECT data -> ? FROM ftkit_jobs WHERE job_id=?", (f'$."{name}"', job_id))
             .fetchone()
         )
@@ -200,7 +202,7 @@ class SqliteJobStore(JobStore):
     def get_fields(self, job_id: str, *names: str) -> dict[str, Any]:
         picks = ", ".join("data -> ?" for _ in names)
         row = (
-            self._conn()
+            self.connection()
             .execute(
                 f"SELECT {picks} FROM ftkit_jobs WHERE job_id=?",  # only placeholders: no names
                 (*(f'$."{name}"' for name in names), job_id),
@@ -267,7 +269,9 @@ class SqliteJobStore(JobStore):
             if status is not None:
                 sql, args = sql + " AND t.status=?", [tag, status]
             sql += " ORDER BY t.created_at DESC"
-        rows = self._conn().execute(sql + " LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        rows = (
+            self.connection().execute(sql + " LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        )
         return [json.loads(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> None:
@@ -278,12 +282,12 @@ class SqliteJobStore(JobStore):
 
     def message_pending(self, record: JobRecord) -> bool:
         return huey_layout.sqlite_pending(
-            self._conn(), record.get("queue_ref"), record.get("job_id")
+            self.connection(), record.get("queue_ref"), record.get("job_id")
         )
 
     def queued_before(self, before: float, limit: int, offset: int = 0) -> list[JobRecord]:
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT data FROM ftkit_jobs WHERE status=? AND created_at < ? "
                 "ORDER BY created_at LIMIT ? OFFSET ?",
@@ -296,15 +300,19 @@ class SqliteJobStore(JobStore):
     def count(self, status: str | None = None) -> int:
         if status is None:
             return (
-                self._conn().execute("SELECT COALESCE(SUM(n), 0) FROM ftkit_counts").fetchone()[0]
+                self.connection()
+                .execute("SELECT COALESCE(SUM(n), 0) FROM ftkit_counts")
+                .fetchone()[0]
             )
         row = (
-            self._conn().execute("SELECT n FROM ftkit_counts WHERE status=?", (status,)).fetchone()
+            self.connection()
+            .execute("SELECT n FROM ftkit_counts WHERE status=?", (status,))
+            .fetchone()
         )
         return row[0] if row else 0
 
     def holders(self) -> dict[str, Any]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT job_id, json_extract(data, '$.worker') FROM ftkit_jobs "
             f"INDEXED BY ftkit_jobs_holder WHERE {self._ACTIVE_SQL}"
         )
@@ -319,7 +327,7 @@ class SqliteJobStore(JobStore):
                 )
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT data FROM ftkit_metrics WHERE job_id=? ORDER BY rowid LIMIT -1 OFFSET ?",
             (job_id, start),
         )
@@ -347,7 +355,7 @@ class SqliteJobStore(JobStore):
 
     def logs(self, job_id: str, n: int = 50) -> list[str]:
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT line FROM ftkit_logs WHERE job_id=? ORDER BY id DESC LIMIT ?", (job_id, n)
             )
@@ -357,7 +365,7 @@ class SqliteJobStore(JobStore):
 
     def logs_since(self, job_id: str, cursor: int = 0) -> tuple[list[str], int]:
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT id, line FROM ftkit_logs WHERE job_id=? AND id > ? ORDER BY id",
                 (job_id, cursor),
@@ -378,7 +386,7 @@ class SqliteJobStore(JobStore):
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any]:
         row = (
-            self._conn()
+            self.connection()
             .execute("SELECT data FROM ftkit_sweeps WHERE sweep_id=?", (sweep_id,))
             .fetchone()
         )
@@ -392,7 +400,7 @@ class SqliteJobStore(JobStore):
         if tag is not None:
             sql += " WHERE EXISTS (SELECT 1 FROM json_each(data, '$.tags') WHERE value = ?)"
             args.append(tag)
-        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        rows = self.connection().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [r for r in (as_sweep(row[0]) for row in rows.fetchall()) if r is not None]
 
     def delete_sweep(self, sweep_id: str) -> None:
@@ -415,7 +423,7 @@ class SqliteJobStore(JobStore):
 
     def workers(self) -> list[WorkerInfo]:
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT data FROM ftkit_workers WHERE expires > ? ORDER BY worker_id",
                 (time.time(),),

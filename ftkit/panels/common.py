@@ -65,6 +65,18 @@ class Refresher:
             self._stop.wait(self.interval)
 
 
+class LiveView:
+    """A view that refreshes itself in the background until it is closed or has nothing left to
+    follow."""
+
+    _refresher: Refresher
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether it still refreshes: it stops when closed, or once everything it shows ended."""
+        return self._refresher.running
+
+
 def on_close(widget: w.Widget, callback: Callable[[], Any]) -> None:
     """Run callback when the widget is closed (its view removed by ``close()``)."""
     original = widget.close

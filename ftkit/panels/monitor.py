@@ -15,7 +15,7 @@ from ..core.records import JobStatus, WorkerInfo
 from ..core.statuses import FINAL
 from ..errors import ConfigError, FtkitError
 from ..plots import loss_svg
-from .common import JOB_COLUMNS, STATUS_STYLE, Refresher, job_row, on_close, set_html
+from .common import JOB_COLUMNS, STATUS_STYLE, LiveView, Refresher, job_row, on_close, set_html
 
 
 # -- no worker ------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ class WorkerNotice:
 
 
 # -- monitor --------------------------------------------------------------------------------------
-class MonitorPanel:
+class MonitorPanel(LiveView):
     """One job, live: status, progress with ETA, loss curve, last log lines, cancel, and its outputs."""
 
     def __init__(self, job: Job, *, interval: float = 1.0, autostart: bool = True, on_end=None):
@@ -246,7 +246,7 @@ def workers_table(workers: list[WorkerInfo], *, empty: str) -> str:
     return table(rows, WORKER_COLUMNS, empty=empty)
 
 
-class Dashboard:
+class Dashboard(LiveView):
     """Workers, queue depth and jobs, refreshed in place: three reads per refresh, whatever the job count."""
 
     def __init__(

@@ -14,10 +14,10 @@ from ..core.statuses import FINAL
 from ..errors import ConfigError, FtkitError
 from ..report import Comparison, best_row, overlay_svg
 from ..sweeping import MISSING, Sweep, recent, table_html
-from .common import JOB_COLUMNS, Refresher, job_row, on_close, set_html
+from .common import JOB_COLUMNS, LiveView, Refresher, job_row, on_close, set_html
 
 
-class SweepView:
+class SweepView(LiveView):
     """One sweep, live: a row per run (its values, status, step, losses), the loss curves overlaid,
     the best completed run so far, and a cancel for the whole sweep. Stops when every run ended."""
 
@@ -76,7 +76,7 @@ class SweepView:
 SWEEP_COLUMNS = ["sweep_id", "created_at", "mode", "swept", "runs", "dataset", "tags"]
 
 
-class RunsPanel:
+class RunsPanel(LiveView):
     """Recent jobs and sweeps. Filter by tag, or narrow to one sweep's runs; select runs to compare
     (two or more, curves overlaid), retry (failed or cancelled ones) or delete (after a confirm)."""
 
