@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core import statuses
 from .core.html import Markup, esc, key_values, table
 
 TEMPLATE = Path(__file__).parent / "templates" / "train_template.ipynb"
@@ -278,7 +279,7 @@ class Comparison:
 def best_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
     """The completed run with the lowest eval loss where any completed run measured one (held-out
     data says more than the training loss), else the lowest final training loss; and which."""
-    done = [r for r in rows if r.get("status") == "completed"]
+    done = [r for r in rows if r.get("status") == statuses.COMPLETED]
     for key in ("eval_loss", "final_loss"):
         measured = [r for r in done if isinstance(r.get(key), (int, float))]
         if measured:

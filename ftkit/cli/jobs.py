@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import TrainConfig
+from ..core import statuses
 from .output import SWEEP_COLUMNS, human_size, print_table, print_value
 
 
@@ -21,7 +22,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.wait:
         status = job.wait()
         print_value(status, args.json)
-        return 0 if status["status"] == "completed" else 1
+        return 0 if status["status"] == statuses.COMPLETED else 1
     print(job.id)
     return 0
 

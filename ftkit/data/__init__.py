@@ -21,11 +21,11 @@ Normalized shapes, what ``read_examples`` yields and ``render.tokenize_example``
     text                    {"text": str}
 """
 
+from ..core.rules import DATASET_FORMATS
 from .formats import checked_columns, detect_format, normalize, read_examples
 from .problems import (
     CANONICAL_COLUMNS,
     FORMAT_KEYS,
-    FORMATS,
     KEPT_PER_KIND,
     MAX_DEPTH,
     MAX_MESSAGES,
@@ -44,7 +44,7 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "EXTENSIONS",
     "FORMAT_KEYS",
-    "FORMATS",
+    "DATASET_FORMATS",
     "KEPT_PER_KIND",
     "MAX_DEPTH",
     "MAX_LINE_BYTES",

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.rules import DATASET_FORMATS
 from ..errors import DatasetError
 from .conversations import _alpaca, _chat, _sharegpt
 from .problems import (
     CANONICAL_COLUMNS,
     FORMAT_KEYS,
-    FORMATS,
     MAX_MESSAGES,
     Found,
     _string,
@@ -68,8 +68,8 @@ def checked_columns(columns: Any) -> dict[str, str]:
 
 
 def _check_arguments(format: str | None, columns: dict[str, str] | None) -> None:
-    if format is not None and format not in FORMATS:
-        raise DatasetError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if format is not None and format not in DATASET_FORMATS:
+        raise DatasetError(f"unknown format {format!r}; use one of {', '.join(DATASET_FORMATS)}")
     checked_columns(columns)
 
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..core import statuses
 from ..errors import FtkitError
 
 STATUS_STYLE = {
-    "completed": "success",
-    "failed": "danger",
-    "cancelled": "warning",
-    "training": "info",
+    statuses.COMPLETED: "success",
+    statuses.FAILED: "danger",
+    statuses.CANCELLED: "warning",
+    statuses.TRAINING: "info",
 }
 
 JOB_COLUMNS = [

@@ -10,6 +10,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..client import Client, Job, LocalWorker, WorkerWatch
+from ..core import statuses
 from ..core.html import esc, table
 from ..core.records import JobStatus, WorkerInfo
 from ..core.statuses import FINAL
@@ -161,7 +162,7 @@ class MonitorPanel(LiveView):
         eta = s.get("eta_seconds")
         total = s.get("total_steps") or "?"
         self.step.value = f"step {s.get('current_step') or 0}/{total}" + (
-            f" · ETA {eta:.0f} s" if eta is not None and s["status"] == "training" else ""
+            f" · ETA {eta:.0f} s" if eta is not None and s["status"] == statuses.TRAINING else ""
         )
         self.curve.value = loss_svg(self._metrics)
         self.logs.value = (
@@ -191,7 +192,7 @@ class MonitorPanel(LiveView):
                 f"<div class='ftkit-outputs'>report: <code>{esc(s.get('report'))}</code><br>"
                 f"adapter: <code>{esc(result.get('adapter_dir'))}</code></div>"
             )
-        if s["status"] == "failed":
+        if s["status"] == statuses.FAILED:
             trace = s.get("error_traceback") or ""
             self.error.value = (
                 f"<div class='ftkit-error' style='color:crimson'><b>{esc(s.get('error'))}</b>"
@@ -254,16 +255,7 @@ class Dashboard(LiveView):
     ):
         self.client, self.limit = client, limit
         self.filter = w.Dropdown(
-            options=[
-                "all",
-                "queued",
-                "preparing",
-                "training",
-                "saving",
-                "completed",
-                "failed",
-                "cancelled",
-            ],
+            options=["all", *statuses.STATUSES],
             value="all",
             description="status",
         )

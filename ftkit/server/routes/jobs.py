@@ -167,9 +167,9 @@ def cancel(job_id: str = JobIdPath, client: Client = Depends(get_client)) -> Can
     after = client.cancel(job_id)
     message = (
         "cancelled"
-        if after == "cancelled"
+        if after == statuses.CANCELLED
         else f"cancel requested; the job stops at its next step (now {after})"
-        if after not in ("completed", "failed")
+        if after not in statuses.FINAL
         else f"the job had already ended ({after})"
     )
     return CancelResponse(job_id=job_id, status=after, message=message)  # type: ignore[arg-type]
