@@ -188,12 +188,15 @@ def save_report(
     except Exception:
         log.exception("could not save the report of job %s", job_id)
         return None
-    save_html_report(rt, job_id, nb, fields)
+    save_html_report(rt, job_id, nb, fields, kept=record.get("warnings"))
     return rt.storage.full_url(*Storage.run_parts(job_id, "report.ipynb"))
 
 
-def save_html_report(rt: Runtime, job_id: str, nb: Any, fields: dict[str, Any]) -> None:
-    """report.html beside the notebook; when it cannot be rendered, a warning in ``fields``."""
+def save_html_report(
+    rt: Runtime, job_id: str, nb: Any, fields: dict[str, Any], kept: Any = None
+) -> None:
+    """report.html beside the notebook; when it cannot be rendered, a warning in ``fields``, after
+    the job's ``kept`` warnings (its data set's, from submit), which it must not replace."""
     from ..report import render_html
 
     try:
@@ -207,7 +210,8 @@ def save_html_report(rt: Runtime, job_id: str, nb: Any, fields: dict[str, Any]) 
     except Exception as exc:
         log.exception("could not render the HTML report of job %s", job_id)
         why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        fields.setdefault("warnings", []).append(
+        earlier = [w for w in kept if isinstance(w, str)] if isinstance(kept, list) else []
+        fields.setdefault("warnings", earlier).append(
             f"the HTML report was not written ({why}); the notebook report.ipynb was"
         )
 
