@@ -10,7 +10,19 @@ from ..errors import ConfigError
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # only such a string is ever used in a path
 SHA256 = re.compile(r"[0-9a-f]{64}")
-DATASET_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+SFT_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+# A prompt with a chosen and a rejected answer (DPO, ORPO); a prompt with one answer labelled good
+# or bad (KTO).
+PREFERENCE_FORMATS = ("preference", "unpaired_preference")
+DATASET_FORMATS = (*SFT_FORMATS, *PREFERENCE_FORMATS)
+# How a job tunes, and the data set formats each way takes (KTO unpairs pairs itself).
+METHODS = ("sft", "dpo", "orpo", "kto")
+METHOD_FORMATS = {
+    "sft": SFT_FORMATS,
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "kto": ("unpaired_preference", "preference"),
+}
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
 MAX_TAGS, MAX_NOTE = 20, 4000
 MAX_PRIORITY = 100  # priorities run from -100 to 100; higher runs first
