@@ -45,8 +45,10 @@ RANK: dict[str, float] = {
     "ftkit.data.problems": 2.1,
     "ftkit.data.readers": 2.2,
     "ftkit.data.conversations": 2.3,
+    "ftkit.data.preferences": 2.35,
     "ftkit.data.formats": 2.4,
     "ftkit.data.render": 2.5,
+    "ftkit.data.preference_sets": 2.55,
     "ftkit.data.profile": 2.6,
     "ftkit.data": 2.7,
     # what builds on them: the signed spec, the kernel's training code, test model, figures
