@@ -100,6 +100,11 @@ def _implicit_prompt_pair(record: dict[str, Any], line: int | None) -> Found:
                 "add 'prompt', or start chosen and rejected with the same user message",
             )
         ]
+    for answer, name in ((chosen, "chosen"), (rejected, "rejected")):
+        if shared == len(answer):  # all of it is the prompt: no answer is left after it
+            problems.append(_no_answer(line, name))
+    if _has_errors(problems):
+        return None, problems
     names = ("prompt", "chosen", "rejected")
     return _checked_pair(chosen[:shared], chosen[shared:], rejected[shared:], names, line, problems)
 
@@ -130,7 +135,7 @@ def _checked_pair(
         return None, problems
     problems = problems + _prompt_problems(prompt, names[0], line)
     for answer, name in ((chosen, names[1]), (rejected, names[2])):
-        problems += __has_errors(answer, name, line)
+        problems += _answer_problems(answer, name, line)
     if not _has_errors(problems) and chosen == rejected:
         problems.append(
             Problem(
@@ -161,7 +166,7 @@ def _unpaired(record: dict[str, Any], line: int | None) -> Found:
     if prompt is None or completion is None or label is None:
         return None, problems
     problems += _prompt_problems(prompt, "prompt", line)
-    problems += __has_errors(completion, "completion", line)
+    problems += _answer_problems(completion, "completion", line)
     if len(prompt) + len(completion) > MAX_MESSAGES:
         problems.append(_too_many_turns(line, len(prompt) + len(completion)))
     return {"prompt": prompt, "completion": completion, "label": label}, problems
@@ -266,13 +271,23 @@ def _empty(line: int | None, where: str) -> Problem:
     )
 
 
+def _no_answer(line: int | None, where: str) -> Problem:
+    return Problem(
+        line,
+        where,
+        "empty_content",
+        f"'{where}' holds nothing after the messages it shares with the other answer",
+        f"end '{where}' with the assistant's answer",
+    )
+
+
 def _prompt_problems(prompt: Messages, name: str, line: int | None) -> list[Problem]:
     """A prompt is a conversation waiting for the assistant: a user message in a sane order."""
     roles = [m["role"] for m in prompt]
     return _turn_order_problems([*roles, "assistant"], name, line)
 
 
-def __has_errors(answer: Messages, name: str, line: int | None) -> list[Problem]:
+def _answer_problems(answer: Messages, name: str, line: int | None) -> list[Problem]:
     if answer[0]["role"] == "assistant":
         return []
     return [
