@@ -23,6 +23,8 @@ METHOD_FORMATS = {
     "orpo": ("preference",),
     "kto": ("unpaired_preference", "preference"),
 }
+# What TRL logs of a preference run (its names), kept in a job's metric rows beside the loss.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
 MAX_TAGS, MAX_NOTE = 20, 4000
 MAX_PRIORITY = 100  # priorities run from -100 to 100; higher runs first
