@@ -200,3 +200,82 @@ def test_each_method_gets_its_own_settings_under_trls_names(tiny_model):
     assert kto.undesirable_weight == 1.0  # None: TRL's default
     orpo = trainer_args(preference_config(tiny_model, method="orpo"), "/tmp/x", with_eval=False)
     assert type(orpo).__name__ == "ORPOConfig" and orpo.max_length == 128
+
+
+def run_parts(client, job, *parts):
+    return json.loads(client.storage.read_text("runs", job.id, *parts))
+
+
+def finished(job) -> dict:
+    record = job.wait(timeout=300, progress=False)
+    assert record["status"] == "completed", record["error"]
+    return record
+
+
+@pytest.mark.slow
+def test_dpo_after_sft_through_resume_from_scores_against_the_sft_model(
+    client, start_worker, tiny_model, tmp_path
+):
+    from ftkit.lineage import ADAPTER_FILES
+    from ftkit.storage import Storage
+
+    start_worker()
+    common = dict(base_model=str(tiny_model), batch_size=4, max_seq_length=128)
+    parent = client.submit(EXAMPLE_DATA, max_steps=8, learning_rate=1e-2, **common)
+    finished(parent)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(24))
+    child = client.submit(
+        data, method="dpo", resume_from=parent, max_steps=3, validation_split=0.2, **common
+    )
+    record = finished(child)
+    assert record["started_from"] == "adapter"
+    rows = child.metrics()
+    first = next(row for row in rows if "rewards/chosen" in row)
+    # Step 1 scores the policy before any update against the reference: the same model (the
+    # SFT parent's adapter, as training starts), so both rewards are zero.
+    assert first["step"] == 1
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-4)
+    assert first["rewards/rejected"] == pytest.approx(0, abs=1e-4)
+    assert all(name in rows[-1] for name in ("rewards/margins", "rewards/accuracies", "loss"))
+
+    # The report's "before" margins are the SFT model's, measured here with plain peft on the
+    # parent's adapter; its sample answers show the parent between base and tuned.
+    local = tmp_path / "parent-adapter"
+    for file in ADAPTER_FILES:
+        client.storage.get_file(Storage.run_parts(parent.id, "adapter", file), local / file)
+    result = run_parts(client, child, "result.json")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    sft_model = plain_model(tiny_model, str(local))
+    for row in result["margins"]:
+        prompt = next(p for p in pairs(24) if p["prompt"][0]["content"] == row["prompt"])
+        assert row["before"] == pytest.approx(margin(sft_model, tokenizer, [prompt]), abs=1e-2)
+        assert row["source"] == "held out"
+    assert result["samples"] and all("parent job" in s for s in result["samples"])
+    assert "rewards/margins" in result["result"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["orpo", "kto"])
+def test_orpo_and_kto_jobs_train_and_report_their_rewards(
+    method, client, start_worker, tiny_model, tmp_path
+):
+    start_worker()
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(16))
+    job = client.submit(
+        data,
+        method=method,
+        base_model=str(tiny_model),
+        batch_size=4,
+        max_seq_length=128,
+        max_steps=3,
+    )
+    record = finished(job)
+    assert record["result"]["global_step"] == 3
+    rows = job.metrics()
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert all("loss" in row for row in rows)
+    assert any("rewards/chosen" in row for row in rows)
+    report = json.loads(client.storage.read_text("runs", job.id, "report.ipynb"))
+    assert report["metadata"]["papermill"]["exception"] is None
