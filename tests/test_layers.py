@@ -62,6 +62,8 @@ RANK: dict[str, float] = {
     "ftkit.training.model": 2.8,
     "ftkit.training.display": 2.8,
     "ftkit.training.samples": 2.8,
+    "ftkit.training.margins": 2.78,
+    "ftkit.training.preference": 2.85,
     "ftkit.training.warmup": 3.15,
     "ftkit.training.reporter": 2.9,
     "ftkit.training.callback": 3.0,

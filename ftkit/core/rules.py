@@ -23,6 +23,8 @@ METHOD_FORMATS = {
     "orpo": ("preference",),
     "kto": ("unpaired_preference", "preference"),
 }
+# What TRL logs of a preference run (its names), kept in a job's metric rows beside the loss.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 FORMAT_WORDS = {
     "preference": "preference pairs (prompt, chosen, rejected)",
     "unpaired_preference": "KTO's labelled answers (prompt, completion, label)",
