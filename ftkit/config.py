@@ -410,6 +410,9 @@ class TrainConfig:
         of another method (it would be silently ignored)."""
         if self.method not in METHODS:
             self._fail("method", f"must be one of {', '.join(METHODS)}")
+        if self.method == "kto" and self.batch_size < 2:
+            # KTO's KL term compares each answer with another prompt's in the same batch.
+            self._fail("batch_size", "must be >= 2 with method='kto' (KTO compares within a batch)")
         for name, methods in METHOD_SETTINGS.items():
             value = getattr(self, name)
             if value is None:
