@@ -52,6 +52,45 @@ def test_configure_has_a_labelled_control_with_tooltip_for_every_field(client):
     assert step.validate() == TrainConfig()
 
 
+def test_configure_shows_each_method_setting_only_for_its_method_and_sends_it(client):
+    from ftkit.config import TrainConfig
+
+    step = ConfigureStep(client)
+    controls = step.controls
+    shown = lambda: {  # noqa: E731
+        name
+        for name in ("beta", "dpo_loss_type", "kto_desirable_weight", "kto_undesirable_weight")
+        if controls[name].layout.display != "none"
+    }
+    assert list(controls["method"].options) == ["sft", "dpo", "orpo", "kto"]
+    assert controls["method"].value == "sft" and shown() == set()
+    controls["method"].value = "dpo"
+    assert shown() == {"beta", "dpo_loss_type"}
+    controls["beta"].value = 0.2
+    controls["dpo_loss_type"].value = "ipo"
+    assert step.validate() == TrainConfig(method="dpo", beta=0.2, dpo_loss_type="ipo")
+    controls["method"].value = "orpo"  # the hidden loss type is not sent: no error
+    assert shown() == {"beta"} and step.error.value == ""
+    assert step.validate() == TrainConfig(method="orpo", beta=0.2)
+    controls["method"].value = "kto"
+    assert shown() == {"beta", "kto_desirable_weight", "kto_undesirable_weight"}
+    controls["kto_undesirable_weight"].value = 1.5
+    controls["beta"].value = 0.0  # 0: unset, TRL's default
+    assert step.validate() == TrainConfig(method="kto", kto_undesirable_weight=1.5)
+    controls["kto_desirable_weight"].value = -1.0
+    assert "kto_desirable_weight=-1.0: must be a number &gt; 0" in step.error.value
+    controls["method"].value = "sft"
+    assert shown() == set() and step.validate() == TrainConfig()
+
+
+def test_the_panel_opens_on_a_method_and_its_settings_given_as_defaults(client):
+    from ftkit.config import TrainConfig
+
+    panel = Panel(client, method="dpo", beta=0.05, dpo_loss_type="hinge")
+    assert panel.configure.controls["beta"].layout.display != "none"
+    assert panel.configure.validate() == TrainConfig(method="dpo", beta=0.05, dpo_loss_type="hinge")
+
+
 def test_upload_of_a_broken_file_lists_problems_with_line_numbers(client, tmp_path):
     bad = tmp_path / "bad.jsonl"
     lines = EXAMPLE_DATA.read_text().splitlines()
