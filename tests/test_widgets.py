@@ -116,6 +116,69 @@ def test_loss_curve_is_svg_with_one_point_per_logged_step():
     assert svg.startswith("<svg") and len(points.split()) == 10
 
 
+def seed_preference_job(
+    client, job_id: str, config: dict, margins: list[float], status=statuses.COMPLETED
+):
+    """What a worker leaves of a preference run, metrics named as TRL logs them: a margin and an
+    accuracy per logged step (none for an SFT run)."""
+    now = time.time()
+    client.store.create(
+        {"job_id": job_id, "status": statuses.QUEUED, "created_at": now, "progress": 0.0,
+         "config": {"base_model": "m", **config}, "dataset": {"name": "pairs.jsonl"},
+         "loss": None, "started_at": None, "finished_at": None, "attempt": 1, "worker": None}
+    )  # fmt: skip
+    rows = [
+        {"step": i + 1, "loss": 0.7 - m / 10, "rewards/chosen": m / 2, "rewards/rejected": -m / 2,
+         "rewards/margins": m, "rewards/accuracies": min(1.0, 0.5 + m / 2)}
+        for i, m in enumerate(margins)
+    ]  # fmt: skip
+    if config.get("method", "sft") == "sft":
+        rows = [{"step": r["step"], "loss": r["loss"]} for r in rows]
+    client.store.add_metrics(job_id, rows)
+    client.store.transition(job_id, status, current_step=len(rows), loss=rows[-1]["loss"])
+    return client.get_job(job_id)
+
+
+def test_the_monitor_shows_the_method_and_a_preference_jobs_margin_and_accuracy(client):
+    dpo = seed_preference_job(
+        client, "dpo000000001", {"method": "dpo"}, [0.0, 0.2, 0.5], statuses.TRAINING
+    )
+    monitor = MonitorPanel(dpo, autostart=False)
+    assert "<span class='ftkit-method'>dpo</span>" in monitor.status.value
+    assert "margin 0.500 · accuracy 0.750" in monitor.preference.value
+    margins = monitor.preference.value.split("class='ftkit-rewards-margins'")[1]
+    assert len(margins.split("points='")[1].split("'")[0].split()) == 3  # one point per step
+    client.store.add_metrics(dpo.id, [{"step": 4, "rewards/margins": 0.9, "rewards/accuracies": 1}])
+    monitor.refresh()
+    assert "margin 0.900 · accuracy 1.000" in monitor.preference.value
+    sft = seed_preference_job(client, "sft000000001", {}, [0.0, 0.1])
+    monitor = MonitorPanel(sft, autostart=False)
+    assert "<span class='ftkit-method'>sft</span>" in monitor.status.value
+    assert monitor.preference.value == ""  # no rewards logged: nothing shown
+
+
+def test_compare_shows_final_margins_and_accuracies_and_overlays_the_margins(client):
+    from ftkit import compare
+
+    a = seed_preference_job(client, "cmp000000001", {"method": "dpo", "beta": 0.1}, [0.1, 0.4])
+    b = seed_preference_job(client, "cmp000000002", {"method": "dpo", "beta": 0.5}, [0.2, 0.9])
+    both = compare([a, b])
+    assert [(r["method"], r["beta"], r["rewards/margins"], r["rewards/accuracies"])
+            for r in both.rows] == [("dpo", 0.1, 0.4, 0.7), ("dpo", 0.5, 0.9, 0.95)]  # fmt: skip
+    page = both._repr_html_()
+    head = page.split("</thead>")[0]
+    assert all(f"<th style='text-align:left;padding:2px 8px'>{c}</th>" in head
+               for c in ("method", "beta", "rewards/margins", "rewards/accuracies"))  # fmt: skip
+    assert page.count("<polyline class='ftkit-compare-rewards-margins'") == 2
+    sft = seed_preference_job(client, "cmp000000003", {}, [0.0, 0.1])
+    plain = compare([sft, a])  # a column left empty where a job logged no rewards
+    assert [r["rewards/margins"] for r in plain.rows] == [None, 0.4]
+    assert [r["method"] for r in plain.rows] == ["sft", "dpo"]
+    only_sft = compare([sft, seed_preference_job(client, "cmp000000004", {}, [0.0, 0.3])])
+    assert "rewards/margins" not in only_sft._repr_html_()
+    assert "<th style='text-align:left;padding:2px 8px'>method</th>" not in only_sft._repr_html_()
+
+
 def test_dashboard_filters_and_cancels(client):
     seed_jobs(client, 5)
     client.store.transition("job00001", statuses.TRAINING)

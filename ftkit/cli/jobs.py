@@ -4,13 +4,14 @@ download. Each is a thin call into the public API (``import ftkit``), printed.""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..config import TrainConfig
 from ..core import statuses
 from .output import SWEEP_COLUMNS, human_size, print_table, print_value
 
 
-def config_fields(args: argparse.Namespace) -> dict[str, object]:
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line (the others keep their defaults)."""
     return {f: getattr(args, f) for f in TrainConfig.field_names() if getattr(args, f) is not None}
 
