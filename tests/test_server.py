@@ -196,6 +196,11 @@ def test_train_takes_a_preference_method_and_its_settings_in_config(api, client)
     properties = ok(api.request("GET", "/openapi.json"))["components"]["schemas"]["TrainConfigIn"]
     assert {"method", "beta", "dpo_loss_type", "kto_desirable_weight",
             "kto_undesirable_weight"} <= set(properties["properties"])  # fmt: skip
+    described = properties["properties"]["dpo_loss_type"]["description"]
+    assert described == (
+        "TrainConfig.dpo_loss_type: one of sigmoid, ipo, hinge, robust "
+        "(method dpo only; unset: TRL's default)"
+    )
     up = ok(api.upload("pairs.jsonl", PAIRS))
     config = {"method": "dpo", "beta": 0.1, "dpo_loss_type": "ipo", "max_steps": 3}
     ok(api.request("POST", "/train", {"job_id": up["job_id"], "config": config}))
