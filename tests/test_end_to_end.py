@@ -206,7 +206,7 @@ def test_the_cli_submit_takes_the_method_its_settings_and_the_job_to_continue(ca
     assert "--method {sft,dpo,orpo,kto}" in shown and "--resume-from JOB" in shown
 
 
-def test_the_cli_refuses_a_setting_the_method_does_not_take_and_queues_nothing(settings, client):
+def test_the_cli_takes_a_method_and_refuses_a_setting_it_does_not_take(settings, client):
     out = cli(settings, "submit", str(EXAMPLE_DATA), "--beta", "0.1", check=False)
     assert out.returncode == 2, out.stdout
     assert (
@@ -219,6 +219,12 @@ def test_the_cli_refuses_a_setting_the_method_does_not_take_and_queues_nothing(s
     out = cli(settings, "submit", str(EXAMPLE_DATA), "--method", "ppo", check=False)
     assert out.returncode == 2 and "invalid choice: 'ppo'" in out.stderr, out.stderr
     assert client.count_jobs() == 0
+
+    pairs = EXAMPLE_DATA.parent / "preference_data.jsonl"
+    job_id = cli(settings, "submit", str(pairs), "--method", "dpo", "--beta", "0.2",
+                 "--dpo-loss-type", "hinge", "--base-model", "org/model").stdout.strip()  # fmt: skip
+    config = client.get_job(job_id).status()["config"]
+    assert (config["method"], config["beta"], config["dpo_loss_type"]) == ("dpo", 0.2, "hinge")
 
 
 @pytest.mark.slow

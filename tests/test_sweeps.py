@@ -159,7 +159,9 @@ def test_a_setting_the_sweeps_method_does_not_take_is_refused_up_front(
     assert info.value.field == field
 
 
-def test_a_sweep_with_a_setting_its_method_does_not_take_queues_nothing(client):
+def test_a_preference_sweep_queues_its_settings_and_one_its_method_does_not_take_nothing(
+    client,
+):
     from ftkit.config import TrainConfig
 
     cases = [
@@ -172,6 +174,15 @@ def test_a_sweep_with_a_setting_its_method_does_not_take_queues_nothing(client):
             sweeping.create(client, EXAMPLE_DATA, config, **fields, **QUICK)
         assert not str(info.value).startswith("run ")  # the sweep's fault, not one run's
     assert client.count_jobs() == 0 and client.store.list_sweeps() == []
+    pairs = EXAMPLE_DATA.parent / "preference_data.jsonl"
+    sweep = sweeping.create(
+        client, pairs, {"method": "dpo"}, beta=[0.05, 0.2], dpo_loss_type="ipo", **QUICK
+    )
+    configs = [job.status()["config"] for job in sweep.jobs]
+    assert [(c["method"], c["beta"], c["dpo_loss_type"]) for c in configs] == [
+        ("dpo", 0.05, "ipo"),
+        ("dpo", 0.2, "ipo"),
+    ]
 
 
 def test_every_run_is_checked_before_any_is_queued(client, tmp_path):

@@ -83,12 +83,19 @@ def test_configure_shows_each_method_setting_only_for_its_method_and_sends_it(cl
     assert shown() == set() and step.validate() == TrainConfig()
 
 
-def test_the_panel_opens_on_a_method_and_its_settings_given_as_defaults(client):
+def test_the_panel_opens_on_a_method_and_its_settings_and_submits_them(client):
     from ftkit.config import TrainConfig
 
     panel = Panel(client, method="dpo", beta=0.05, dpo_loss_type="hinge")
     assert panel.configure.controls["beta"].layout.display != "none"
     assert panel.configure.validate() == TrainConfig(method="dpo", beta=0.05, dpo_loss_type="hinge")
+    panel.upload.load(EXAMPLE_DATA.parent / "preference_data.jsonl")
+    panel.configure.controls["base_model"].value = "org/model"  # queued, never run
+    job = panel.submit()
+    assert job is not None, panel.reason.value
+    config = job.status()["config"]
+    assert (config["method"], config["beta"], config["dpo_loss_type"]) == ("dpo", 0.05, "hinge")
+    panel.monitor.stop()  # type: ignore[union-attr]
 
 
 def test_upload_of_a_broken_file_lists_problems_with_line_numbers(client, tmp_path):
