@@ -57,9 +57,11 @@ def _when(ts: float | None) -> str:
 def header_html(record: dict[str, Any]) -> str:
     started, finished = record.get("started_at"), record.get("finished_at")
     status = record.get("status", "")
-    color = {"completed": "green", "failed": "crimson", "cancelled": "darkorange"}.get(
-        status, "gray"
-    )
+    color = {
+        statuses.COMPLETED: "green",
+        statuses.FAILED: "crimson",
+        statuses.CANCELLED: "darkorange",
+    }.get(status, "gray")
     rows = {
         "job": record.get("job_id"),
         "status": status,
@@ -73,6 +75,7 @@ def header_html(record: dict[str, Any]) -> str:
         "worker": record.get("worker") or record.get("host"),
         "data set": (record.get("dataset") or {}).get("name"),
         "base model": (record.get("config") or {}).get("base_model"),
+        "method": (record.get("config") or {}).get("method") or "sft",
         "tags": " ".join(str(t) for t in record.get("tags") or []),
         "note": record.get("note"),
         "version": template_version(),
