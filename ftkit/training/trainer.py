@@ -183,6 +183,7 @@ def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None
     strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
     if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
         trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
+        reporter.flush()  # its row, else buffered until a flush that never comes
     first = reporter.first_step_at
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
