@@ -47,12 +47,17 @@ def ok(response):
 
 
 # -- the cURL flow -----------------------------------------------------------------------------------
+def readme_block(marker: str) -> str:
+    """The README's bash block under ``<!-- marker: ... -->``, as it is."""
+    text = (REPO / "README.md").read_text()
+    return text.split(f"<!-- {marker}:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 def readme_curl_flow() -> str:
     """The README's cURL block from its ``URL=`` line on (the lines before start the processes
-    the test starts itself)."""
-    text = (REPO / "README.md").read_text()
-    block = text.split("<!-- curl-flow:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    return block[block.index("URL=") :]
+    the test starts itself), then its preference block (DPO on the flow's SFT job)."""
+    block = readme_block("curl-flow")
+    return block[block.index("URL=") :] + "SFT=$JOB\n" + readme_block("curl-preference")
 
 
 @pytest.mark.slow
@@ -65,6 +70,7 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     cwd = tmp_path / "repo"  # what `make demo` leaves: the example data and ./storage/tiny-llama
     (cwd / "examples").mkdir(parents=True)
     shutil.copy(EXAMPLE_DATA, cwd / "examples")
+    shutil.copy(REPO / "examples" / "preference_data.jsonl", cwd / "examples")
     (cwd / "storage").mkdir()
     (cwd / "storage" / "tiny-llama").symlink_to(tiny_model)
     run = subprocess.run(
@@ -73,7 +79,7 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
         env={"PATH": "/usr/bin:/bin", "FTKIT_URL": api.url},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr + api.output()[-3000:]
     job_id = re.search(r"adapter-([0-9a-f]{12})\.zip", run.stdout).group(1)  # type: ignore[union-attr]
@@ -97,6 +103,13 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     assert b"<html" in report.lower() and job_id.encode() in report
     health = ok(api.request("GET", "/health"))
     assert health["status"] == "healthy" and health["workers"] == health["celery_workers"] == 1
+
+    # The preference block: DPO on the pairs, continuing the SFT job, its rewards printed last.
+    dpo = next(j for j in Client(settings).jobs() if j.get("resume_from") == job_id)
+    assert dpo["status"] == "completed", dpo.get("error")
+    assert dpo["config"]["method"] == "dpo" and dpo["started_from"] == "adapter"
+    last = json.loads(run.stdout[run.stdout.rindex('{\n  "step"') :])
+    assert last["step"] == 10 and {"loss", "rewards/margins", "rewards/accuracies"} <= set(last)
 
 
 # -- upload, reservation, train ------------------------------------------------------------------------
