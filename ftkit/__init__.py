@@ -107,9 +107,15 @@ def start_local_worker() -> LocalWorker:
     return client().start_local_worker()
 
 
-def example_data() -> Path:
-    """The example data set packaged with ftkit (chat format, 120 rows), from any folder."""
-    return Path(__file__).parent / "examples" / "example_data.jsonl"
+_EXAMPLE_FILES = {"sft": "example_data.jsonl", "preference": "preference_data.jsonl"}
+
+
+def example_data(kind: str = "sft") -> Path:
+    """An example data set packaged with ftkit, from any folder: "sft" (chat format, 120 rows) or
+    "preference" (46 pairs of prompt, chosen and rejected answers, for DPO, ORPO or KTO)."""
+    if kind not in _EXAMPLE_FILES:
+        raise ValueError(f"example_data({kind!r}): use one of {', '.join(_EXAMPLE_FILES)}")
+    return Path(__file__).parent / "examples" / _EXAMPLE_FILES[kind]
 
 
 def sweep(

@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .core.rules import METHODS
 from .errors import ConfigError
 
 BACKENDS = ("auto", "unsloth", "hf")
+# The settings of the preference methods, and the methods each applies to.
+METHOD_SETTINGS = {
+    "beta": ("dpo", "orpo", "kto"),
+    "dpo_loss_type": ("dpo",),
+    "kto_desirable_weight": ("kto",),
+    "kto_undesirable_weight": ("kto",),
+}
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")  # TRL's, at every version ftkit allows
 UPLOAD_MODELS = ("auto", "always", "never")
 
 
@@ -290,6 +299,12 @@ class TrainConfig:
     timeout_minutes: float | None = None  # stop the job (failed, "timed out") after this long
     sample_prompts: list[str] = field(default_factory=list)  # answered before/after in the report
     auto_batch_size: bool = False  # out of memory: retry at half the batch, twice the accumulation
+    # How it tunes: supervised (sft), or on preferences (dpo, orpo: pairs; kto: labelled answers).
+    method: str = "sft"
+    beta: float | None = None  # dpo, orpo, kto: how far from the reference; None: TRL's default
+    dpo_loss_type: str | None = None  # dpo: one of DPO_LOSS_TYPES; None: sigmoid (the paper's)
+    kto_desirable_weight: float | None = None  # kto: weight of good answers; None: 1.0
+    kto_undesirable_weight: float | None = None  # kto: weight of bad answers; None: 1.0
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -309,6 +324,7 @@ class TrainConfig:
         self._check_sample_prompts()
         self._check_fractions()
         self._check_switches_and_backend()
+        self._check_method()
 
     def _fail(self, name: str, why: str) -> NoReturn:
         raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
@@ -388,6 +404,39 @@ class TrainConfig:
             self._fail("load_in_4bit", "must be true, false or None (4-bit where the worker can)")
         if self.backend not in BACKENDS:
             self._fail("backend", f"must be one of {', '.join(BACKENDS)}")
+
+    def _check_method(self) -> None:
+        """The method, then each of its settings: a number where one is set, and never a setting
+        of another method (it would be silently ignored)."""
+        if self.method not in METHODS:
+            self._fail("method", f"must be one of {', '.join(METHODS)}")
+        if self.method == "kto" and self.batch_size < 2:
+            # KTO's KL term compares each answer with another prompt's in the same batch.
+            self._fail("batch_size", "must be >= 2 with method='kto' (KTO compares within a batch)")
+        for name, methods in METHOD_SETTINGS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.method not in methods:
+                self._fail(
+                    name,
+                    f"applies to method={' or '.join(repr(m) for m in methods)}, not "
+                    f"method={self.method!r}; leave it unset (None)",
+                )
+            if name == "dpo_loss_type":
+                if value not in DPO_LOSS_TYPES:
+                    self._fail(name, f"must be one of {', '.join(DPO_LOSS_TYPES)}, or None")
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value <= 100
+            ):
+                self._fail(name, "must be a number > 0 and <= 100, or None (TRL's default)")
+
+    @property
+    def preference(self) -> bool:
+        """Whether it tunes on preferences (DPO, ORPO, KTO) rather than on answers (SFT)."""
+        return self.method != "sft"
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -57,9 +57,11 @@ def _when(ts: float | None) -> str:
 def header_html(record: dict[str, Any]) -> str:
     started, finished = record.get("started_at"), record.get("finished_at")
     status = record.get("status", "")
-    color = {"completed": "green", "failed": "crimson", "cancelled": "darkorange"}.get(
-        status, "gray"
-    )
+    color = {
+        statuses.COMPLETED: "green",
+        statuses.FAILED: "crimson",
+        statuses.CANCELLED: "darkorange",
+    }.get(status, "gray")
     rows = {
         "job": record.get("job_id"),
         "status": status,
@@ -73,6 +75,7 @@ def header_html(record: dict[str, Any]) -> str:
         "worker": record.get("worker") or record.get("host"),
         "data set": (record.get("dataset") or {}).get("name"),
         "base model": (record.get("config") or {}).get("base_model"),
+        "method": (record.get("config") or {}).get("method") or "sft",
         "tags": " ".join(str(t) for t in record.get("tags") or []),
         "note": record.get("note"),
         "version": template_version(),
@@ -233,12 +236,21 @@ class Comparison:
     def __init__(
         self, statuses: Sequence[Mapping[str, Any]], metrics: Sequence[Sequence[Mapping[str, Any]]]
     ):
+        from .plots import PREFERENCE_METRICS, latest
+
         self.statuses, self.metrics = statuses, metrics
-        configs = [s.get("config") or {} for s in statuses]
+        # a record from before methods were named trained with SFT
+        configs = [{"method": "sft", **(s.get("config") or {})} for s in statuses]
         keys = sorted({k for c in configs for k in c})
         self.differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+        finals = [latest(m) for m in metrics]
+        # TRL's preference metrics, final values, where any of the jobs logged them
+        self.preference = [name for name in PREFERENCE_METRICS if any(name in f for f in finals)]
+        methods = {c["method"] for c in configs}
+        # the method is named when it differs (a differing field) or when it is not plain SFT
+        self.keys = [*(["method"] if methods != {"sft"} and "method" not in self.differing else [])]
         self.rows = []
-        for s, config in zip(statuses, configs):
+        for s, config, final in zip(statuses, configs, finals):
             result = s.get("result") or {}
             row = {
                 "job_id": s["job_id"],
@@ -247,21 +259,26 @@ class Comparison:
                 "eval_loss": s.get("eval_loss"),
                 "global_step": result.get("global_step"),
                 "training_duration_seconds": result.get("training_duration_seconds"),
+                "method": config["method"],
+                **{name: final.get(name) for name in self.preference},
             }
             row.update({k: config.get(k) for k in self.differing})
             self.rows.append(row)
         self.best, self.best_by = best_row(self.rows)
 
     def _repr_html_(self) -> str:
-        from .plots import loss_svg
+        from .plots import loss_svg, margins_svg
 
-        columns = ["job_id", *self.differing, *self.METRICS]
+        columns = ["job_id", *self.keys, *self.differing, *self.METRICS, *self.preference]
         curves = "".join(
             f"<div style='display:inline-block;margin:4px'><small>{esc(s['job_id'])}</small><br>"
-            f"{loss_svg(m, width=300, height=120)}</div>"
+            f"{loss_svg(m, width=300, height=120)}{margins_svg(m, width=300, height=120)}</div>"
             for s, m in zip(self.statuses, self.metrics)
         )
-        overlay = overlay_svg([s["job_id"] for s in self.statuses], self.metrics)
+        names = [s["job_id"] for s in self.statuses]
+        overlay = overlay_svg(names, self.metrics)
+        if self.preference:
+            overlay += overlay_svg(names, self.metrics, key="rewards/margins")
         best = ""
         if self.best is not None and self.best_by is not None:
             values = ", ".join(f"{k}={self.best.get(k)!r}" for k in self.differing)
@@ -295,12 +312,16 @@ def overlay_svg(
     metrics: Sequence[Sequence[Mapping[str, Any]]],
     width: int = 560,
     height: int = 220,
+    key: str = "loss",
 ) -> str:
-    """Loss curves of several jobs on shared axes, as inline SVG with a legend."""
-    series = [[(m["step"], m["loss"]) for m in ms if m.get("loss") is not None] for ms in metrics]
+    """One metric's curves (the loss, or e.g. ``rewards/margins``) of several jobs on shared axes,
+    as inline SVG with a legend."""
+    from .plots import series as points_of
+
+    series = [points_of(ms, key) for ms in metrics]
     points = [p for s in series for p in s]
     if not points:
-        return "<i>no loss logged yet</i>"
+        return f"<i>no {esc(key)} logged yet</i>"
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     pad = 34
@@ -313,7 +334,8 @@ def overlay_svg(
             for x, y in s
         )
         lines.append(
-            f"<polyline class='ftkit-compare-loss' fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>"
+            f"<polyline class='ftkit-compare-{esc(key.replace('/', '-'))}' fill='none' "
+            f"stroke='{color}' stroke-width='2' points='{pts}'/>"
         )
         legend.append(
             f"<text x='{width - 150}' y='{16 + 14 * i}' font-size='11' fill='{color}'>{esc(name)}</text>"
@@ -321,5 +343,5 @@ def overlay_svg(
     return (
         f"<svg width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'><rect width='100%' height='100%' "
         f"fill='white' stroke='#ddd'/>{''.join(lines)}{''.join(legend)}<text x='{pad}' y='{height - 10}' "
-        f"font-size='11'>loss {y0:.3f}–{y1:.3f}, steps {x0}–{x1}</text></svg>"
+        f"font-size='11'>{esc(key)} {y0:.3f}–{y1:.3f}, steps {x0}–{x1}</text></svg>"
     )

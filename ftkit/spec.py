@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .core.rules import DATASET_FORMATS, SHA256, is_job_id, safe_name
+from .core.rules import DATASET_FORMATS, SHA256, is_job_id, method_format_mismatch, safe_name
 from .errors import ConfigError, FtkitError
 from .storage import check_model_ref
 
@@ -148,9 +148,13 @@ class JobSpec:
             raise RecordRefused(f"the job it continues, {str(resume_from)[:40]!r}, is not a job id")
         if retry_of is not None and (not is_job_id(retry_of) or retry_of == job_id):
             raise RecordRefused(f"the job it retries, {str(retry_of)[:40]!r}, is not a job id")
+        dataset = DatasetRef.parse(record.get("dataset"))
+        mismatch = method_format_mismatch(train_config.method, dataset.format)
+        if mismatch:
+            raise RecordRefused(f"the job's method does not fit its data set: {mismatch}")
         return cls(
             job_id=job_id,
-            dataset=DatasetRef.parse(record.get("dataset")),
+            dataset=dataset,
             config=train_config,
             submitted_by=submitted_by,
             created_at=float(created_at),

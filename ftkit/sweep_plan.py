@@ -12,12 +12,13 @@ import random
 import secrets
 from typing import Any
 
-from .config import TrainConfig
+from .config import METHOD_SETTINGS, TrainConfig
 from .errors import ConfigError
 
 MODES = ("grid", "random")
 MAX_RUNS = 256  # a typo in a grid should not queue a million jobs
-LOG_SCALE = ("learning_rate",)  # sampled log-uniform: its order of magnitude is what matters
+# sampled log-uniform: their order of magnitude is what matters
+LOG_SCALE = ("learning_rate", "beta")
 LIST_VALUED = ("sample_prompts",)  # a list is this field's value: a list of lists sweeps it
 
 
@@ -85,12 +86,29 @@ def _check_range(name: str, value: tuple) -> tuple[float, float]:
         raise ConfigError(
             f"{name}={value!r}: a range's low end must be below its high end", field=name
         )
+    # a method's setting is checked as its method takes it; whether the sweep's method takes it
+    # at all is check_methods' question
+    taker = {"method": METHOD_SETTINGS[name][0]} if name in METHOD_SETTINGS else {}
     for end, at in (("low", low), ("high", high)):
         try:
-            TrainConfig.from_dict({name: at})  # every draw lies between two valid ends
+            TrainConfig.from_dict({**taker, name: at})  # every draw lies between two valid ends
         except ConfigError as exc:
             raise ConfigError(f"{name}={value!r}: its {end} end: {exc}", field=name) from None
     return low, high
+
+
+def check_methods(fields: dict[str, Any], method: Any = "sft") -> None:
+    """A method's setting (swept or fixed) in a sweep where some run uses a method that does not
+    take it is refused before any run is drawn, with TrainConfig's message. ``method``: the
+    configuration's, where ``fields`` does not set it; a list of methods sweeps it."""
+    given = fields.get("method", method)
+    for one_method in given if isinstance(given, list) else [given]:
+        for name, takers in METHOD_SETTINGS.items():
+            value = fields.get(name)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            example = next((v for v in values if v is not None), None)
+            if example is not None and one_method not in takers:
+                TrainConfig.from_dict({"method": one_method, name: example})
 
 
 def grid(choices: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -130,9 +148,15 @@ def sample(
 
 
 def plan(
-    mode: str, fields: dict[str, Any], n: int | None, sample_seed: int | None
+    mode: str,
+    fields: dict[str, Any],
+    n: int | None,
+    sample_seed: int | None,
+    *,
+    method: Any = "sft",
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], int | None]:
-    """(each run's swept values, the spec to record, the fixed values, the seed drawn with)."""
+    """(each run's swept values, the spec to record, the fixed values, the seed drawn with).
+    ``method``: the base configuration's, where ``fields`` does not set one."""
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r}: one of {', '.join(MODES)}", field="mode")
     if mode == "grid" and (n is not None or sample_seed is not None):
@@ -140,6 +164,7 @@ def plan(
             "n and sample_seed are for mode='random'; a grid runs every combination", field="n"
         )
     choices, ranges, fixed = split_fields(mode, fields)
+    check_methods(fields, method)
     spec: dict[str, Any] = {name: {"values": values} for name, values in choices.items()}
     if mode == "grid":
         return grid(choices), spec, fixed, None

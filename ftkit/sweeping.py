@@ -55,7 +55,7 @@ def create(
 ) -> Sweep:
     """Plan the runs, check every one as submit would, then record the sweep and queue its runs.
     A bad value names its field and its run, and nothing is queued."""
-    runs, spec, fixed, sample_seed = plan(mode, fields, n, sample_seed)
+    runs, spec, fixed, sample_seed = plan(mode, fields, n, sample_seed, method=_method(config))
     user_tags, note = check_tags(tags), check_note(note)
     sweep_id = new_id()
     run_tags = _run_tags(user_tags, sweep_id)
@@ -83,6 +83,13 @@ def create(
     return Sweep(record, client)
 
 
+def _method(config: TrainConfig | dict | None) -> Any:
+    """The base configuration's method, unchecked (its checks come with the runs')."""
+    if isinstance(config, TrainConfig):
+        return config.method
+    return (config if isinstance(config, dict) else {}).get("method", "sft")
+
+
 def _run_tags(user_tags: list[str], sweep_id: str) -> list[str]:
     """The tags each run carries: the user's, and its sweep's ``sweep:<id>``."""
     try:
@@ -100,8 +107,12 @@ def _check_runs(
     runs: list[dict[str, Any]],
 ) -> list[TrainConfig]:
     """Each run's configuration, checked as submit checks it; a bad value names its run."""
-    for name, value in fixed.items():  # a fixed value's error is not one run's fault
-        resolve_config(config, {name: value})
+    # a fixed value's error is not one run's fault; a method's setting is checked with the method
+    # (fixed, or the first run's: check_methods found every run's method takes it)
+    first = runs[0] if runs else {}
+    method = {k: v for k, v in [*first.items(), *fixed.items()] if k == "method"}
+    for name, value in fixed.items():
+        resolve_config(config, {**method, name: value})
     configs = []
     for i, values in enumerate(runs):
         try:

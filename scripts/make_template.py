@@ -6,7 +6,7 @@ md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 PARAMETERS = """# Job
 job_id = ""                                   # ftkit job id; empty when this notebook is run by hand
 dataset_path = "examples/example_data.jsonl"  # local path of the staged data set
-dataset_format = "chat"                       # alpaca | chat | sharegpt | prompt_completion | text
+dataset_format = "chat"                       # alpaca | chat | sharegpt | prompt_completion | text | preference | unpaired_preference
 dataset_columns = {}                          # ftkit's field -> the file's column, e.g. {"output": "answer"}
 output_dir = "run"                            # the adapter, checkpoints and result.json go here
 resume_from_checkpoint = ""                   # a checkpoint folder when this run continues an earlier attempt
@@ -40,7 +40,14 @@ validation_split = 0.0                        # fraction held out for eval loss
 eval_steps = 0                                # 0: evaluate at the end only
 timeout_minutes = None                        # the worker stops the job after this long
 auto_batch_size = False                       # out of memory: retry at half the batch, twice the accumulation
-sample_prompts = []                           # answered by the base and the fine-tuned model below"""
+sample_prompts = []                           # answered by the base and the fine-tuned model below
+
+# Method
+method = "sft"                                # sft | dpo | orpo (preference pairs) | kto (labelled answers, or pairs)
+beta = None                                   # dpo, orpo, kto: how far from the reference; None: TRL's default
+dpo_loss_type = None                          # dpo: sigmoid | ipo | hinge | robust; None: sigmoid
+kto_desirable_weight = None                   # kto: weight of the good answers; None: 1.0
+kto_undesirable_weight = None                 # kto: weight of the bad answers; None: 1.0"""
 
 CONFIG = """from ftkit import training  # everything this notebook runs: model, trainer, report tables
 from ftkit.config import TrainConfig
@@ -58,20 +65,22 @@ training.plot_training(trainer.state.log_history)
 speed = training.throughput(result, data_summary, config)
 training.show_table(speed, "Throughput and memory")"""
 
-SAMPLES = """samples = []
+SAMPLES = """samples, margins = [], []
 if result["stopped"] not in (STOP_HANDOFF, STOPPED_SUPERSEDED):  # the job finishes in another run
     prompts = training.sample_prompts(
         dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts, columns=dataset_columns
     )
-    samples = training.show_samples(model, tokenizer, prompts)"""
+    samples = training.show_samples(model, tokenizer, prompts, parent=parent)
+    if config.preference:  # chosen over rejected, as training started and after
+        margins = training.show_margins(model, tokenizer, training.report_pairs(train_data, eval_data), parent)"""
 
 RESULT = """reporter.status(SAVING)
 adapter_dir = training.save_adapter(model, tokenizer, output_dir)
 losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
 summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-           "adapter_dir": str(adapter_dir)}
+           **training.final_rewards(trainer.state.log_history), "adapter_dir": str(adapter_dir)}
 training.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
-                   samples=samples)
+                   samples=samples, margins=margins)
 training.show_table(summary, "Result")"""
 
 params = code(PARAMETERS)
@@ -91,6 +100,8 @@ cells = [
     md("## Model and LoRA"),
     code(
         "model, tokenizer, model_info = training.load_model(config, resume_from_adapter)\n"
+        "# the parent job's adapter as this run starts from it, to answer as that job did (below)\n"
+        "parent = training.starting_weights(model) if resume_from_adapter else None\n"
         'training.show_table(model_info, "Model")'
     ),
     md("## Data"),
@@ -100,11 +111,16 @@ cells = [
         ")\n"
         "training.show_dataset(dataset_path, dataset_format, dataset_profile, data_summary)"
     ),
-    md("## Training\n\nLoss and learning rate by step, then throughput and peak memory."),
+    md(
+        "## Training\n\nLoss and learning rate by step (a preference run's rewards below them), then "
+        "throughput and peak memory."
+    ),
     code(TRAINING),
     md(
-        "## Sample generations\n\nThe same prompts answered by the base model (adapter disabled) and by the "
-        "fine-tuned model."
+        "## Sample generations\n\nThe same prompts answered by the base model (adapter disabled), by the "
+        "parent job when this run continued one, and by the fine-tuned model. A preference run then shows "
+        "a few pairs with the model's log-probability margin of the chosen over the rejected answer, as "
+        "training started and after."
     ),
     code(SAMPLES),
     md("## Result"),

@@ -144,3 +144,26 @@ def test_dotenv_is_read_and_real_variables_win(tmp_path, monkeypatch):
     monkeypatch.setenv("REDIS_HOST", "from-env")
     s = Settings.from_env()
     assert s.storage == "/data/ft" and s.redis_url == "redis://from-env:6379/0"
+
+
+def test_each_method_takes_only_its_own_settings():
+    """A preference setting set for a method that does not use it is refused, naming the method,
+    never silently ignored; KTO needs two answers in a batch."""
+    assert TrainConfig(base_model="m", method="dpo", beta=0.2, dpo_loss_type="ipo").preference
+    assert not TrainConfig(base_model="m").preference
+    with pytest.raises(
+        ConfigError, match="applies to method='dpo' or 'orpo' or 'kto', not method='sft'"
+    ) as e:
+        TrainConfig(base_model="m", beta=0.2)
+    assert e.value.field == "beta"
+    with pytest.raises(ConfigError, match="applies to method='dpo', not method='kto'"):
+        TrainConfig(base_model="m", method="kto", dpo_loss_type="ipo")
+    with pytest.raises(ConfigError, match="must be one of sigmoid, ipo, hinge, robust"):
+        TrainConfig(base_model="m", method="dpo", dpo_loss_type="nope")
+    with pytest.raises(ConfigError, match="must be one of sft, dpo, orpo, kto"):
+        TrainConfig(base_model="m", method="ppo")
+    with pytest.raises(ConfigError, match="must be a number > 0"):
+        TrainConfig(base_model="m", method="kto", kto_desirable_weight=0)
+    with pytest.raises(ConfigError, match="KTO compares within a batch") as e:
+        TrainConfig(base_model="m", method="kto", batch_size=1)
+    assert e.value.field == "batch_size"

@@ -160,6 +160,73 @@ def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return out
 
 
+def test_the_cli_submit_takes_the_method_its_settings_and_the_job_to_continue(capsys):
+    from ftkit.cli.jobs import config_fields
+    from ftkit.cli.parser import build_parser
+    from ftkit.config import TrainConfig
+
+    args = build_parser().parse_args(
+        [
+            "submit",
+            "pairs.jsonl",
+            "--method",
+            "dpo",
+            "--beta",
+            "0.2",
+            "--dpo-loss-type",
+            "ipo",
+            "--resume-from",
+            "0123456789ab",
+            "--max-steps",
+            "5",
+        ]  # fmt: skip
+    )
+    assert args.resume_from == "0123456789ab"
+    fields = config_fields(args)
+    assert fields == {"method": "dpo", "beta": 0.2, "dpo_loss_type": "ipo", "max_steps": 5}
+    assert TrainConfig.from_dict(fields).preference
+    kto = build_parser().parse_args(
+        [
+            "submit",
+            "x.jsonl",
+            "--method",
+            "kto",
+            "--kto-desirable-weight",
+            "1.33",
+            "--kto-undesirable-weight",
+            "1",
+        ]  # fmt: skip
+    )
+    assert config_fields(kto) == {
+        "method": "kto", "kto_desirable_weight": 1.33, "kto_undesirable_weight": 1.0
+    }  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "--help"])
+    shown = capsys.readouterr().out
+    assert "--method {sft,dpo,orpo,kto}" in shown and "--resume-from JOB" in shown
+
+
+def test_the_cli_takes_a_method_and_refuses_a_setting_it_does_not_take(settings, client):
+    out = cli(settings, "submit", str(EXAMPLE_DATA), "--beta", "0.1", check=False)
+    assert out.returncode == 2, out.stdout
+    assert (
+        "TrainConfig.beta=0.1: applies to method='dpo' or 'orpo' or 'kto', not method='sft'"
+        in out.stderr
+    )
+    out = cli(settings, "submit", str(EXAMPLE_DATA), "--method", "orpo", "--dpo-loss-type",
+              "ipo", check=False)  # fmt: skip
+    assert out.returncode == 2 and "not method='orpo'" in out.stderr, out.stderr
+    out = cli(settings, "submit", str(EXAMPLE_DATA), "--method", "ppo", check=False)
+    assert out.returncode == 2 and "invalid choice: 'ppo'" in out.stderr, out.stderr
+    assert client.count_jobs() == 0
+
+    pairs = EXAMPLE_DATA.parent / "preference_data.jsonl"
+    job_id = cli(settings, "submit", str(pairs), "--method", "dpo", "--beta", "0.2",
+                 "--dpo-loss-type", "hinge", "--base-model", "org/model").stdout.strip()  # fmt: skip
+    config = client.get_job(job_id).status()["config"]
+    assert (config["method"], config["beta"], config["dpo_loss_type"]) == ("dpo", 0.2, "hinge")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", ["redis"], indirect=True)
 def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp_path):

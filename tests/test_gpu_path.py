@@ -12,6 +12,7 @@ import importlib.util
 import pytest
 import torch
 
+from capped_llama import register_capped_llama
 from conftest import EXAMPLE_DATA
 from ftkit import training
 from ftkit.config import TrainConfig
@@ -107,64 +108,12 @@ def test_load_in_4bit_takes_true_false_or_none():
 
 
 # -- out of memory --------------------------------------------------------------------------------
-def _register_capped_llama():
-    """A Llama whose memory holds ``max_rows`` sequences at once: its token embedding, the first
-    module every forward pass runs (trl's fused-head forward calls the backbone directly), raises
-    torch.OutOfMemoryError on a larger batch, as the CUDA caching allocator does when an allocation
-    fails."""
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    class CappedLlamaConfig(LlamaConfig):
-        model_type = "ftkit-capped-llama"
-
-        def __init__(self, max_rows: int = 2, **kwargs):
-            self.max_rows = max_rows
-            super().__init__(**kwargs)
-
-    class CappedEmbedding(torch.nn.Embedding):
-        batches: list[int] = []  # rows of every training batch the model was asked to hold
-
-        def __init__(self, *args, max_rows: int, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.max_rows = max_rows
-
-        def forward(self, input_ids):
-            rows = input_ids.shape[0]
-            if self.training:
-                CappedEmbedding.batches.append(rows)
-            if rows > self.max_rows:
-                gib = rows * input_ids.shape[1] / 2**10
-                raise torch.OutOfMemoryError(
-                    f"CUDA out of memory. Tried to allocate {gib:.2f} GiB (batch of {rows} rows, "
-                    f"room for {self.max_rows})"
-                )
-            return super().forward(input_ids)
-
-    class CappedLlama(LlamaForCausalLM):
-        config_class = CappedLlamaConfig
-        batches = CappedEmbedding.batches
-
-        def __init__(self, config):
-            super().__init__(config)
-            plain = self.model.embed_tokens
-            self.model.embed_tokens = CappedEmbedding(
-                plain.num_embeddings,
-                plain.embedding_dim,
-                plain.padding_idx,
-                max_rows=config.max_rows,
-            )
-
-    AutoConfig.register(CappedLlamaConfig.model_type, CappedLlamaConfig)
-    AutoModelForCausalLM.register(CappedLlamaConfig, CappedLlama)
-    return CappedLlamaConfig, CappedLlama
-
-
 @pytest.fixture(scope="module")
 def capped_model(tiny_model, tmp_path_factory):
     """The tiny model's weights and tokenizer, as a model with room for 2 sequences."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    config_cls, model_cls = _register_capped_llama()
+    config_cls, model_cls = register_capped_llama()
     tiny = LlamaForCausalLM.from_pretrained(tiny_model)
     capped = model_cls(config_cls(max_rows=2, **tiny.config.to_diff_dict()))
     capped.load_state_dict(tiny.state_dict())

@@ -87,6 +87,7 @@ def test_the_header_says_who_what_when_and_how_it_ended(finished):
         "ftkit 0.1.0",
         "template sha256",
         "example_data.jsonl",
+        ">method<",
     ):
         assert fact in header
 

@@ -47,12 +47,17 @@ def ok(response):
 
 
 # -- the cURL flow -----------------------------------------------------------------------------------
+def readme_block(marker: str) -> str:
+    """The README's bash block under ``<!-- marker: ... -->``, as it is."""
+    text = (REPO / "README.md").read_text()
+    return text.split(f"<!-- {marker}:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 def readme_curl_flow() -> str:
     """The README's cURL block from its ``URL=`` line on (the lines before start the processes
-    the test starts itself)."""
-    text = (REPO / "README.md").read_text()
-    block = text.split("<!-- curl-flow:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    return block[block.index("URL=") :]
+    the test starts itself), then its preference block (DPO on the flow's SFT job)."""
+    block = readme_block("curl-flow")
+    return block[block.index("URL=") :] + "SFT=$JOB\n" + readme_block("curl-preference")
 
 
 @pytest.mark.slow
@@ -65,6 +70,7 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     cwd = tmp_path / "repo"  # what `make demo` leaves: the example data and ./storage/tiny-llama
     (cwd / "examples").mkdir(parents=True)
     shutil.copy(EXAMPLE_DATA, cwd / "examples")
+    shutil.copy(REPO / "examples" / "preference_data.jsonl", cwd / "examples")
     (cwd / "storage").mkdir()
     (cwd / "storage" / "tiny-llama").symlink_to(tiny_model)
     run = subprocess.run(
@@ -73,7 +79,7 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
         env={"PATH": "/usr/bin:/bin", "FTKIT_URL": api.url},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr + api.output()[-3000:]
     job_id = re.search(r"adapter-([0-9a-f]{12})\.zip", run.stdout).group(1)  # type: ignore[union-attr]
@@ -97,6 +103,13 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     assert b"<html" in report.lower() and job_id.encode() in report
     health = ok(api.request("GET", "/health"))
     assert health["status"] == "healthy" and health["workers"] == health["celery_workers"] == 1
+
+    # The preference block: DPO on the pairs, continuing the SFT job, its rewards printed last.
+    dpo = next(j for j in Client(settings).jobs() if j.get("resume_from") == job_id)
+    assert dpo["status"] == "completed", dpo.get("error")
+    assert dpo["config"]["method"] == "dpo" and dpo["started_from"] == "adapter"
+    last = json.loads(run.stdout[run.stdout.rindex('{\n  "step"') :])
+    assert last["step"] == 10 and {"loss", "rewards/margins", "rewards/accuracies"} <= set(last)
 
 
 # -- upload, reservation, train ------------------------------------------------------------------------
@@ -180,6 +193,96 @@ def test_an_invalid_config_is_a_422_naming_the_field(api, config, field):
     assert body["detail"][0]["loc"][:3] == ["body", "config", field], body
     if field == "lerning_rate":
         assert "did you mean 'learning_rate'" in body["detail"][0]["msg"]
+
+
+# -- preference tuning: the method and its settings in `config`, its metrics on the page -------------
+PAIRS = b"".join(
+    json.dumps(
+        {"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"{2 * i + 1}."}
+    ).encode()
+    + b"\n"
+    for i in range(16)
+)
+
+
+def test_train_takes_a_preference_method_and_its_settings_in_config(api, client):
+    properties = ok(api.request("GET", "/openapi.json"))["components"]["schemas"]["TrainConfigIn"]
+    assert {"method", "beta", "dpo_loss_type", "kto_desirable_weight",
+            "kto_undesirable_weight"} <= set(properties["properties"])  # fmt: skip
+    described = properties["properties"]["dpo_loss_type"]["description"]
+    assert described == (
+        "TrainConfig.dpo_loss_type: one of sigmoid, ipo, hinge, robust "
+        "(method dpo only; unset: TRL's default)"
+    )
+    up = ok(api.upload("pairs.jsonl", PAIRS))
+    config = {"method": "dpo", "beta": 0.1, "dpo_loss_type": "ipo", "max_steps": 3}
+    ok(api.request("POST", "/train", {"job_id": up["job_id"], "config": config}))
+    status = ok(api.request("GET", f"/status/{up['job_id']}"))
+    assert {k: status["config"][k] for k in config} == config
+    assert status["config"]["kto_desirable_weight"] is None  # TRL's default, unset
+    assert client.get_job(up["job_id"]).status()["config"]["method"] == "dpo"  # the same record
+
+
+NOT_SFT = "TrainConfig.beta=0.1: applies to method='dpo' or 'orpo' or 'kto', not method='sft'"
+
+
+@pytest.mark.parametrize(
+    "config, field, words",
+    [
+        ({"beta": 0.1}, "beta", NOT_SFT),
+        ({"method": "orpo", "dpo_loss_type": "ipo"}, "dpo_loss_type",
+         "applies to method='dpo', not method='orpo'"),
+        ({"method": "dpo", "kto_desirable_weight": 1.5}, "kto_desirable_weight",
+         "applies to method='kto', not method='dpo'"),
+        ({"method": "kto", "beta": 0}, "beta", "must be a number > 0"),
+        ({"method": "ppo"}, "method", "must be one of sft, dpo, orpo, kto"),
+        ({"method": "dpo", "beta": "0.1"}, "beta", "number"),  # strict: a string is no number
+    ],
+)  # fmt: skip
+def test_a_setting_the_method_does_not_take_is_a_422_naming_the_method_and_the_field(
+    api, client, config, field, words
+):
+    ok(api.upload("train.jsonl", GOOD))
+    status, body, _ = api.request(
+        "POST", "/train", {"dataset_filename": "train.jsonl", "config": config}
+    )
+    assert status == 422, body
+    assert body["detail"][0]["loc"][:3] == ["body", "config", field], body
+    assert words in body["detail"][0]["msg"], body
+    assert client.count_jobs() == 0
+
+
+def test_the_page_shows_a_jobs_method_and_a_preference_jobs_margins(api, client):
+    ok(api.upload("train.jsonl", GOOD))
+    sft = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    dpo = "0123456789ab"  # a preference job as its worker leaves it: TRL's metric names
+    client.store.create(
+        {"job_id": dpo, "status": "queued", "created_at": time.time(), "progress": 0.0,
+         "config": {"base_model": "m", "method": "dpo", "beta": 0.1},
+         "dataset": {"name": "pairs.jsonl"}, "attempt": 1}
+    )  # fmt: skip
+    client.store.add_metrics(
+        dpo,
+        [{"step": s, "loss": 0.69 - s / 100, "rewards/margins": s / 10,
+          "rewards/accuracies": 0.5 + s / 20} for s in range(1, 6)],
+    )  # fmt: skip
+    client.store.transition(dpo, "completed", current_step=5, loss=0.64)
+    page = ok(api.request("GET", f"/ui/job/{dpo}")).decode()
+    assert "method <b class='method'>dpo</b>" in page
+    assert "<p class='preference'>margin 0.500 · accuracy 0.750</p>" in page
+    margins = page.split("class='ftkit-rewards-margins'")[1].split("points='")[1].split("'")[0]
+    assert len(margins.split()) == 5  # one point per logged step, beside the loss curve
+    page = ok(api.request("GET", f"/ui/job/{sft}")).decode()
+    assert "method <b class='method'>sft</b>" in page and "class='preference'" not in page
+    dashboard = ok(api.request("GET", "/")).decode()
+    assert "<th style='text-align:left;padding:2px 8px'>method</th>" in dashboard
+    assert "<td style='padding:2px 8px'>dpo</td>" in dashboard
+    metrics = ok(api.request("GET", f"/metrics/{dpo}"))["metrics"]
+    assert metrics[-1]["rewards/margins"] == 0.5 and metrics[-1]["rewards/accuracies"] == 0.75
+    hostile = "<img src=x onerror=alert(1)>"  # a record is written by anyone with the queue's URL
+    client.store.update(dpo, config={"base_model": "m", "method": hostile})
+    assert "<img" not in ok(api.request("GET", f"/ui/job/{dpo}")).decode()
+    assert "<img" not in ok(api.request("GET", "/")).decode()
 
 
 def test_errors_map_to_status_codes(api):

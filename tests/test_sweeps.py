@@ -93,6 +93,98 @@ def test_bad_sweeps_are_refused_with_the_field_named(mode, fields, n, message):
     assert info.value.field in (*fields, "mode", "n", None)
 
 
+def test_a_methods_settings_sweep_beta_log_uniform_and_the_loss_type_from_a_list():
+    fields = {"beta": (0.01, 1.0), "dpo_loss_type": ["sigmoid", "ipo"], "lora_r": 8}
+    runs, spec, fixed, _ = sweep_plan.plan("random", fields, 200, 3, method="dpo")
+    assert spec["beta"] == {"range": [0.01, 1.0], "scale": "log"}
+    assert spec["dpo_loss_type"] == {"values": ["sigmoid", "ipo"]} and fixed == {"lora_r": 8}
+    betas = [r["beta"] for r in runs]
+    assert all(0.01 <= b <= 1.0 for b in betas)
+    # log-uniform: each decade about half the draws (uniform would put 90% in the top one)
+    assert 70 <= sum(b < 0.1 for b in betas) <= 130
+    assert {r["dpo_loss_type"] for r in runs} == {"sigmoid", "ipo"}
+    from ftkit.config import TrainConfig
+
+    configs = [TrainConfig.from_dict({"method": "dpo", **fixed, **r}) for r in runs]
+    assert {c.method for c in configs} == {"dpo"}
+    # the method itself is a field like any: a grid over methods, each with its settings
+    runs, *_ = sweep_plan.plan("grid", {"method": ["dpo", "orpo"], "beta": [0.1, 0.5]}, None, None)
+    assert runs[-1] == {"method": "orpo", "beta": 0.5} and len(runs) == 4
+    runs, *_ = sweep_plan.plan(
+        "grid", {"kto_desirable_weight": [1.0, 1.33], "method": "kto"}, None, None
+    )
+    assert [r["kto_desirable_weight"] for r in runs] == [1.0, 1.33]
+
+
+NOT_SFT = "applies to method='dpo' or 'orpo' or 'kto', not method='sft'; leave it unset"
+
+
+@pytest.mark.parametrize(
+    "mode, fields, method, field, message",
+    [
+        ("grid", {"beta": [0.1, 0.2]}, "sft", "beta", "TrainConfig.beta=0.1: " + NOT_SFT),
+        ("random", {"beta": (0.01, 1.0)}, "sft", "beta", "TrainConfig.beta=0.01: " + NOT_SFT),
+        ("grid", {"lora_r": [8, 16], "beta": 0.1}, "sft", "beta", NOT_SFT),
+        (
+            "grid",
+            {"dpo_loss_type": ["sigmoid", "ipo"]},
+            "orpo",
+            "dpo_loss_type",
+            "TrainConfig.dpo_loss_type='sigmoid': applies to method='dpo', not method='orpo'",
+        ),
+        (
+            "grid",
+            {"method": ["dpo", "kto"], "dpo_loss_type": ["ipo", "hinge"]},
+            "sft",
+            "dpo_loss_type",
+            "applies to method='dpo', not method='kto'",
+        ),
+        (
+            "grid",
+            {"kto_undesirable_weight": [1.0, 2.0], "method": "dpo"},
+            "sft",
+            "kto_undesirable_weight",
+            "applies to method='kto', not method='dpo'",
+        ),
+        ("random", {"dpo_loss_type": ("a", "b")}, "dpo", "dpo_loss_type", "a numeric field"),
+        ("random", {"beta": (0, 1.0)}, "dpo", "beta", "its low end: TrainConfig.beta=0"),
+    ],
+)
+def test_a_setting_the_sweeps_method_does_not_take_is_refused_up_front(
+    mode, fields, method, field, message
+):
+    n = 4 if mode == "random" else None
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        sweep_plan.plan(mode, fields, n, None, method=method)
+    assert info.value.field == field
+
+
+def test_a_preference_sweep_queues_its_settings_and_one_its_method_does_not_take_nothing(
+    client,
+):
+    from ftkit.config import TrainConfig
+
+    cases = [
+        (None, {"beta": [0.1, 0.2]}, NOT_SFT),
+        (TrainConfig(method="orpo"), {"dpo_loss_type": ["ipo", "hinge"]}, "not method='orpo'"),
+        ({"method": "dpo"}, {"kto_desirable_weight": [1.0, 2.0]}, "not method='dpo'"),
+    ]
+    for config, fields, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            sweeping.create(client, EXAMPLE_DATA, config, **fields, **QUICK)
+        assert not str(info.value).startswith("run ")  # the sweep's fault, not one run's
+    assert client.count_jobs() == 0 and client.store.list_sweeps() == []
+    pairs = EXAMPLE_DATA.parent / "preference_data.jsonl"
+    sweep = sweeping.create(
+        client, pairs, {"method": "dpo"}, beta=[0.05, 0.2], dpo_loss_type="ipo", **QUICK
+    )
+    configs = [job.status()["config"] for job in sweep.jobs]
+    assert [(c["method"], c["beta"], c["dpo_loss_type"]) for c in configs] == [
+        ("dpo", 0.05, "ipo"),
+        ("dpo", 0.2, "ipo"),
+    ]
+
+
 def test_every_run_is_checked_before_any_is_queued(client, tmp_path):
     with pytest.raises(ConfigError) as info:
         sweeping.create(client, EXAMPLE_DATA, learning_rate=[1e-4, -1.0], lora_r=[8, 16], **QUICK)

@@ -52,6 +52,52 @@ def test_configure_has_a_labelled_control_with_tooltip_for_every_field(client):
     assert step.validate() == TrainConfig()
 
 
+def test_configure_shows_each_method_setting_only_for_its_method_and_sends_it(client):
+    from ftkit.config import TrainConfig
+
+    step = ConfigureStep(client)
+    controls = step.controls
+    shown = lambda: {  # noqa: E731
+        name
+        for name in ("beta", "dpo_loss_type", "kto_desirable_weight", "kto_undesirable_weight")
+        if controls[name].layout.display != "none"
+    }
+    assert list(controls["method"].options) == ["sft", "dpo", "orpo", "kto"]
+    assert controls["method"].value == "sft" and shown() == set()
+    controls["method"].value = "dpo"
+    assert shown() == {"beta", "dpo_loss_type"}
+    controls["beta"].value = 0.2
+    controls["dpo_loss_type"].value = "ipo"
+    assert step.validate() == TrainConfig(method="dpo", beta=0.2, dpo_loss_type="ipo")
+    controls["method"].value = "orpo"  # the hidden loss type is not sent: no error
+    assert shown() == {"beta"} and step.error.value == ""
+    assert step.validate() == TrainConfig(method="orpo", beta=0.2)
+    controls["method"].value = "kto"
+    assert shown() == {"beta", "kto_desirable_weight", "kto_undesirable_weight"}
+    controls["kto_undesirable_weight"].value = 1.5
+    controls["beta"].value = 0.0  # 0: unset, TRL's default
+    assert step.validate() == TrainConfig(method="kto", kto_undesirable_weight=1.5)
+    controls["kto_desirable_weight"].value = -1.0
+    assert "kto_desirable_weight=-1.0: must be a number &gt; 0" in step.error.value
+    controls["method"].value = "sft"
+    assert shown() == set() and step.validate() == TrainConfig()
+
+
+def test_the_panel_opens_on_a_method_and_its_settings_and_submits_them(client):
+    from ftkit.config import TrainConfig
+
+    panel = Panel(client, method="dpo", beta=0.05, dpo_loss_type="hinge")
+    assert panel.configure.controls["beta"].layout.display != "none"
+    assert panel.configure.validate() == TrainConfig(method="dpo", beta=0.05, dpo_loss_type="hinge")
+    panel.upload.load(EXAMPLE_DATA.parent / "preference_data.jsonl")
+    panel.configure.controls["base_model"].value = "org/model"  # queued, never run
+    job = panel.submit()
+    assert job is not None, panel.reason.value
+    config = job.status()["config"]
+    assert (config["method"], config["beta"], config["dpo_loss_type"]) == ("dpo", 0.05, "hinge")
+    panel.monitor.stop()  # type: ignore[union-attr]
+
+
 def test_upload_of_a_broken_file_lists_problems_with_line_numbers(client, tmp_path):
     bad = tmp_path / "bad.jsonl"
     lines = EXAMPLE_DATA.read_text().splitlines()
@@ -75,6 +121,69 @@ def test_loss_curve_is_svg_with_one_point_per_logged_step():
     svg = loss_svg([{"step": i, "loss": 3.0 - i / 10} for i in range(1, 11)])
     points = svg.split("points='")[1].split("'")[0]
     assert svg.startswith("<svg") and len(points.split()) == 10
+
+
+def seed_preference_job(
+    client, job_id: str, config: dict, margins: list[float], status=statuses.COMPLETED
+):
+    """What a worker leaves of a preference run, metrics named as TRL logs them: a margin and an
+    accuracy per logged step (none for an SFT run)."""
+    now = time.time()
+    client.store.create(
+        {"job_id": job_id, "status": statuses.QUEUED, "created_at": now, "progress": 0.0,
+         "config": {"base_model": "m", **config}, "dataset": {"name": "pairs.jsonl"},
+         "loss": None, "started_at": None, "finished_at": None, "attempt": 1, "worker": None}
+    )  # fmt: skip
+    rows = [
+        {"step": i + 1, "loss": 0.7 - m / 10, "rewards/chosen": m / 2, "rewards/rejected": -m / 2,
+         "rewards/margins": m, "rewards/accuracies": min(1.0, 0.5 + m / 2)}
+        for i, m in enumerate(margins)
+    ]  # fmt: skip
+    if config.get("method", "sft") == "sft":
+        rows = [{"step": r["step"], "loss": r["loss"]} for r in rows]
+    client.store.add_metrics(job_id, rows)
+    client.store.transition(job_id, status, current_step=len(rows), loss=rows[-1]["loss"])
+    return client.get_job(job_id)
+
+
+def test_the_monitor_shows_the_method_and_a_preference_jobs_margin_and_accuracy(client):
+    dpo = seed_preference_job(
+        client, "dpo000000001", {"method": "dpo"}, [0.0, 0.2, 0.5], statuses.TRAINING
+    )
+    monitor = MonitorPanel(dpo, autostart=False)
+    assert "<span class='ftkit-method'>dpo</span>" in monitor.status.value
+    assert "margin 0.500 · accuracy 0.750" in monitor.preference.value
+    margins = monitor.preference.value.split("class='ftkit-rewards-margins'")[1]
+    assert len(margins.split("points='")[1].split("'")[0].split()) == 3  # one point per step
+    client.store.add_metrics(dpo.id, [{"step": 4, "rewards/margins": 0.9, "rewards/accuracies": 1}])
+    monitor.refresh()
+    assert "margin 0.900 · accuracy 1.000" in monitor.preference.value
+    sft = seed_preference_job(client, "sft000000001", {}, [0.0, 0.1])
+    monitor = MonitorPanel(sft, autostart=False)
+    assert "<span class='ftkit-method'>sft</span>" in monitor.status.value
+    assert monitor.preference.value == ""  # no rewards logged: nothing shown
+
+
+def test_compare_shows_final_margins_and_accuracies_and_overlays_the_margins(client):
+    from ftkit import compare
+
+    a = seed_preference_job(client, "cmp000000001", {"method": "dpo", "beta": 0.1}, [0.1, 0.4])
+    b = seed_preference_job(client, "cmp000000002", {"method": "dpo", "beta": 0.5}, [0.2, 0.9])
+    both = compare([a, b])
+    assert [(r["method"], r["beta"], r["rewards/margins"], r["rewards/accuracies"])
+            for r in both.rows] == [("dpo", 0.1, 0.4, 0.7), ("dpo", 0.5, 0.9, 0.95)]  # fmt: skip
+    page = both._repr_html_()
+    head = page.split("</thead>")[0]
+    assert all(f"<th style='text-align:left;padding:2px 8px'>{c}</th>" in head
+               for c in ("method", "beta", "rewards/margins", "rewards/accuracies"))  # fmt: skip
+    assert page.count("<polyline class='ftkit-compare-rewards-margins'") == 2
+    sft = seed_preference_job(client, "cmp000000003", {}, [0.0, 0.1])
+    plain = compare([sft, a])  # a column left empty where a job logged no rewards
+    assert [r["rewards/margins"] for r in plain.rows] == [None, 0.4]
+    assert [r["method"] for r in plain.rows] == ["sft", "dpo"]
+    only_sft = compare([sft, seed_preference_job(client, "cmp000000004", {}, [0.0, 0.3])])
+    assert "rewards/margins" not in only_sft._repr_html_()
+    assert "<th style='text-align:left;padding:2px 8px'>method</th>" not in only_sft._repr_html_()
 
 
 def test_dashboard_filters_and_cancels(client):

@@ -4,20 +4,28 @@ download. Each is a thin call into the public API (``import ftkit``), printed.""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..config import TrainConfig
 from ..core import statuses
 from .output import SWEEP_COLUMNS, human_size, print_table, print_value
 
 
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (the others keep their defaults)."""
+    return {f: getattr(args, f) for f in TrainConfig.field_names() if getattr(args, f) is not None}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import ftkit
 
-    fields = {
-        f: getattr(args, f) for f in TrainConfig.field_names() if getattr(args, f) is not None
-    }
     job = ftkit.submit(
-        args.data, idempotency_key=args.idempotency_key, tags=args.tag, note=args.note, **fields
+        args.data,
+        idempotency_key=args.idempotency_key,
+        tags=args.tag,
+        note=args.note,
+        resume_from=args.resume_from,
+        **config_fields(args),
     )
     if args.wait:
         status = job.wait()

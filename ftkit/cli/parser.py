@@ -8,7 +8,8 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from ..config import TrainConfig
+from ..config import DPO_LOSS_TYPES, TrainConfig
+from ..core.rules import METHODS
 from . import datasets, demo, jobs, service
 
 DESCRIPTION = """``ftkit worker / serve / submit / status / jobs / sweeps / sweep / cancel / logs / delete / gc /
@@ -31,6 +32,10 @@ def _prompts(text: str) -> list[str]:
     return [p.strip() for p in text.split("|") if p.strip()]
 
 
+# fields with a fixed set of values: --help lists them, and argparse refuses any other
+CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, typed like the field."""
     for f in dataclasses.fields(TrainConfig):
@@ -47,6 +52,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             dest=f.name,
             type=kind,
             default=None,
+            choices=CHOICES.get(f.name),
             help=f"TrainConfig.{f.name} ({f.type})",
         )
 
@@ -84,6 +90,12 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idempotency-key", default=None)
     p.add_argument("--tag", action="append", default=None, help="a tag (repeat for more)")
     p.add_argument("--note", default=None, help="a note kept with the job")
+    p.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="JOB",
+        help="continue a past job (its checkpoint, else its adapter): e.g. DPO after SFT",
+    )
     _add_config_options(p)
 
 

@@ -22,6 +22,7 @@ from ..core.rules import (
     check_attempts,
     check_idempotency_key,
     check_job_id,
+    check_method_format,
     check_note,
     check_priority,
     check_tags,
@@ -204,10 +205,12 @@ class Client:
         if parent is not None:
             start_point(self.store, self.storage, parent, cfg, model_ref)
         self._check_signing()
+        ds = self.resolve_dataset(dataset)
+        check_method_format(cfg.method, ds.format)
         record = self._job_record(
             job_id or uuid.uuid4().hex[:12],
             cfg,
-            self.resolve_dataset(dataset),
+            ds,
             model=model_ref,
             max_attempts=attempts,
             priority=priority,

@@ -21,6 +21,9 @@ PROFILE_KEYS = (
     "over_max_seq_length",
     "tokens_per_epoch",
     "problem_counts",
+    "pairs",
+    "desirable",
+    "undesirable",
 )
 MAX_WARNINGS = 20
 

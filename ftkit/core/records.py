@@ -30,10 +30,13 @@ class DatasetRef(TypedDict, total=False):
     columns: dict[str, str] | None
 
 
-# One sample prompt, answered by the base model and by the fine-tuned one (``show_samples``): its
-# keys are the report table's headings, spaces and all.
+# One sample prompt, answered by the base model, the parent job (when the run started from one)
+# and the fine-tuned one (``show_samples``): its keys are the report table's headings, spaces
+# and all.
 Sample = TypedDict(
-    "Sample", {"prompt": str, "source": str, "base model": str, "fine-tuned": str}, total=False
+    "Sample",
+    {"prompt": str, "source": str, "base model": str, "parent job": str, "fine-tuned": str},
+    total=False,
 )
 
 

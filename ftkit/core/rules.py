@@ -10,7 +10,53 @@ from ..errors import ConfigError
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # only such a string is ever used in a path
 SHA256 = re.compile(r"[0-9a-f]{64}")
-DATASET_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+SFT_FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text")
+# A prompt with a chosen and a rejected answer (DPO, ORPO); a prompt with one answer labelled good
+# or bad (KTO).
+PREFERENCE_FORMATS = ("preference", "unpaired_preference")
+DATASET_FORMATS = (*SFT_FORMATS, *PREFERENCE_FORMATS)
+# How a job tunes, and the data set formats each way takes (KTO unpairs pairs itself).
+METHODS = ("sft", "dpo", "orpo", "kto")
+METHOD_FORMATS = {
+    "sft": SFT_FORMATS,
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "kto": ("unpaired_preference", "preference"),
+}
+# What TRL logs of a preference run (its names), kept in a job's metric rows beside the loss.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+FORMAT_WORDS = {
+    "preference": "preference pairs (prompt, chosen, rejected)",
+    "unpaired_preference": "KTO's labelled answers (prompt, completion, label)",
+}
+
+
+def method_format_mismatch(method: str, fmt: str | None) -> str | None:
+    """Why a data set of format ``fmt`` cannot train with ``method``, with the method that fits
+    it; None when it can (or when either is unknown: other checks name those)."""
+    if method not in METHOD_FORMATS or fmt not in DATASET_FORMATS:
+        return None
+    if fmt in METHOD_FORMATS[method]:
+        return None
+    fitting = [m for m in METHODS if fmt in METHOD_FORMATS[m]]
+    held = FORMAT_WORDS.get(fmt, f"{fmt} examples for supervised tuning")
+    alternatives = f" (or {', '.join(repr(m) for m in fitting[1:])})" if fitting[1:] else ""
+    wanted = " or ".join(FORMAT_WORDS.get(f, f) for f in METHOD_FORMATS[method])
+    if method == "sft":
+        wanted = "examples to imitate (chat, alpaca, sharegpt, prompt/completion or text)"
+    return (
+        f"this data set holds {held}: submit with method={fitting[0]!r}{alternatives}; "
+        f"method={method!r} trains on {wanted}"
+    )
+
+
+def check_method_format(method: str, fmt: str | None) -> None:
+    """ConfigError (field "method") when the data set's format does not fit the method."""
+    why = method_format_mismatch(method, fmt)
+    if why:
+        raise ConfigError(why, field="method")
+
+
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]{0,63}$")
 MAX_TAGS, MAX_NOTE = 20, 4000
 MAX_PRIORITY = 100  # priorities run from -100 to 100; higher runs first

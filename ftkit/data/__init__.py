@@ -10,8 +10,10 @@ Rooms, each importing only the ones above it:
     problems.py       Problem, DatasetProfile, limits, checks of single values
     readers.py        streaming readers per file kind: (line, record, problem) events
     conversations.py  alpaca, chat and sharegpt records normalized to messages
+    preferences.py    preference pairs (plain, TRL's, OpenAI's) and KTO's labelled answers, normalized
     formats.py        format detection, column mappings, normalize, read_examples
     render.py         normalized examples into token ids and labels (chat templates, masks)
+    preference_sets.py  normalized preference rows into the datasets.Dataset TRL's trainers take
     profile.py        inspect_dataset / validate_dataset: the profile of one pass
 
 Normalized shapes, what ``read_examples`` yields and ``render.tokenize_example`` takes:
@@ -19,10 +21,13 @@ Normalized shapes, what ``read_examples`` yields and ``render.tokenize_example``
     alpaca, chat, sharegpt  {"messages": [{"role", "content", "loss_weight"?, "tool_calls"?}], "tools"?}
     prompt_completion       {"prompt": str, "completion": str}
     text                    {"text": str}
+    preference              {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+    unpaired_preference     {"prompt": [messages], "completion": [messages], "label": bool}
 """
 
 from ..core.rules import DATASET_FORMATS
 from .formats import checked_columns, detect_format, normalize, read_examples
+from .preference_sets import build_preference_dataset, read_preference_dataset, unpair
 from .problems import (
     CANONICAL_COLUMNS,
     FORMAT_KEYS,
@@ -56,10 +61,13 @@ __all__ = [
     "SHOWN_PER_KIND",
     "DatasetProfile",
     "Problem",
+    "build_preference_dataset",
     "checked_columns",
     "detect_format",
     "inspect_dataset",
     "normalize",
     "read_examples",
+    "read_preference_dataset",
+    "unpair",
     "validate_dataset",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from ..core.rules import DATASET_FORMATS
 from ..errors import DatasetError
 from .conversations import _alpaca, _chat, _sharegpt
+from .preferences import _pair, _unpaired
 from .problems import (
     CANONICAL_COLUMNS,
     FORMAT_KEYS,
@@ -40,6 +41,8 @@ def read_examples(
 def detect_format(record: Any) -> str | None:
     """The format a record's fields give away, or None."""
     if isinstance(record, dict):
+        if "label" in record and "completion" in record:
+            return "unpaired_preference"
         for key, fmt in FORMAT_KEYS:
             if key in record:
                 return fmt
@@ -112,4 +115,6 @@ NORMALIZERS = {
     "sharegpt": _sharegpt,
     "prompt_completion": _prompt_completion,
     "text": _text_record,
+    "preference": _pair,
+    "unpaired_preference": _unpaired,
 }

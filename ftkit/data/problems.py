@@ -19,8 +19,13 @@ SHAREGPT_ROLES = {
     "observation": "tool",
     "tool": "tool",
 }
-# The field that gives each format away, in the order they are tried.
+# The field that gives each format away, in the order they are tried (KTO's unpaired examples
+# are told by a "label" beside a "completion": formats.detect_format).
 FORMAT_KEYS = (
+    ("chosen", "preference"),
+    ("rejected", "preference"),
+    ("preferred_output", "preference"),
+    ("non_preferred_output", "preference"),
     ("messages", "chat"),
     ("conversations", "sharegpt"),
     ("instruction", "alpaca"),
@@ -31,7 +36,7 @@ FORMAT_KEYS = (
 )
 CANONICAL_COLUMNS = frozenset(
     ["instruction", "input", "output", "system", "history", "messages", "conversations", "tools"]
-    + ["prompt", "completion", "text"]
+    + ["prompt", "completion", "text", "chosen", "rejected", "label"]
 )
 SHOWN_PER_KIND = 5  # problems of one kind that summary() prints
 KEPT_PER_KIND = 20  # problems of one kind kept in memory; problem_counts has the totals
@@ -76,6 +81,9 @@ class DatasetProfile:
     duplicates: int = 0
     max_seq_length: int = 2048
     problem_counts: dict[str, int] = field(default_factory=dict)  # totals per kind
+    pairs: int = 0  # preference: pairs that can be trained on
+    desirable: int = 0  # unpaired_preference (KTO): answers labelled true, and false
+    undesirable: int = 0
 
     @property
     def ok(self) -> bool:
@@ -104,13 +112,23 @@ class DatasetProfile:
         errors = sum(self.problem_counts[kind] for kind in {p.kind for p in self.problems})
         verdict = f"{errors} error{'s' * (errors != 1)}: cannot be used yet" if errors else "ready"
         fmt = self.format or "unknown format"
-        return f"{Path(self.path).name}: {self.file_kind}, {fmt}, {self.rows} rows, {verdict}"
+        counts = ""
+        if self.format == "preference":
+            counts = f" ({self.pairs} pairs)"
+        elif self.format == "unpaired_preference":
+            counts = f" ({self.desirable} desirable, {self.undesirable} undesirable)"
+        return (
+            f"{Path(self.path).name}: {self.file_kind}, {fmt}, {self.rows} rows{counts}, {verdict}"
+        )
 
     def _token_line(self) -> str:
         t = self.tokens
         how = " (estimated: ~4 characters a token)" if t["estimated"] else ""
+        what = "tokens per example"
+        if self.format in ("preference", "unpaired_preference"):
+            what += " (a prompt with its longer answer)"
         return (
-            f"tokens per example: min {t['min']}, mean {t['mean']}, p95 {t['p95']}, max {t['max']}{how}; "
+            f"{what}: min {t['min']}, mean {t['mean']}, p95 {t['p95']}, max {t['max']}{how}; "
             f"{self.over_max_seq_length} over max_seq_length {self.max_seq_length}; "
             f"~{self.tokens_per_epoch} training tokens per epoch"
         )

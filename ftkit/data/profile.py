@@ -12,6 +12,8 @@ from typing import Any
 
 from ..errors import DatasetError
 from .formats import _check_arguments, _renamed, detect_format, normalize
+from .preferences import estimated_tokens as estimated_preference_tokens
+from .preferences import is_preference
 from .problems import KEPT_PER_KIND, PREVIEW_CHARS, PREVIEW_ROWS, DatasetProfile, Problem
 from .readers import _readable_file, records, sniff
 
@@ -75,6 +77,11 @@ class _Scan:
         self.count_tokens = (
             partial(_counted_tokens, tokenizer=tokenizer) if tokenizer else _estimated_tokens
         )
+        self.count_preference = (
+            partial(_counted_preference_tokens, tokenizer=tokenizer)
+            if tokenizer
+            else estimated_preference_tokens
+        )
         self.lengths: Counter[int] = Counter()
         self.seen = _SeenExamples()
 
@@ -119,7 +126,8 @@ class _Scan:
                     None,
                     "unknown_format",
                     f"no known fields among {sorted(record)[:8]}",
-                    "name them messages, conversations, instruction/output, prompt/completion or text, "
+                    "name them messages, conversations, instruction/output, prompt/completion, "
+                    "text, prompt/chosen/rejected (pairs) or prompt/completion/label (KTO), "
                     "or map yours with columns={'instruction': 'question', ...}",
                 )
             )
@@ -150,7 +158,10 @@ class _Scan:
         profile = self.profile
         if len(profile.preview) < PREVIEW_ROWS:
             profile.preview.append(_shortened(example))
-        tokens = self.count_tokens(example)
+        if is_preference(example):
+            tokens = self._measure_preference(line, example)
+        else:
+            tokens = self.count_tokens(example)
         self.lengths[tokens] += 1
         if tokens > profile.max_seq_length:
             profile.over_max_seq_length += 1
@@ -179,6 +190,32 @@ class _Scan:
                 )
             )
 
+    def _measure_preference(self, line: int | None, example: dict[str, Any]) -> int:
+        """Counts the pair (or the labelled answer), warns of a prompt that leaves no room for its
+        answers, and returns the tokens of the prompt with its longer answer."""
+        profile = self.profile
+        if "chosen" in example:
+            profile.pairs += 1
+        elif example["label"]:
+            profile.desirable += 1
+        else:
+            profile.undesirable += 1
+        prompt, tokens = self.count_preference(example)
+        if prompt >= profile.max_seq_length:
+            self.add(
+                Problem(
+                    line,
+                    "prompt",
+                    "prompt_too_long",
+                    f"the prompt alone is {prompt} tokens, max_seq_length is "
+                    f"{profile.max_seq_length}: no answer fits after it, so the example teaches "
+                    "nothing",
+                    "shorten the prompt, or raise max_seq_length",
+                    "warning",
+                )
+            )
+        return tokens
+
     def finish(self) -> DatasetProfile:
         profile = self.profile
         if not self.lengths and not profile.problems:
@@ -191,6 +228,8 @@ class _Scan:
                     "upload a file with at least one example",
                 )
             )
+        if profile.format == "unpaired_preference" and self.lengths:
+            self._check_both_labels()
         if self.lengths:
             profile.tokens = _token_stats(
                 self.lengths, estimated=self.count_tokens is _estimated_tokens
@@ -199,6 +238,23 @@ class _Scan:
                 min(n, profile.max_seq_length) * k for n, k in self.lengths.items()
             )
         return profile
+
+    def _check_both_labels(self) -> None:
+        profile = self.profile
+        if profile.desirable and profile.undesirable:
+            return
+        given, missing = ("true", "false") if profile.desirable else ("false", "true")
+        self.add(
+            Problem(
+                None,
+                "label",
+                "one_label",
+                f"every example is labelled {given}: KTO needs both desirable (true) and "
+                "undesirable (false) examples",
+                f"add examples labelled {missing}",
+                "warning",
+            )
+        )
 
 
 def _shortened(value: Any) -> Any:
@@ -215,13 +271,19 @@ def _shortened(value: Any) -> Any:
 def _fingerprint(example: dict[str, Any]) -> int:
     """A 64-bit hash of what an example says: cheaper than serializing it, and equal for equal
     examples within one process (str hashes are salted per process, which is all a pass needs)."""
-    if "messages" not in example:
-        return hash(tuple(example.values()))
+    if "messages" not in example:  # preference sides are message lists: hashed as tuples
+        return hash(tuple(_hashable(v) for v in example.values()))
     turns = tuple(
         (m["role"], m["content"], m.get("loss_weight"), repr(m.get("tool_calls")))
         for m in example["messages"]
     )
     return hash((turns, repr(example.get("tools"))))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple((m["role"], m["content"]) for m in value)
+    return value
 
 
 class _SeenExamples:
@@ -296,3 +358,9 @@ def _counted_tokens(example: dict[str, Any], tokenizer: Any) -> int:
     from .render import count_tokens
 
     return count_tokens(example, tokenizer)
+
+
+def _counted_preference_tokens(example: dict[str, Any], tokenizer: Any) -> tuple[int, int]:
+    from .preference_sets import count_preference_tokens
+
+    return count_preference_tokens(example, tokenizer)

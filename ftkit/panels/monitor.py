@@ -15,7 +15,7 @@ from ..core.html import esc, table
 from ..core.records import JobStatus, WorkerInfo
 from ..core.statuses import FINAL
 from ..errors import ConfigError, FtkitError
-from ..plots import loss_svg
+from ..plots import loss_svg, margins_svg, preference_line
 from .common import JOB_COLUMNS, STATUS_STYLE, LiveView, Refresher, job_row, on_close, set_html
 
 
@@ -103,6 +103,7 @@ class MonitorPanel(LiveView):
         )
         self.step = w.Label()
         self.curve = w.HTML(loss_svg([]))
+        self.preference = w.HTML()  # a preference job's latest margin and accuracy, its margins
         self.logs = w.HTML(layout=w.Layout(max_height="180px", overflow="auto"))
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning")
         self.cancel_button.on_click(lambda _: self.cancel())
@@ -124,6 +125,7 @@ class MonitorPanel(LiveView):
                 self.worker_notice.widget,
                 w.HBox([self.bar, self.step]),
                 self.curve,
+                self.preference,
                 self.logs,
                 w.HBox([self.cancel_button, self.download_button, self.dest]),
                 self.outputs,
@@ -152,10 +154,11 @@ class MonitorPanel(LiveView):
         }.get(style, "gray")
         loss = f" · loss {s['loss']:.4f}" if s.get("loss") is not None else ""
         attempt = f" · attempt {s['attempt']}" if (s.get("attempt") or 1) > 1 else ""
+        method = (s.get("config") or {}).get("method") or "sft"
         self.status.value = (
             f"<span class='ftkit-status' data-status='{esc(s['status'])}' style='color:{color}'>"
-            f"<b>{esc(s['status'])}</b></span>{esc(loss)}{esc(attempt)}"
-            f" · worker {esc(s.get('worker') or '-')}"
+            f"<b>{esc(s['status'])}</b></span> · <span class='ftkit-method'>{esc(method)}</span>"
+            f"{esc(loss)}{esc(attempt)} · worker {esc(s.get('worker') or '-')}"
         )
         self.bar.value = float(s.get("progress") or 0.0)
         self.bar.bar_style = style
@@ -165,6 +168,7 @@ class MonitorPanel(LiveView):
             f" · ETA {eta:.0f} s" if eta is not None and s["status"] == statuses.TRAINING else ""
         )
         self.curve.value = loss_svg(self._metrics)
+        self._show_preference()
         self.logs.value = (
             "<pre class='ftkit-logs' style='margin:0;font-size:11px'>"
             + esc("\n".join(self.job.logs(12)))
@@ -183,6 +187,17 @@ class MonitorPanel(LiveView):
                 self.on_end()
         self.done = done
         return done
+
+    def _show_preference(self) -> None:
+        """TRL's rewards/margins and rewards/accuracies, once a preference job logged them."""
+        line = preference_line(self._metrics)
+        value = (
+            f"<div class='ftkit-preference'>{esc(line)}</div>{margins_svg(self._metrics)}"
+            if line
+            else ""
+        )
+        if self.preference.value != value:
+            self.preference.value = value
 
     def _show_outputs(self, s: JobStatus) -> None:
         result = s.get("result") or {}

@@ -11,8 +11,9 @@ from typing import Any
 import ipywidgets as w
 
 from ..client import Client, Dataset, Job
-from ..config import TrainConfig
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
 from ..core.html import esc, table
+from ..core.rules import METHODS
 from ..errors import DatasetError, FtkitError
 from .common import on_close
 from .monitor import MonitorPanel
@@ -32,6 +33,15 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "gradient_accumulation_steps": ("Training", "Steps accumulated before each optimizer update"),
     "learning_rate": ("Training", "Peak learning rate (linear decay)"),
     "warmup_steps": ("Training", "Linear warm-up steps"),
+    "method": (
+        "Method",
+        "sft: learn the answers; dpo, orpo: prefer the chosen answer of each pair; "
+        "kto: answers labelled good or bad",
+    ),
+    "beta": ("Method", "dpo, orpo, kto: how far from the reference model (0: TRL's, 0.1)"),
+    "dpo_loss_type": ("Method", "dpo: the loss (default: TRL's sigmoid, the paper's)"),
+    "kto_desirable_weight": ("Method", "kto: weight of the good answers (0: TRL's, 1.0)"),
+    "kto_undesirable_weight": ("Method", "kto: weight of the bad answers (0: TRL's, 1.0)"),
     "seed": ("Advanced", "Random seed: same seed, data and config give the same run"),
     "save_steps": ("Advanced", "Checkpoint every N steps (0: only the last step's weights)"),
     "logging_steps": ("Advanced", "Report loss every N steps"),
@@ -152,6 +162,8 @@ class ConfigureStep:
         self.controls: dict[str, w.Widget] = {
             name: self._control(name, base[name]) for name in TrainConfig.field_names()
         }
+        self.controls["method"].observe(lambda _: self._show_method_settings(), names="value")
+        self._show_method_settings()
         for control in self.controls.values():
             control.observe(lambda _: self.validate(), names="value")
         groups: dict[str, list[w.Widget]] = {}
@@ -183,6 +195,13 @@ class ConfigureStep:
         common = dict(description=name, tooltip=FIELD_HELP[name][1], style=style, layout=layout)
         if name == "backend":
             return w.Dropdown(options=["auto", "unsloth", "hf"], value=value, **common)
+        if name == "method":
+            return w.Dropdown(options=list(METHODS), value=value, **common)
+        if name == "dpo_loss_type":  # "": unset, TRL's default
+            options = [("default (sigmoid)", ""), *((t, t) for t in DPO_LOSS_TYPES)]
+            return w.Dropdown(options=options, value=value or "", **common)
+        if name in METHOD_SETTINGS:  # 0: unset, TRL's default (0 is no valid setting)
+            return w.FloatText(value=value or 0.0, **common)
         if name == "load_in_4bit":  # three states: a checkbox cannot say "auto"
             options = [("auto", "auto"), ("yes", "yes"), ("no", "no")]
             chosen = "auto" if value is None else "yes" if value else "no"
@@ -213,7 +232,15 @@ class ConfigureStep:
         values["sample_prompts"] = [
             p.strip() for p in values["sample_prompts"].splitlines() if p.strip()
         ]
+        for name, methods in METHOD_SETTINGS.items():  # a hidden setting is not sent
+            values[name] = (values[name] or None) if values["method"] in methods else None
         return values
+
+    def _show_method_settings(self) -> None:
+        """Each method setting is shown only while the method it applies to is chosen."""
+        method = self.controls["method"].value
+        for name, methods in METHOD_SETTINGS.items():
+            self.controls[name].layout.display = "" if method in methods else "none"
 
     def validate(self) -> TrainConfig | None:
         try:

@@ -24,8 +24,8 @@ from pydantic import (
     field_validator,
 )
 
-from ..config import TrainConfig
-from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, TAG
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
+from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, METHODS, TAG
 from ..core.statuses import STATUSES
 from ..sweep_plan import MAX_RUNS, MODES
 
@@ -34,11 +34,22 @@ Status = Literal[STATUSES]  # type: ignore[valid-type]
 Tag = typing.Annotated[str, Field(pattern=TAG.pattern, examples=["baseline"])]
 
 
+def _describe(name: str) -> str:
+    """A field's description in the schema: its name, and the values or the methods it takes."""
+    takes = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}.get(name)
+    methods = METHOD_SETTINGS.get(name)
+    return (
+        f"TrainConfig.{name}"
+        + (f": one of {', '.join(takes)}" if takes else "")
+        + (f" (method {' or '.join(methods)} only; unset: TRL's default)" if methods else "")
+    )
+
+
 def _config_model() -> type[BaseModel]:
     """Every TrainConfig field, optional: a field left out takes TrainConfig's default."""
     hints = typing.get_type_hints(TrainConfig)
     fields: dict[str, Any] = {
-        f.name: (hints[f.name] | None, Field(default=None, description=f"TrainConfig.{f.name}"))
+        f.name: (hints[f.name] | None, Field(default=None, description=_describe(f.name)))
         for f in dataclasses.fields(TrainConfig)
     }
     # strict: 1 is not true and "5" is not 5; extra keys reach TrainConfig, which names the

@@ -24,7 +24,7 @@ from ..core.html import table as html_table
 from ..core.rules import JOB_ID, TAG
 from ..core.statuses import FINAL, STATUSES
 from ..errors import JobNotFound
-from ..plots import loss_svg
+from ..plots import loss_svg, margins_svg, preference_line
 from ..sweeping import recent
 from .auth import COOKIE, auth_of, signed_in, token_ok
 from .deps import get_client
@@ -185,7 +185,7 @@ def tag_links(tags: Any) -> str:
     )
 
 
-JOB_COLUMNS = ["job", "data set", "model", "status", "progress", "step", "loss", "loss curve",
+JOB_COLUMNS = ["job", "data set", "model", "method", "status", "progress", "step", "loss", "loss curve",
                "created (UTC)", "tags", ""]  # fmt: skip
 
 
@@ -200,6 +200,7 @@ def jobs_table(client: Client, jobs: Sequence[Mapping[str, Any]]) -> str:
                 "job": Markup(f"<a class='job-link' href='/ui/job/{jid}'>{jid}</a>"),
                 "data set": (s.get("dataset") or {}).get("name"),
                 "model": (s.get("config") or {}).get("base_model"),
+                "method": (s.get("config") or {}).get("method") or "sft",
                 "status": status_badge(s),
                 "progress": Markup(progress_bar(s)),
                 "step": Markup(
@@ -390,6 +391,14 @@ def about(s: Mapping[str, Any]) -> str:
     return f"<p class='about'>{shown}</p>" if shown else ""
 
 
+def preference(metrics: Sequence[Mapping[str, Any]]) -> str:
+    """A preference job's last rewards/margins and rewards/accuracies, and its margins curve."""
+    line = preference_line(metrics)
+    if not line:
+        return ""
+    return f"<p class='preference'>{esc(line)}</p>{margins_svg(metrics, width=640, height=220)}"
+
+
 @router.get("/ui/job/{job_id}", response_class=HTMLResponse)
 def job_page(
     request: Request,
@@ -417,13 +426,16 @@ def job_page(
         if s.get("error")
         else ""
     )
+    metrics = job.metrics()
+    method = (s.get("config") or {}).get("method") or "sft"
     live = (
         f"<h2>Job {esc(job_id)} {status_badge(s)} {cancel_button(s)}</h2>"
         f"<p>{progress_bar(s)} step <span class='step'>{esc(s.get('current_step') or 0)}</span>/"
         f"{esc(s.get('total_steps') or '?')}"
         + (f" · loss <b>{s['loss']:.4f}</b>" if s.get("loss") is not None else "")
+        + f" · method <b class='method'>{esc(method)}</b>"
         + f" · worker {esc(s.get('worker') or '-')} · attempt {esc(s.get('attempt') or 1)}</p>"
-        f"{about(s)}{loss_svg(job.metrics(), width=640, height=220)}{error}"
+        f"{about(s)}{loss_svg(metrics, width=640, height=220)}{preference(metrics)}{error}"
         f"<h3>Log</h3><pre class='logs'>{esc(clean(chr(10).join(job.logs(30))))}</pre>"
     )
     static = ""

@@ -14,6 +14,8 @@ template notebook with parameters and environment variables, and reads back resu
     callback.py     the trainer callback that reports, stops and saves
     model.py        backend choice, base model and LoRA, a past job's adapter
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
+    preference.py   DPO, ORPO and KTO: their data, trainers, settings and reference model
+    margins.py      a preference run's margins (chosen over rejected) before and after
     device.py       what the machine offers (CUDA, bf16, unsloth, 4-bit) and what a job does with it
     display.py      report tables, the loss figure, throughput, result.json
     samples.py      sample prompts and the base and fine-tuned answers
@@ -33,7 +35,9 @@ from .display import (
     write_result,
 )
 from .fencing import ORPHANED, SUPERSEDED, Fence
+from .margins import report_pairs, show_margins, starting_weights
 from .model import check_base_model, load_model, pick_backend
+from .preference import final_rewards
 from .reporter import Reporter
 from .samples import generate, generate_batch, sample_prompts, show_samples
 from .trainer import (
@@ -57,6 +61,7 @@ __all__ = [
     "check_base_model",
     "checkpointing_args",
     "environment",
+    "final_rewards",
     "fit",
     "generate",
     "generate_batch",
@@ -66,14 +71,17 @@ __all__ = [
     "pick_backend",
     "plot_training",
     "prepare_data",
+    "report_pairs",
     "progress_callback",
     "sample_prompts",
     "save_adapter",
     "saves_checkpoints",
     "show_dataset",
+    "show_margins",
     "show_samples",
     "show_table",
     "smaller_batch",
+    "starting_weights",
     "throughput",
     "train",
     "warm_up",

@@ -8,12 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.rules import REWARD_METRICS
 from ..core.statuses import STOP_HANDOFF, TRAINING
 from .checkpoints import saves_checkpoints
 from .reporter import Reporter
 
 MAX_LOG_LINES = 50  # step lines a run prints (and keeps in its log); metrics keep every step
-LOGGED = ("loss", "learning_rate", "grad_norm", "eval_loss")  # what a metric row keeps
+# What a metric row keeps: the losses, and a preference run's rewards (TRL's names) on the
+# training batches and, when it evaluates, on the held-out ones.
+LOGGED = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "eval_loss",
+    *REWARD_METRICS,
+    *(f"eval_{name}" for name in REWARD_METRICS),
+)
 
 
 class TrainedAlready(Exception):

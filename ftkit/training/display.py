@@ -62,18 +62,20 @@ def show_dataset(
 
 
 def plot_training(log_history: list[dict[str, Any]]):
-    """Loss (train and eval) and learning rate by step, as one PNG figure output."""
+    """Loss (train and eval) and learning rate by step, as one PNG figure output; a preference
+    run's rewards (chosen, rejected, margins, accuracies: TRL's names) in a second row."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
-    from IPython.display import Image, display
+
+    from ..core.rules import REWARD_METRICS
 
     train_rows = [r for r in log_history if "loss" in r]
     eval_rows = [r for r in log_history if "eval_loss" in r]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.6))
+    rewards = [name for name in REWARD_METRICS if any(name in r for r in log_history)]
+    fig, axes = plt.subplots(2 if rewards else 1, 2, figsize=(11, 7.2 if rewards else 3.6))
+    ax_loss, ax_lr = axes[0] if rewards else axes
     ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
     if eval_rows:
         ax_loss.plot(
@@ -87,6 +89,32 @@ def plot_training(log_history: list[dict[str, Any]]):
         color="tab:green",
     )
     ax_lr.set(title="Learning rate", xlabel="step")
+    if rewards:
+        plot_rewards(axes[1], log_history, rewards)
+    show_figure(fig)
+
+
+def plot_rewards(axes, log_history: list[dict[str, Any]], names: list[str]) -> None:
+    """Rewards of the chosen and rejected answers and their margin (left), and the share of pairs
+    whose chosen answer the model rewards more (right)."""
+    ax_rewards, ax_accuracy = axes
+    for name in names:
+        rows = [r for r in log_history if name in r]
+        ax = ax_accuracy if name.endswith("accuracies") else ax_rewards
+        ax.plot([r["step"] for r in rows], [r[name] for r in rows], label=name)
+    ax_rewards.set(title="Rewards", xlabel="step")
+    ax_rewards.legend()
+    ax_accuracy.set(title="Reward accuracy", xlabel="step", ylim=(-0.05, 1.05))
+    ax_accuracy.legend()
+
+
+def show_figure(fig) -> None:
+    """The figure as one PNG output."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
     fig.tight_layout()
     buffer = io.BytesIO()
     # zlib level 1: a figure some 15 % larger, encoded in half the time

@@ -1,5 +1,6 @@
 """Sample answers for the report: prompts (given, held out, or seen in training), greedy
-generation in one batch, and the base model's answer beside the fine-tuned one."""
+generation in one batch, and the base model's answer beside the fine-tuned one (and beside the
+parent job's, when the run started from one)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ def sample_prompts(
             )
             if upto:
                 found.append({"messages": example["messages"][:upto]})
+        elif isinstance(example.get("prompt"), list):  # a preference example: messages
+            found.append({"messages": example["prompt"]})
         elif "prompt" in example:
             found.append({"prompt": example["prompt"]})
         if len(found) >= 50:
             break
     if eval_data is not None and len(eval_data):
-        decoded = {tokenizer.decode(ids) for ids in eval_data["input_ids"][:200]}
+        decoded = eval_texts(eval_data, tokenizer)
         held = [
             f
             for f in found
@@ -48,6 +51,14 @@ def sample_prompts(
         if held:
             return [{**f, "source": "held out"} for f in held[:n]]
     return [{**f, "source": "seen in training"} for f in found[:n]]
+
+
+def eval_texts(eval_data, tokenizer) -> set[str]:
+    """The held-out examples' text, to know a prompt as held out: decoded tokens (SFT), or the
+    prompts' last messages (preference sets, which stay conversational until the trainer)."""
+    if "input_ids" in eval_data.column_names:
+        return {tokenizer.decode(ids) for ids in eval_data["input_ids"][:200]}
+    return {str(prompt[-1]["content"]) for prompt in eval_data["prompt"][:200] if prompt}
 
 
 def generate(model, tokenizer, sample: dict[str, Any], max_new_tokens: int = 48) -> str:
@@ -90,15 +101,24 @@ def generate_batch(
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
-def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The base model's answer (adapter disabled) beside the fine-tuned one, for each prompt."""
+def show_samples(
+    model, tokenizer, samples: list[dict[str, Any]], parent: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """The base model's answer (adapter disabled) beside the fine-tuned one, for each prompt; with
+    ``parent`` (the adapter's weights as the run started from a past job's) that job's answer
+    between them."""
     from IPython.display import HTML, display
 
     from ..core.html import table
+    from .margins import as_started
 
     model.eval()
     with model.disable_adapter():
         before = generate_batch(model, tokenizer, samples)
+    parents: list[str] = []
+    if parent is not None:
+        with as_started(model, parent):
+            parents = generate_batch(model, tokenizer, samples)
     after = generate_batch(model, tokenizer, samples)
     rows = [
         {
@@ -107,12 +127,23 @@ def show_samples(model, tokenizer, samples: list[dict[str, Any]]) -> list[dict[s
             else sample["prompt"],
             "source": sample.get("source", ""),
             "base model": base,
+            **({"parent job": parents[i]} if parents else {}),
             "fine-tuned": tuned,
         }
-        for sample, base, tuned in zip(samples, before, after)
+        for i, (sample, base, tuned) in enumerate(zip(samples, before, after))
     ]
-    columns = ("prompt", "source", "base model", "fine-tuned")
-    headers = {"base model": "base model (before)", "fine-tuned": "fine-tuned (after)"}
+    columns = (
+        "prompt",
+        "source",
+        "base model",
+        *(("parent job",) if parents else ()),
+        "fine-tuned",
+    )
+    headers = {
+        "base model": "base model (before)",
+        "parent job": "parent job (started from)",
+        "fine-tuned": "fine-tuned (after)",
+    }
     shown = table(
         rows, columns, caption="Sample generations", css_class="ftkit-samples", headers=headers
     )

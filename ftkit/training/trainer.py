@@ -21,8 +21,14 @@ def prepare_data(
     columns: dict[str, str] | None = None,
 ):
     """Tokenized train (and eval) sets with label masks, and a summary for the report. columns is
-    the upload's mapping {ftkit's name: the file's column}, applied as validation applied it."""
+    the upload's mapping {ftkit's name: the file's column}, applied as validation applied it.
+    A preference method's sets are conversational examples: its trainer tokenizes them."""
     from ..data.render import build_dataset
+
+    if config.preference:
+        from .preference import prepare_preference_data
+
+        return prepare_preference_data(dataset_path, dataset_format, tokenizer, config, columns)
 
     data = build_dataset(
         dataset_path,
@@ -59,35 +65,65 @@ def make_trainer(
     output_dir: str,
     reporter: Reporter,
 ):
-    """The SFT trainer over the tokenized data, reporting through ``reporter`` (ftkit's callback
-    in place of the trainer's own printer)."""
+    """The method's trainer (SFT, or DPO, ORPO, KTO) over the data, reporting through
+    ``reporter`` (ftkit's callback in place of the trainer's own printer)."""
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
-    trainer = SFTTrainer(
-        model=model,
-        args=trainer_args(config, output_dir, with_eval=eval_data is not None),
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=[progress_callback(reporter)],
-    )
+    args = trainer_args(config, output_dir, with_eval=eval_data is not None)
+    callbacks = [progress_callback(reporter)]
+    if config.preference:
+        from .preference import make_preference_trainer
+
+        trainer = make_preference_trainer(
+            model, tokenizer, train_data, eval_data, args, config, callbacks
+        )
+    else:
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
     trainer.remove_callback(PrinterCallback)  # ftkit's callback prints one readable line per step
     return trainer
 
 
 def trainer_args(config: TrainConfig, output_dir: str, *, with_eval: bool) -> Any:
-    """The job's settings as TRL's SFTConfig: checkpoints under ``output_dir``, the dtype the
+    """The job's settings as TRL's config for its method (SFTConfig, DPOConfig, ...)."""
+    if config.preference:
+        from .model import pick_backend
+        from .preference import preference_args, trainer_classes
+
+        _, config_class = trainer_classes(config.method, pick_backend(config.backend))
+        common = shared_args(config, output_dir, with_eval=with_eval, args_class=config_class)
+        return preference_args(config_class, common, config)
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **shared_args(config, output_dir, with_eval=with_eval, args_class=SFTConfig),
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        padding_free=config.packing,
+    )
+
+
+def shared_args(
+    config: TrainConfig, output_dir: str, *, with_eval: bool, args_class: type
+) -> dict[str, Any]:
+    """What every method's trainer is given: checkpoints under ``output_dir``, the dtype the
     machine supports, no progress bars and no reporting integrations."""
     import torch
-    from trl import SFTConfig
 
     from .device import Machine, choose_dtype
 
     use_cuda = torch.cuda.is_available()
     capability = torch.cuda.get_device_capability(0) if use_cuda else None
     dtype = choose_dtype(Machine(cuda=use_cuda, capability=capability))
-    return SFTConfig(
+    return dict(
         output_dir=str(Path(output_dir) / "checkpoints"),
         max_steps=config.max_steps if config.max_steps is not None else -1,
         num_train_epochs=config.num_epochs,
@@ -104,10 +140,7 @@ def trainer_args(config: TrainConfig, output_dir: str, *, with_eval: bool) -> An
         eval_steps=config.eval_steps or None,
         seed=config.seed,
         data_seed=config.seed,
-        **checkpointing_args(SFTConfig),
-        max_length=config.max_seq_length,
-        packing=config.packing,
-        padding_free=config.packing,
+        **checkpointing_args(args_class),
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=not use_cuda,
@@ -150,6 +183,7 @@ def train(trainer, reporter: Reporter, resume_from_checkpoint: str | None = None
     strategy = getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)
     if reporter.stop_reason is None and trainer.eval_dataset is not None and strategy == "no":
         trainer.evaluate()  # eval_steps=0: once, at the end (logged as the last step's eval_loss)
+        reporter.flush()  # its row, else buffered until a flush that never comes
     first = reporter.first_step_at
     return {
         "training_duration_seconds": round(time.monotonic() - started, 3),
@@ -223,11 +257,11 @@ def restore_weights(model, weights: dict[str, Any]) -> None:
 
 
 def at_a_smaller_batch(config: TrainConfig) -> TrainConfig | None:
-    """The same effective batch at a smaller per-device batch (None at 1): the accumulation
-    raised by the factor the batch is lowered by."""
+    """The same effective batch at a smaller per-device batch (None at 1, KTO's at 2): the
+    accumulation raised by the factor the batch is lowered by."""
     smaller = smaller_batch(config.batch_size)
-    if smaller is None:
-        return None
+    if smaller is None or (config.method == "kto" and smaller < 2):
+        return None  # KTO's KL term is estimated within a batch: it needs two examples or more
     factor = config.batch_size // smaller
     return config.replace(
         batch_size=smaller,
@@ -277,6 +311,7 @@ def release_memory() -> None:
 def save_adapter(model, tokenizer, output_dir: str) -> Path:
     """adapter_config.json + adapter_model.safetensors (+ the tokenizer, so the adapter stands alone)."""
     adapter_dir = Path(output_dir) / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    # the trained adapter only: not a preference trainer's frozen reference copy beside it
+    model.save_pretrained(adapter_dir, safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(adapter_dir)
     return adapter_dir

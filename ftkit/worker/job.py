@@ -40,7 +40,14 @@ from .notebook import (
 )
 from .output_log import OutputLog
 from .runtime import Runtime, patiently
-from .staging import continue_from, inside, restore_checkpoint, stage_dataset, stage_model
+from .staging import (
+    continue_from,
+    inside,
+    restore_checkpoint,
+    stage_dataset,
+    stage_model,
+    stage_parent_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +140,25 @@ class JobRun:
                 self.spec = self.spec.with_base_model(staged)
             checkpoints = self.run_dir / "output" / "checkpoints"
             self.resume = patiently(restore_checkpoint, rt, job_id, checkpoints)
-        if not self.resume and self.spec.resume_from:  # its own checkpoint first: a later attempt
-            self.continue_parent(self.spec.resume_from)
+        parent = self.spec.resume_from
+        if parent and self.spec.config.preference:
+            self.prefer_from(parent)
+        elif not self.resume and parent:  # its own checkpoint first: a later attempt
+            self.continue_parent(parent)
+
+    def prefer_from(self, parent: str) -> None:
+        """A preference run continuing a job starts from that job's adapter, never its checkpoint
+        (another method's steps and optimizer), and scores against that model: every attempt
+        stages it, its own checkpoint or not, as the reference is made from it."""
+        with self.timed("staging"):
+            self.adapter = patiently(stage_parent_adapter, self.rt, self.run_dir, parent)
+        if not self.resume:
+            self.rt.store.add_event(
+                self.job_id,
+                f"starting from job {parent}'s adapter, which is also the reference model",
+            )
+            self.record["started_from"] = "adapter"
+            through_outages(self.rt.store.update, self.job_id, started_from="adapter")
 
     def continue_parent(self, parent: str) -> None:
         """Start from the job this one continues: its checkpoint, else its adapter."""

@@ -103,15 +103,23 @@ def continue_from(rt: Runtime, job_id: str, run_dir: Path, parent: str) -> tuple
             f"job {parent}, which this job continues, kept neither a complete checkpoint nor an "
             "adapter"
         )
-    local = inside(run_dir, "parent", parent)  # parent: a job id, checked by JobSpec.from_record
-    for file in ADAPTER_FILES:
-        rt.storage.get_file(Storage.run_parts(parent, "adapter", file), local / file)
+    local = stage_parent_adapter(rt, run_dir, parent)
     rt.store.add_event(
         job_id,
         f"continuing from job {parent}'s adapter (no checkpoint kept: fresh optimizer, steps "
         "from 1)",
     )
-    return "", str(local)
+    return "", local
+
+
+def stage_parent_adapter(rt: Runtime, run_dir: Path, parent: str) -> str:
+    """The parent's adapter (its settings and weights), staged into this run: the local folder."""
+    if not has_adapter(rt.storage, parent):
+        raise ConfigError(f"job {parent}, which this job continues, kept no adapter")
+    local = inside(run_dir, "parent", parent)  # parent: a job id, checked by JobSpec.from_record
+    for file in ADAPTER_FILES:
+        rt.storage.get_file(Storage.run_parts(parent, "adapter", file), local / file)
+    return str(local)
 
 
 def continue_from_checkpoint(
