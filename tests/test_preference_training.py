@@ -236,7 +236,10 @@ def test_dpo_after_sft_through_resume_from_scores_against_the_sft_model(
     assert first["step"] == 1
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-4)
     assert first["rewards/rejected"] == pytest.approx(0, abs=1e-4)
-    assert all(name in rows[-1] for name in ("rewards/margins", "rewards/accuracies", "loss"))
+    trained = [row for row in rows if "loss" in row]  # the evaluation at the end has its own row
+    assert trained[-1]["step"] == 3
+    assert all(name in trained[-1] for name in ("rewards/margins", "rewards/accuracies"))
+    assert any("eval_rewards/margins" in row for row in rows if row["step"] == 3)
 
     # The report's "before" margins are the SFT model's, measured here with plain peft on the
     # parent's adapter; its sample answers show the parent between base and tuned.
