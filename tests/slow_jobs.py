@@ -33,23 +33,19 @@ def slow_job(client, tiny_model, **overrides):
     return client.submit(EXAMPLE_DATA, **{"base_model": str(tiny_model), **SLOW_JOB, **overrides})
 
 
-@pytest.fixture(scope="session")
-def seconds_per_step(tiny_model, tmp_path_factory) -> float:
-    """One step of the slow job on this machine, measured in this process (the kernel runs the
-    same code): the median gap between steps 2 to 5 of a real run."""
+def measured_seconds_per_step(tiny_model, folder, job: dict, data, fmt: str) -> float:
+    """One step of ``job`` on ``data`` on this machine, measured in this process (the kernel runs
+    the same code): the median gap between steps 2 to 5 of a real run."""
     from transformers import TrainerCallback
 
     from ftkit import training
     from ftkit.config import TrainConfig
 
-    config = TrainConfig(
-        base_model=str(tiny_model), **{**SLOW_JOB, "max_steps": 5, "save_steps": 0}
-    )
+    config = TrainConfig(base_model=str(tiny_model), **{**job, "max_steps": 5, "save_steps": 0})
     model, tokenizer, _ = training.load_model(config)
-    data, eval_data, _ = training.prepare_data(str(EXAMPLE_DATA), "chat", tokenizer, config)
-    folder = tmp_path_factory.mktemp("step-time")
+    train_data, eval_data, _ = training.prepare_data(str(data), fmt, tokenizer, config)
     trainer = training.make_trainer(
-        model, tokenizer, data, eval_data, config, str(folder), training.Reporter(None)
+        model, tokenizer, train_data, eval_data, config, str(folder), training.Reporter(None)
     )
     ends: list[float] = []
 
@@ -61,6 +57,13 @@ def seconds_per_step(tiny_model, tmp_path_factory) -> float:
     training.train(trainer, training.Reporter(None))
     gaps = sorted(b - a for a, b in zip(ends[1:], ends[2:]))
     return gaps[len(gaps) // 2]
+
+
+@pytest.fixture(scope="session")
+def seconds_per_step(tiny_model, tmp_path_factory) -> float:
+    """One step of the slow job on this machine."""
+    folder = tmp_path_factory.mktemp("step-time")
+    return measured_seconds_per_step(tiny_model, folder, SLOW_JOB, EXAMPLE_DATA, "chat")
 
 
 def steps_past(step: int, seconds_per_step: float, seconds: float = 10.0) -> int:
@@ -99,3 +102,20 @@ def kill_kernel_of(client, worker, job) -> int:
     kernel = kernel_of(client, worker, job)
     kernel.send_signal(signal.SIGKILL)
     return kernel.pid
+
+
+def cancel_mid_training(job, from_step: int = 3) -> None:
+    """Cancel a running job and check it stops within seconds, keeping its report. The kernel reads
+    a stop request at most every 0.5 s and reports progress every 1 s: the steps those delays span
+    at this machine's measured pace are allowed, plus one in flight."""
+    wait_for(lambda: step_of(job) >= from_step, 600, f"step {from_step}")
+    first_step, first_time = step_of(job), time.monotonic()
+    wait_for(lambda: step_of(job) >= first_step + 3, 600, "three more steps")
+    seen, asked = step_of(job), time.monotonic()
+    seconds_per_step = (asked - first_time) / (seen - first_step)
+    job.cancel()
+    final = job.wait(timeout=300, progress=False, poll=0.1)
+    allowed = 2 + math.ceil((0.5 + 1.0 + 1.0) / seconds_per_step)
+    assert final["status"] == "cancelled"
+    assert final["current_step"] - seen <= allowed, (final["current_step"], seen, allowed)
+    assert final["report"] and open(final["report"]).read()

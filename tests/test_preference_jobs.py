@@ -7,7 +7,6 @@ Real workers, kernels and TRL trainers on the tiny model, with the shipped examp
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 
@@ -17,7 +16,14 @@ from capped_llama import register_capped_llama
 from conftest import EXAMPLE_DATA, REPO, redis_only, sqlite_only, wait_for
 from ftkit.lineage import ADAPTER_FILES, newest_checkpoint
 from ftkit.storage import Storage
-from slow_jobs import FAST, assert_history_continues, step_of, steps_past
+from slow_jobs import (
+    FAST,
+    assert_history_continues,
+    cancel_mid_training,
+    measured_seconds_per_step,
+    step_of,
+    steps_past,
+)
 
 PAIRS = REPO / "examples" / "preference_data.jsonl"  # 46 pairs, shipped in the package too
 DPO_JOB = dict(
@@ -38,30 +44,9 @@ def preference_job(client, tiny_model, **overrides):
 
 @pytest.fixture(scope="module")
 def dpo_seconds_per_step(tiny_model, tmp_path_factory) -> float:
-    """One step of DPO_JOB on this machine, measured in this process (the kernel runs the same
-    code): the median gap between steps 2 to 5 of a real run."""
-    from transformers import TrainerCallback
-
-    from ftkit import training
-    from ftkit.config import TrainConfig
-
-    config = TrainConfig(base_model=str(tiny_model), **{**DPO_JOB, "max_steps": 5, "save_steps": 0})
-    model, tokenizer, _ = training.load_model(config)
-    data, eval_data, _ = training.prepare_data(str(PAIRS), "preference", tokenizer, config)
+    """One step of DPO_JOB on this machine."""
     folder = tmp_path_factory.mktemp("dpo-step-time")
-    trainer = training.make_trainer(
-        model, tokenizer, data, eval_data, config, str(folder), training.Reporter(None)
-    )
-    ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-
-    trainer.add_callback(Clock())
-    training.train(trainer, training.Reporter(None))
-    gaps = sorted(b - a for a, b in zip(ends[1:], ends[2:]))
-    return gaps[len(gaps) // 2]
+    return measured_seconds_per_step(tiny_model, folder, DPO_JOB, PAIRS, "preference")
 
 
 # -- the reference, measured outside ftkit ---------------------------------------------------------
@@ -269,19 +254,7 @@ def test_a_running_kto_job_stops_within_seconds_when_cancelled_and_keeps_its_rep
 ):
     start_worker()
     job = preference_job(client, tiny_model, method="kto", max_steps=100_000, save_steps=0)
-    # As for SFT: the kernel reads a stop request at most every 0.5 s and reports progress every
-    # 1 s; allow the steps those delays span at this machine's measured pace, plus one in flight.
-    wait_for(lambda: step_of(job) >= 2, 600, "step 2")
-    first_step, first_time = step_of(job), time.monotonic()
-    wait_for(lambda: step_of(job) >= first_step + 3, 600, "three more steps")
-    seen, asked = step_of(job), time.monotonic()
-    seconds_per_step = (asked - first_time) / (seen - first_step)
-    job.cancel()
-    final = job.wait(timeout=300, progress=False, poll=0.1)
-    allowed = 2 + math.ceil((0.5 + 1.0 + 1.0) / seconds_per_step)
-    assert final["status"] == "cancelled"
-    assert final["current_step"] - seen <= allowed, (final["current_step"], seen, allowed)
-    assert final["report"] and open(final["report"]).read()
+    cancel_mid_training(job, from_step=2)  # as for SFT
     after = preference_job(client, tiny_model, method="kto", max_steps=2)
     assert after.wait(timeout=300, progress=False)["status"] == "completed", (
         "the worker takes the next job"

@@ -78,25 +78,15 @@ def preference_args(config_class: type, common: dict[str, Any], config: TrainCon
     return config_class(**common, max_length=config.max_seq_length, **method_settings(config))
 
 
-def make_preference_trainer(model, tokenizer, train_data, eval_data, args, config, callbacks):
-    """The method's trainer, its reference being the model with the adapter switched off (or
-    the parent's adapter: see the module's docstring)."""
+def preference_trainer(model, config: TrainConfig) -> tuple[type, dict[str, Any]]:
+    """The method's trainer class, and what it takes beyond SFTTrainer's arguments: its reference
+    is the model with the adapter switched off (or the parent's adapter: see the module's
+    docstring); ORPO has none."""
     from .model import pick_backend
 
     drop_reference(model)  # a trainer built again (an out-of-memory retry) copies it afresh
     trainer_class, _ = trainer_classes(config.method, pick_backend(config.backend))
-    kwargs: dict[str, Any] = {}
-    if config.method != "orpo":
-        kwargs["ref_model"] = None
-    return trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        **kwargs,
-    )
+    return trainer_class, ({} if config.method == "orpo" else {"ref_model": None})
 
 
 def drop_reference(model) -> None:

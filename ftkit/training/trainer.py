@@ -72,22 +72,22 @@ def make_trainer(
     args = trainer_args(config, output_dir, with_eval=eval_data is not None)
     callbacks = [progress_callback(reporter)]
     if config.preference:
-        from .preference import make_preference_trainer
+        from .preference import preference_trainer
 
-        trainer = make_preference_trainer(
-            model, tokenizer, train_data, eval_data, args, config, callbacks
-        )
+        trainer_class, extra = preference_trainer(model, config)
     else:
         from trl import SFTTrainer
 
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_data,
-            eval_dataset=eval_data,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
+        trainer_class, extra = SFTTrainer, {}
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        **extra,
+    )
     trainer.remove_callback(PrinterCallback)  # ftkit's callback prints one readable line per step
     return trainer
 
