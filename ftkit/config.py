@@ -24,6 +24,9 @@ METHOD_SETTINGS = {
 }
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")  # TRL's, at every version ftkit allows
 UPLOAD_MODELS = ("auto", "always", "never")
+# The experiment trackers a job can log to (TrainConfig.report_to), through transformers' own
+# integrations where they fit; each one's credentials come from the worker's environment only.
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def default_home(env: dict[str, str] | None = None) -> Path:
@@ -305,6 +308,8 @@ class TrainConfig:
     dpo_loss_type: str | None = None  # dpo: one of DPO_LOSS_TYPES; None: sigmoid (the paper's)
     kto_desirable_weight: float | None = None  # kto: weight of good answers; None: 1.0
     kto_undesirable_weight: float | None = None  # kto: weight of bad answers; None: 1.0
+    # Experiment trackers, any of TRACKERS: where else its metrics go (none by default).
+    report_to: list[str] = field(default_factory=list)
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -325,6 +330,7 @@ class TrainConfig:
         self._check_fractions()
         self._check_switches_and_backend()
         self._check_method()
+        self._check_report_to()
 
     def _fail(self, name: str, why: str) -> NoReturn:
         raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
@@ -433,6 +439,23 @@ class TrainConfig:
             ):
                 self._fail(name, "must be a number > 0 and <= 100, or None (TRL's default)")
 
+    def _check_report_to(self) -> None:
+        """A list of tracker names, each known and named once (a typo would log nowhere, silently)."""
+        value = self.report_to
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            example = f"[{value!r}]" if value in TRACKERS else "['tensorboard', 'mlflow']"
+            self._fail("report_to", f"give a list of trackers, e.g. report_to={example}")
+        for name in value:
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(str(name), TRACKERS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self._fail(
+                    "report_to",
+                    f"{name!r} is not a tracker ftkit knows{hint}; use any of {', '.join(TRACKERS)}",
+                )
+            if value.count(name) > 1:
+                self._fail("report_to", f"names {name!r} twice")
+
     @property
     def preference(self) -> bool:
         """Whether it tunes on preferences (DPO, ORPO, KTO) rather than on answers (SFT)."""
@@ -461,4 +484,8 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "sample_prompts": list(self.sample_prompts)}
+        return {
+            **dataclasses.asdict(self),
+            "sample_prompts": list(self.sample_prompts),
+            "report_to": list(self.report_to),
+        }

@@ -19,7 +19,7 @@ MODES = ("grid", "random")
 MAX_RUNS = 256  # a typo in a grid should not queue a million jobs
 # sampled log-uniform: their order of magnitude is what matters
 LOG_SCALE = ("learning_rate", "beta")
-LIST_VALUED = ("sample_prompts",)  # a list is this field's value: a list of lists sweeps it
+LIST_VALUED = ("sample_prompts", "report_to")  # a list is the value: a list of lists sweeps it
 
 
 def _kind(name: str) -> str:

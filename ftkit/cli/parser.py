@@ -32,6 +32,11 @@ def _prompts(text: str) -> list[str]:
     return [p.strip() for p in text.split("|") if p.strip()]
 
 
+def _names(text: str) -> list[str]:
+    """--report-to 'tensorboard,mlflow' (TrainConfig says which names it takes)"""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 # fields with a fixed set of values: --help lists them, and argparse refuses any other
 CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
 
@@ -39,13 +44,22 @@ CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, typed like the field."""
     for f in dataclasses.fields(TrainConfig):
-        kind = next(
-            (
-                t
-                for name, t in (("list", _prompts), ("bool", _bool), ("int", int), ("float", float))
-                if name in str(f.type)
-            ),
-            str,
+        kind = (
+            _names
+            if f.name == "report_to"
+            else next(
+                (
+                    t
+                    for name, t in (
+                        ("list", _prompts),
+                        ("bool", _bool),
+                        ("int", int),
+                        ("float", float),
+                    )
+                    if name in str(f.type)
+                ),
+                str,
+            )
         )
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",

@@ -11,7 +11,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..client import Client, Dataset, Job
-from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TRACKERS, TrainConfig
 from ..core.html import esc, table
 from ..core.rules import METHODS
 from ..errors import DatasetError, FtkitError
@@ -57,6 +57,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "sample_prompts": (
         "Advanced",
         "Prompts (one per line) answered before and after training in the report",
+    ),
+    "report_to": (
+        "Advanced",
+        "Experiment trackers the worker also logs to (ctrl-click for several; none: none)",
     ),
 }
 
@@ -214,6 +218,8 @@ class ConfigureStep:
             return w.FloatText(value=value or 0.0, **common)
         if name == "sample_prompts":
             return w.Textarea(value="\n".join(value), **common)
+        if name == "report_to":
+            return w.SelectMultiple(options=list(TRACKERS), value=tuple(value), rows=3, **common)
         if isinstance(value, int):
             return w.IntText(value=value, **common)
         if isinstance(value, float):
@@ -229,6 +235,7 @@ class ConfigureStep:
         values["max_steps"] = values["max_steps"] or None
         values["load_in_4bit"] = {"auto": None, "yes": True, "no": False}[values["load_in_4bit"]]
         values["timeout_minutes"] = values["timeout_minutes"] or None
+        values["report_to"] = list(values["report_to"])
         values["sample_prompts"] = [
             p.strip() for p in values["sample_prompts"].splitlines() if p.strip()
         ]

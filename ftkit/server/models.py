@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TRACKERS, TrainConfig
 from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, METHODS, TAG
 from ..core.statuses import STATUSES
 from ..sweep_plan import MAX_RUNS, MODES
@@ -41,6 +41,7 @@ def _describe(name: str) -> str:
     return (
         f"TrainConfig.{name}"
         + (f": one of {', '.join(takes)}" if takes else "")
+        + (f": a list of any of {', '.join(TRACKERS)}" if name == "report_to" else "")
         + (f" (method {' or '.join(methods)} only; unset: TRL's default)" if methods else "")
     )
 
