@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM = false
 $(STAMP): pyproject.toml constraints/cpu-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints/cpu-torch.txt -e '.[worker,s3,server,dev]'
+	$(PY) -m pip install -q -c constraints/cpu-torch.txt -e '.[worker,s3,server,dev,trackers]'
 	touch $(STAMP)
 
 install: $(STAMP)

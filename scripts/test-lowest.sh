@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${LOWEST_VENV:-.venv-lowest}
-EXTRAS="worker,s3,server,dev"
+EXTRAS="worker,s3,server,dev,trackers"
 started=$(date +%s)
 
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
