@@ -12,6 +12,8 @@ output_dir = "run"                            # the adapter, checkpoints and res
 resume_from_checkpoint = ""                   # a checkpoint folder when this run continues an earlier attempt
 resume_from_adapter = ""                      # a past job's adapter folder to start from (fresh optimizer)
 dataset_profile = {}                          # the data set's profile from upload (rows, tokens, warnings)
+job_tags = []                                 # the job's tags: its MLflow and W&B runs carry them
+job_note = ""                                 # the job's note: the description of those runs
 
 # Model
 base_model = "unsloth/llama-3-8b-bnb-4bit"    # hub id or local folder
@@ -41,6 +43,7 @@ eval_steps = 0                                # 0: evaluate at the end only
 timeout_minutes = None                        # the worker stops the job after this long
 auto_batch_size = False                       # out of memory: retry at half the batch, twice the accumulation
 sample_prompts = []                           # answered by the base and the fine-tuned model below
+report_to = []                                # experiment trackers: tensorboard | mlflow | wandb (credentials: the worker's environment)
 
 # Method
 method = "sft"                                # sft | dpo | orpo (preference pairs) | kto (labelled answers, or pairs)
@@ -58,8 +61,13 @@ config = TrainConfig.from_dict({name: globals()[name] for name in TrainConfig.fi
 reporter = training.Reporter.for_job(job_id)
 training.show_table(config.to_dict(), "Configuration")"""
 
+ENVIRONMENT = """training.show_table(training.environment(), "Environment")
+# report_to's trackers, each dropped with a warning when it cannot work on this worker
+trackers = training.start_trackers(config, job_id, output_dir, job_tags, job_note, reporter)"""
+
 TRAINING = """trainer, result = training.fit(
-    model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint
+    model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint,
+    trackers.callbacks,
 )
 training.plot_training(trainer.state.log_history)
 speed = training.throughput(result, data_summary, config)
@@ -81,7 +89,8 @@ summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": 
            **training.final_rewards(trainer.state.log_history), "adapter_dir": str(adapter_dir)}
 training.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
                    samples=samples, margins=margins)
-training.show_table(summary, "Result")"""
+training.show_table(summary, "Result")
+trackers.finish(summary)  # metrics written, the adapter to MLflow, the W&B run finished"""
 
 params = code(PARAMETERS)
 params.metadata["tags"] = ["parameters"]
@@ -96,7 +105,7 @@ cells = [
     params,
     code(CONFIG),
     md("## Environment"),
-    code('training.show_table(training.environment(), "Environment")'),
+    code(ENVIRONMENT),
     md("## Model and LoRA"),
     code(
         "model, tokenizer, model_info = training.load_model(config, resume_from_adapter)\n"

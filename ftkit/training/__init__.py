@@ -16,6 +16,7 @@ template notebook with parameters and environment variables, and reads back resu
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
     preference.py   DPO, ORPO and KTO: their data, trainers, settings and reference model
     margins.py      a preference run's margins (chosen over rejected) before and after
+    trackers.py     TensorBoard, MLflow and W&B (report_to): started, guarded, finished
     device.py       what the machine offers (CUDA, bf16, unsloth, 4-bit) and what a job does with it
     display.py      report tables, the loss figure, throughput, result.json
     samples.py      sample prompts and the base and fine-tuned answers
@@ -40,6 +41,7 @@ from .model import check_base_model, load_model, pick_backend
 from .preference import final_rewards
 from .reporter import Reporter
 from .samples import generate, generate_batch, sample_prompts, show_samples
+from .trackers import Trackers, start_trackers
 from .trainer import (
     checkpointing_args,
     fit,
@@ -58,6 +60,7 @@ __all__ = [
     "Fence",
     "Reporter",
     "TrainedAlready",
+    "Trackers",
     "check_base_model",
     "checkpointing_args",
     "environment",
@@ -81,6 +84,7 @@ __all__ = [
     "show_samples",
     "show_table",
     "smaller_batch",
+    "start_trackers",
     "starting_weights",
     "throughput",
     "train",

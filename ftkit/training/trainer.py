@@ -64,13 +64,15 @@ def make_trainer(
     config: TrainConfig,
     output_dir: str,
     reporter: Reporter,
+    callbacks: list[Any] | tuple[Any, ...] = (),
 ):
     """The method's trainer (SFT, or DPO, ORPO, KTO) over the data, reporting through
-    ``reporter`` (ftkit's callback in place of the trainer's own printer)."""
+    ``reporter`` (ftkit's callback in place of the trainer's own printer) and any further
+    ``callbacks`` (the experiment trackers': training/trackers.py)."""
     from transformers.trainer_callback import PrinterCallback
 
     args = trainer_args(config, output_dir, with_eval=eval_data is not None)
-    callbacks = [progress_callback(reporter)]
+    callbacks = [progress_callback(reporter), *callbacks]
     if config.preference:
         from .preference import preference_trainer
 
@@ -115,7 +117,8 @@ def shared_args(
     config: TrainConfig, output_dir: str, *, with_eval: bool, args_class: type
 ) -> dict[str, Any]:
     """What every method's trainer is given: checkpoints under ``output_dir``, the dtype the
-    machine supports, no progress bars and no reporting integrations."""
+    machine supports, no progress bars, and none of transformers' reporting integrations: the
+    job's trackers come as callbacks ftkit starts and guards (training/trackers.py)."""
     import torch
 
     from .device import Machine, choose_dtype
@@ -204,6 +207,7 @@ def fit(
     output_dir: str,
     reporter: Reporter,
     resume_from_checkpoint: str | None = None,
+    callbacks: list[Any] | tuple[Any, ...] = (),
 ):
     """make_trainer + train, ending an out-of-memory with a message that says what to change.
 
@@ -218,7 +222,7 @@ def fit(
     start = trainable_weights(model) if config.auto_batch_size else None
     while True:
         trainer = make_trainer(
-            model, tokenizer, train_data, eval_data, config, output_dir, reporter
+            model, tokenizer, train_data, eval_data, config, output_dir, reporter, callbacks
         )
         try:
             result = train(trainer, reporter, resume_from_checkpoint)

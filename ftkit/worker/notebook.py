@@ -15,6 +15,7 @@ from typing import Any
 from ..core import statuses
 from ..core.records import JobRecord
 from ..core.retry import through_outages
+from ..core.rules import MAX_NOTE, MAX_TAGS, TAG
 from ..data import checked_columns
 from ..errors import StorageUnavailable
 from ..spec import JobSpec
@@ -44,7 +45,20 @@ def notebook_parameters(
         "resume_from_checkpoint": resume_from_checkpoint,
         "resume_from_adapter": resume_from_adapter,
         "dataset_profile": plain_json(record.get("dataset_profile")),
+        **labels(record),
         **spec.config.to_dict(),
+    }
+
+
+def labels(record: JobRecord) -> dict[str, Any]:
+    """The job's tags and note, which its experiment trackers' runs carry: values checked again
+    (the record is untrusted), well-formed tags only."""
+    tags, note = record.get("tags"), record.get("note")
+    return {
+        "job_tags": [t for t in tags if isinstance(t, str) and TAG.fullmatch(t)][:MAX_TAGS]
+        if isinstance(tags, list)
+        else [],
+        "job_note": note[:MAX_NOTE] if isinstance(note, str) else "",
     }
 
 
