@@ -48,12 +48,15 @@ def test_a_job_runs_through_s3_and_leaves_no_secret_in_its_report(
     start_worker()
     ds = client.upload_dataset(EXAMPLE_DATA)
     assert ds.url.startswith("s3://") and ds.url.endswith("/example_data.jsonl")
-    job = client.submit(ds, base_model=str(tiny_model), max_steps=4, max_seq_length=128)
+    job = client.submit(
+        ds, base_model=str(tiny_model), max_steps=4, max_seq_length=128, report_to=["tensorboard"]
+    )
     final = job.wait(timeout=240, progress=False)
     assert final["status"] == "completed", final["error"]
     assert final["result"]["report"] == f"{settings.storage}/runs/{job.id}/report.ipynb"
     keys = bucket_keys(settings)
     assert f"team/runs/{job.id}/report.ipynb" in keys
+    assert any(k.startswith(f"team/runs/{job.id}/tensorboard/events.out.tfevents.") for k in keys)
     assert f"team/runs/{job.id}/adapter/adapter_model.safetensors" in keys
     assert f"team/datasets/{ds.sha256}/example_data.jsonl" in keys
     adapter = job.download(tmp_path / "adapter")

@@ -1,15 +1,20 @@
-"""Experiment trackers (TrainConfig.report_to), with no network: the setting, the kernel's MLflow
-run continued by a later attempt, and a tracker that raises mid-training, which stops logging while
-the training goes on."""
+"""Experiment trackers (TrainConfig.report_to), with no network: one real job logs to TensorBoard
+(event files in storage, read back with tensorboard's reader), an MLflow file store (read with
+MLflow's client) and an offline W&B run (its .wandb file read with W&B's own record messages); a job
+whose trackers cannot work completes with warnings in its log, record and report; a tracker that
+raises mid-training stops logging and the training goes on; no credential lands anywhere."""
 
 from __future__ import annotations
 
 import json
+import secrets
+import struct
+from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_DATA
-from ftkit.config import TrainConfig
+from conftest import EXAMPLE_DATA, free_port, sqlite_only
+from ftkit.config import TRACKERS, TrainConfig
 from ftkit.errors import ConfigError
 
 JOB = dict(max_steps=6, batch_size=2, max_seq_length=128, learning_rate=3e-3)
@@ -129,3 +134,150 @@ def test_a_tracker_failing_mid_training_stops_logging_and_the_training_goes_on(
     assert json.loads((tmp_path / "trackers.json").read_text())["warnings"] == [
         f"{said}; the training goes on"
     ]
+
+
+# -- real jobs ------------------------------------------------------------------------------------
+def wandb_records(path: Path) -> list:
+    """The records of a .wandb file, as W&B's own protobuf messages. The file is a LevelDB-style
+    log (32 KiB blocks of chunks: crc32, length, type) after a 7-byte W&B header; wandb ships no
+    reader of its own any more."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw, records, pieces, pos = path.read_bytes(), [], b"", 7
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a chunk header: padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        if kind == 0:  # zeroes to the block's end
+            pos += left
+            continue
+        pieces += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or a record's last chunk
+            record = pb.Record()
+            record.ParseFromString(pieces)
+            records.append(record)
+            pieces = b""
+    return records
+
+
+def tracker_env(tmp_path: Path) -> dict[str, str]:
+    """A worker's environment for the trackers, all local; with credentials that must not leak."""
+    return {
+        "WANDB_API_KEY": f"wandb-{secrets.token_hex(16)}",
+        "MLFLOW_TRACKING_USERNAME": "ftkit-test",
+        "MLFLOW_TRACKING_PASSWORD": f"mlflow-{secrets.token_hex(16)}",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+        "NETRC": str(tmp_path / "no-netrc"),  # no `wandb login` of this machine's user
+    }
+
+
+def assert_nothing_holds(secrets_: list[str], client, job, worker, *folders: Path) -> None:
+    """No credential in the job's record, logs or report, the worker's log, or any file the
+    trackers wrote."""
+    texts = [json.dumps(client.store.get(job.id)), "\n".join(job.logs(500)), worker.output()]
+    files = [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+    assert files, "the trackers wrote files"
+    for secret in secrets_:
+        assert not any(secret in text for text in texts)
+        assert not any(secret.encode() in p.read_bytes() for p in files), secret
+
+
+@sqlite_only
+@pytest.mark.slow
+def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
+    settings, client, start_worker, tiny_model, tmp_path
+):
+    env = {
+        **tracker_env(tmp_path),
+        "MLFLOW_TRACKING_URI": f"file://{tmp_path / 'mlruns'}",
+        "WANDB_MODE": "offline",
+    }
+    worker = start_worker(env=env)
+    job = client.submit(
+        EXAMPLE_DATA, base_model=str(tiny_model), **JOB, save_steps=3,
+        report_to=["tensorboard", "mlflow", "wandb"], tags=["lr-sweep"], note="tracked",
+    )  # fmt: skip
+    final = job.wait(timeout=600, progress=False)
+    assert final["status"] == "completed", final["error"]
+    said = [w for w in final.get("warnings") or [] if w.split(":")[0] in TRACKERS]
+    assert not said, said
+    losses = {m["step"]: m["loss"] for m in job.metrics()}
+    assert sorted(losses) == list(range(1, 7))
+    run_folder = Path(settings.storage) / "runs" / job.id
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_folder / "tensorboard"))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(losses)
+
+    from ftkit.trackers import mlflow_client
+
+    mlflow = mlflow_client(env["MLFLOW_TRACKING_URI"])
+    (run,) = mlflow.search_runs(["0"], filter_string=f"attributes.run_name = '{job.id}'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ftkit.job_id"] == job.id and run.data.tags["ftkit.tags"] == "lr-sweep"
+    assert run.data.tags["mlflow.note.content"] == "tracked"
+    assert run.data.params["learning_rate"] == "0.003" and run.data.params["max_steps"] == "6"
+    history = mlflow.get_metric_history(run.info.run_id, "loss")
+    assert {m.step: m.value for m in history} == pytest.approx(losses)
+    artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
+    adapter = {a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")}
+    assert {"report.ipynb", "adapter"} <= artifacts
+    assert "adapter/adapter_model.safetensors" in adapter
+
+    (wandb_file,) = (run_folder / "wandb").glob(f"offline-run-*-{job.id}/run-{job.id}.wandb")
+    records = wandb_records(wandb_file)
+    (started,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (started.run_id, started.display_name, list(started.tags)) == (
+        job.id,
+        job.id,
+        ["lr-sweep"],
+    )
+    rows = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    logged = {r["train/global_step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    assert logged == pytest.approx(losses)
+
+    report = (run_folder / "report.ipynb").read_text()
+    assert "Experiment trackers" in report and "runs/" + job.id + "/tensorboard" in report
+    secrets_ = [env["WANDB_API_KEY"], env["MLFLOW_TRACKING_PASSWORD"]]
+    assert_nothing_holds(secrets_, client, job, worker, run_folder, tmp_path / "mlruns")
+
+
+@sqlite_only
+@pytest.mark.slow
+def test_a_job_whose_trackers_cannot_work_completes_and_says_why(
+    settings, client, start_worker, tiny_model, tmp_path
+):
+    env = {**tracker_env(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    env.pop("WANDB_API_KEY")  # online W&B, and no key
+    worker = start_worker(env=env)
+    job = client.submit(
+        EXAMPLE_DATA, base_model=str(tiny_model), **{**JOB, "max_steps": 2},
+        report_to=["mlflow", "wandb"],
+    )  # fmt: skip
+    final = job.wait(timeout=600, progress=False)
+    assert final["status"] == "completed", final["error"]
+    unreachable = (
+        f"mlflow: not used: the tracking server {env['MLFLOW_TRACKING_URI']} is unreachable"
+    )
+    no_key = "wandb: not used: WANDB_API_KEY is not set in the worker's environment"
+    said = [w for w in final["warnings"] if w.split(":")[0] in TRACKERS]  # after the data set's
+    assert [w[: len(s)] for w, s in zip(said, (unreachable, no_key))] == [unreachable, no_key]
+    logs = "\n".join(job.logs(500))
+    assert f"tracker warning: {unreachable}" in logs and f"tracker warning: {no_key}" in logs
+    report = (Path(settings.storage) / "runs" / job.id / "report.ipynb").read_text()
+    assert unreachable in report and no_key in report
+    assert_nothing_holds(
+        [env["MLFLOW_TRACKING_PASSWORD"]], client, job, worker, Path(settings.storage) / "runs"
+    )

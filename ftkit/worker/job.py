@@ -48,6 +48,7 @@ from .staging import (
     stage_model,
     stage_parent_adapter,
 )
+from .trackers import add_warnings, close_mlflow_run, upload_tracker_files
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,14 @@ class JobRun:
             return
         self.apply_stop_request()
         event = self.retry_or_give_up() if self.killed else None
+        with self.timed("trackers"):
+            self.tracker_warnings(*upload_tracker_files(self.rt, self.job_id, self.run_dir))
         with self.timed("report"):
             self.fields["report"] = save_report(
                 self.rt, self.job_id, self.report, self.record, self.final, self.fields
             )
+        with self.timed("trackers"):
+            self.tracker_warnings([], close_mlflow_run(self.run_dir, self.report, self.final))
         with self.timed("finish"):
             if self.final == statuses.QUEUED:
                 through_outages(self.hand_back, event)
@@ -227,6 +232,13 @@ class JobRun:
         shutil.rmtree(self.run_dir / "parent", ignore_errors=True)
         if rt.kernels is not None:
             rt.kernels.idle()
+
+    def tracker_warnings(self, kernel: list[str], worker: list[str]) -> None:
+        """The trackers' warnings into the job's record; the worker's own into its log too (the
+        kernel printed its own)."""
+        for line in worker:
+            through_outages(self.rt.store.add_event, self.job_id, f"tracker warning: {line}")
+        add_warnings(self.record, self.fields, [*kernel, *worker])
 
     # -- how the notebook ended --------------------------------------------------------------------
     def notebook_failed(self, error: dict[str, Any]) -> None:
