@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import struct
 from pathlib import Path
 
@@ -259,13 +260,19 @@ def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
 def test_a_job_whose_trackers_cannot_work_completes_and_says_why(
     settings, client, start_worker, tiny_model, tmp_path
 ):
+    """And a job that fails still leaves its TensorBoard files in storage."""
     env = {**tracker_env(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     env.pop("WANDB_API_KEY")  # online W&B, and no key
-    worker = start_worker(env=env)
     job = client.submit(
         EXAMPLE_DATA, base_model=str(tiny_model), **{**JOB, "max_steps": 2},
         report_to=["mlflow", "wandb"],
     )  # fmt: skip
+    gone = tmp_path / "gone-model"
+    gone.mkdir()
+    (gone / "config.json").write_text("{}")
+    failing = client.submit(EXAMPLE_DATA, base_model=str(gone), report_to=["tensorboard"])
+    shutil.rmtree(gone)  # only the worker notices: the job fails loading it, trackers started
+    worker = start_worker(env=env)
     final = job.wait(timeout=600, progress=False)
     assert final["status"] == "completed", final["error"]
     unreachable = (
@@ -276,8 +283,14 @@ def test_a_job_whose_trackers_cannot_work_completes_and_says_why(
     assert [w[: len(s)] for w, s in zip(said, (unreachable, no_key))] == [unreachable, no_key]
     logs = "\n".join(job.logs(500))
     assert f"tracker warning: {unreachable}" in logs and f"tracker warning: {no_key}" in logs
-    report = (Path(settings.storage) / "runs" / job.id / "report.ipynb").read_text()
+    runs = Path(settings.storage) / "runs"
+    report = (runs / job.id / "report.ipynb").read_text()
     assert unreachable in report and no_key in report
-    assert_nothing_holds(
-        [env["MLFLOW_TRACKING_PASSWORD"]], client, job, worker, Path(settings.storage) / "runs"
-    )
+
+    assert failing.wait(timeout=600, progress=False)["status"] == "failed"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / failing.id / "tensorboard"))
+    events.Reload()
+    assert "ftkit/config/text_summary" in events.Tags()["tensors"]
+    assert_nothing_holds([env["MLFLOW_TRACKING_PASSWORD"]], client, job, worker, runs)
