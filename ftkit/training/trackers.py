@@ -52,6 +52,7 @@ class Trackers:
         self.tensorboard: Any = None  # transformers' TensorBoardCallback
         self.mlflow: MLflowRun | None = None
         self.wandb: Any = None  # the wandb run
+        self.stopped: set[str] = set()  # trackers that failed mid-run: nothing more is sent them
 
     def warn(self, tracker: str, why: str) -> None:
         """Printed (the job's log keeps what the cells print) and kept for the worker (the job's
@@ -61,8 +62,14 @@ class Trackers:
         self.state["warnings"].append(text)
         self.save()
 
-    def add(self, tracker: str, callback: Any) -> None:
-        self.callbacks.append(guarded(tracker, callback, self.warn))
+    def add(self, tracker: str, callback: Any, doing: str = "logging") -> None:
+        self.callbacks.append(guarded(tracker, callback, self.failed, doing))
+
+    def failed(self, tracker: str, doing: str, why: str) -> None:
+        """A guarded callback raised: it is done, and so is its tracker when it was the logging."""
+        if doing == "logging":
+            self.stopped.add(tracker)
+        self.warn(tracker, f"stopped {doing} {why}; the training goes on")
 
     def save(self) -> None:
         write_state(self.output, self.state)
@@ -74,14 +81,16 @@ class Trackers:
         adapter = result.get("adapter_dir")
         if result.get("stopped") in (STOP_HANDOFF, SUPERSEDED, ORPHANED):
             adapter = None  # the job finishes in another run, which adds its own
-        steps = [
-            ("mlflow", self.mlflow and (lambda: self.mlflow.finish(adapter))),  # type: ignore[union-attr]
-            ("tensorboard", self.tensorboard and self.close_tensorboard),
-            ("wandb", self.wandb and self.wandb.finish),
-        ]
+        steps: list[tuple[str, Any]] = []
+        # (an MLflow run that stopped mid-run would only fail again, after MLflow's retries)
+        if self.mlflow is not None and "mlflow" not in self.stopped:
+            mlflow = self.mlflow
+            steps.append(("mlflow", lambda: mlflow.finish(adapter)))
+        if self.tensorboard is not None:
+            steps.append(("tensorboard", self.close_tensorboard))
+        if self.wandb is not None:
+            steps.append(("wandb", self.wandb.finish))
         for tracker, step in steps:
-            if not step:
-                continue
             try:
                 step()
             except Exception as exc:
@@ -146,7 +155,7 @@ def start_tensorboard(t: Trackers, config: TrainConfig, tags: list[str], note: s
     t.add("tensorboard", t.tensorboard)
     if t.storage is None or not t.job_id:
         return f"event files in {folder}"
-    t.add("tensorboard", TensorBoardUpload(t, folder))
+    t.add("tensorboard", TensorBoardUpload(t, folder), doing="uploading its files at checkpoints")
     from ..storage import Storage
 
     return f"event files in {t.storage.full_url(*Storage.run_parts(t.job_id, 'tensorboard'))}"
@@ -342,14 +351,16 @@ STARTERS = {"tensorboard": start_tensorboard, "mlflow": start_mlflow, "wandb": s
 
 
 # -- guards ------------------------------------------------------------------------------------------
-def guarded(tracker: str, inner: Any, warn: Any) -> Any:
+def guarded(tracker: str, inner: Any, failed: Any, doing: str = "logging") -> Any:
     """``inner`` (a trainer callback, or any object with some of its hooks) as a transformers
-    TrainerCallback that never raises: the first failure is warned about and ends its logging."""
+    TrainerCallback that never raises: its first failure goes to ``failed(tracker, doing, why)``
+    and ends its calls."""
     from transformers import TrainerCallback
 
     class Guarded(TrainerCallback):
         def __init__(self) -> None:
-            self.tracker, self.inner, self.warn, self.failed = tracker, inner, warn, False
+            self.tracker, self.inner, self.doing = tracker, inner, doing
+            self.on_failure, self.failed = failed, False
 
         def __repr__(self) -> str:
             return f"Guarded({type(self.inner).__name__})"
@@ -360,6 +371,8 @@ def guarded(tracker: str, inner: Any, warn: Any) -> Any:
 
 
 def forward(event: str) -> Any:
+    """A guarded callback's hook ``event``: the inner callback's, any exception a warning."""
+
     def hook(self, args, state, control, **kwargs):
         method = getattr(self.inner, event, None)
         if self.failed or method is None:
@@ -368,11 +381,8 @@ def forward(event: str) -> Any:
             return method(args, state, control, **kwargs)
         except Exception as exc:
             self.failed = True
-            self.warn(
-                self.tracker,
-                f"stopped logging at step {state.global_step} ({event}: "
-                f"{type(exc).__name__}: {exc}); the training goes on",
-            )
+            why = f"at step {state.global_step} ({event}: {type(exc).__name__}: {exc})"
+            self.on_failure(self.tracker, self.doing, why)
             return None
 
     hook.__name__ = event
