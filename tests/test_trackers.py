@@ -19,6 +19,7 @@ from ftkit.config import TRACKERS, TrainConfig
 from ftkit.errors import ConfigError
 
 JOB = dict(max_steps=6, batch_size=2, max_seq_length=128, learning_rate=3e-3)
+NOTE = 'tracked "twice"\nsecond line \\ end'  # a value, whatever it holds, never code
 
 
 # -- the setting ----------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
     worker = start_worker(env=env)
     job = client.submit(
         EXAMPLE_DATA, base_model=str(tiny_model), **JOB, save_steps=3,
-        report_to=["tensorboard", "mlflow", "wandb"], tags=["lr-sweep"], note="tracked",
+        report_to=["tensorboard", "mlflow", "wandb"], tags=["lr-sweep"], note=NOTE,
     )  # fmt: skip
     final = job.wait(timeout=600, progress=False)
     assert final["status"] == "completed", final["error"]
@@ -224,7 +225,7 @@ def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
     (run,) = mlflow.search_runs(["0"], filter_string=f"attributes.run_name = '{job.id}'")
     assert run.info.status == "FINISHED"
     assert run.data.tags["ftkit.job_id"] == job.id and run.data.tags["ftkit.tags"] == "lr-sweep"
-    assert run.data.tags["mlflow.note.content"] == "tracked"
+    assert run.data.tags["mlflow.note.content"] == NOTE
     assert run.data.params["learning_rate"] == "0.003" and run.data.params["max_steps"] == "6"
     history = mlflow.get_metric_history(run.info.run_id, "loss")
     assert {m.step: m.value for m in history} == pytest.approx(losses)
@@ -236,6 +237,7 @@ def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
     (wandb_file,) = (run_folder / "wandb").glob(f"offline-run-*-{job.id}/run-{job.id}.wandb")
     records = wandb_records(wandb_file)
     (started,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert started.notes == NOTE
     assert (started.run_id, started.display_name, list(started.tags)) == (
         job.id,
         job.id,

@@ -72,7 +72,8 @@ class Trackers:
         self.warn(tracker, f"stopped {doing} {why}; the training goes on")
 
     def save(self) -> None:
-        write_state(self.output, self.state)
+        if self.callbacks or self.state["warnings"]:  # a job without trackers leaves no file
+            write_state(self.output, self.state)
 
     def finish(self, result: dict[str, Any] | None = None) -> None:
         """At the notebook's end: MLflow's metrics written and the adapter added to its run, the
