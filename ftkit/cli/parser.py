@@ -39,27 +39,19 @@ def _names(text: str) -> list[str]:
 
 # fields with a fixed set of values: --help lists them, and argparse refuses any other
 CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
+PARSERS = {"report_to": _names}  # a list that is not of prompts
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, typed like the field."""
     for f in dataclasses.fields(TrainConfig):
-        kind = (
-            _names
-            if f.name == "report_to"
-            else next(
-                (
-                    t
-                    for name, t in (
-                        ("list", _prompts),
-                        ("bool", _bool),
-                        ("int", int),
-                        ("float", float),
-                    )
-                    if name in str(f.type)
-                ),
-                str,
-            )
+        kind = PARSERS.get(f.name) or next(
+            (
+                t
+                for name, t in (("list", _prompts), ("bool", _bool), ("int", int), ("float", float))
+                if name in str(f.type)
+            ),
+            str,
         )
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
