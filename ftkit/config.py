@@ -15,6 +15,10 @@ from .core.rules import METHODS
 from .errors import ConfigError
 
 BACKENDS = ("auto", "unsloth", "hf")
+# How a multi-device job spreads: "none" copies the model to every device (data-parallel, DDP),
+# "fsdp" shards its weights, gradients and optimizer state across them (accelerate's FSDP).
+SHARDINGS = ("none", "fsdp")
+MAX_DEVICES = 64
 # The settings of the preference methods, and the methods each applies to.
 METHOD_SETTINGS = {
     "beta": ("dpo", "orpo", "kto"),
@@ -305,6 +309,9 @@ class TrainConfig:
     dpo_loss_type: str | None = None  # dpo: one of DPO_LOSS_TYPES; None: sigmoid (the paper's)
     kto_desirable_weight: float | None = None  # kto: weight of good answers; None: 1.0
     kto_undesirable_weight: float | None = None  # kto: weight of bad answers; None: 1.0
+    # Where it trains: on how many devices of one worker (batch_size is per device), and how.
+    devices: int = 1
+    sharding: str = "none"  # none: data-parallel copies; fsdp: sharded (CUDA workers only)
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -325,6 +332,7 @@ class TrainConfig:
         self._check_fractions()
         self._check_switches_and_backend()
         self._check_method()
+        self._check_devices()
 
     def _fail(self, name: str, why: str) -> NoReturn:
         raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
@@ -432,6 +440,42 @@ class TrainConfig:
                 or not 0 < value <= 100
             ):
                 self._fail(name, "must be a number > 0 and <= 100, or None (TRL's default)")
+
+    def _check_devices(self) -> None:
+        """A job's devices and sharding, refused here where no worker could run them."""
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int):
+            self._fail("devices", f"must be a whole number of devices, 1 to {MAX_DEVICES}")
+        if not 1 <= self.devices <= MAX_DEVICES:
+            self._fail("devices", f"must be 1 to {MAX_DEVICES} (the devices of one worker)")
+        if self.sharding not in SHARDINGS:
+            self._fail("sharding", f"must be one of {', '.join(SHARDINGS)}")
+        if self.devices == 1:
+            if self.sharding != "none":
+                self._fail("sharding", "shards across devices: set devices >= 2, or 'none'")
+            return
+        if self.backend == "unsloth":
+            self._fail(
+                "backend",
+                f"unsloth trains on one device and this job asks for devices={self.devices}: "
+                "use backend='auto' or 'hf' (transformers + peft) for a multi-device job",
+            )
+        if self.auto_batch_size:
+            self._fail(
+                "auto_batch_size",
+                "retries an out-of-memory run on one device; with devices > 1 choose batch_size "
+                "and gradient_accumulation_steps yourself",
+            )
+        if self.sharding == "fsdp" and self.preference:
+            self._fail(
+                "sharding",
+                f"'fsdp' trains method='sft'; {self.method} keeps a reference model beside the "
+                "policy, which ftkit does not shard yet: use sharding='none' (data-parallel)",
+            )
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step: the per-device batch, accumulated, on every device."""
+        return self.batch_size * self.gradient_accumulation_steps * self.devices
 
     @property
     def preference(self) -> bool:

@@ -32,6 +32,7 @@ RANK: dict[str, float] = {
     "ftkit.sweep_plan": 1.5,
     "ftkit.stack": 1,
     "ftkit.machine": 1,
+    "ftkit.placement": 1,
     # the job store: Huey's queue layout, the contract, one module per backend, the package's face
     "ftkit.jobstore.huey_layout": 1.5,
     "ftkit.jobstore.contract": 1.6,

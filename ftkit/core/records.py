@@ -161,6 +161,8 @@ class WorkerInfo(TypedDict, total=False):
     queue: str
     secret_fingerprint: str | None
     cuda_visible_devices: str | None
+    device_kind: str  # "cuda" or "cpu": what one job trains on here
+    devices: int  # how many of them one job may use (ftkit worker --gpus-per-worker, --cpu-devices)
     gpu: str | None
     gpu_memory: str | None
     current_job: str | None

@@ -1,0 +1,75 @@
+"""Which worker may run which job: a job trains on ``devices`` devices of one worker (GPUs only
+for FSDP, which accelerate shards on GPUs alone), and a worker offers what its heartbeat says.
+The worker asks before it claims a job; the client and the server ask to say why a queued job
+waits. Records are untrusted: what they say is read as plain numbers and names, never trusted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one job needs of a worker."""
+
+    devices: int = 1
+    gpus_only: bool = False  # sharding="fsdp": accelerate shards on GPUs, not CPU processes
+
+    @classmethod
+    def of(cls, config: Any) -> Need:
+        """From a TrainConfig or a record's config dict (a bad value reads as the default: the
+        worker refuses the record itself when it verifies it)."""
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        devices = get("devices", 1)
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            devices = 1
+        return cls(devices=devices, gpus_only=get("sharding", "none") == "fsdp")
+
+    def describe(self) -> str:
+        unit = "GPU" if self.gpus_only else "device"
+        return f"{self.devices} {unit}{'s' if self.devices != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What one worker offers a job: its device kind ("cuda" or "cpu") and how many."""
+
+    kind: str = "cpu"
+    devices: int = 1
+
+    @classmethod
+    def of(cls, worker: Any) -> Offer:
+        """From a heartbeat (a WorkerInfo dict): a worker from before device groups offers 1."""
+        kind = worker.get("device_kind") if isinstance(worker, dict) else None
+        devices = worker.get("devices") if isinstance(worker, dict) else None
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            devices = 1
+        return cls(kind="cuda" if kind == "cuda" else "cpu", devices=devices)
+
+
+def refusal(need: Need, offer: Offer) -> str | None:
+    """Why this worker cannot run the job, or None when it can."""
+    if need.gpus_only and offer.kind != "cuda":
+        return f"sharding='fsdp' needs {need.describe()} and this worker has CPUs only"
+    if need.devices > offer.devices:
+        return f"the job needs {need.describe()} and this worker has {offer.devices}"
+    return None
+
+
+def waiting_reason(need: Need, offers: list[Offer]) -> str | None:
+    """Why a queued job cannot start on any live worker ("waiting for a worker with 4 devices;
+    the largest has 2"), or None when one of them could run it."""
+    if need.devices == 1 and not need.gpus_only:
+        return None
+    if any(refusal(need, offer) is None for offer in offers):
+        return None
+    wanted = f"waiting for a worker with {need.describe()}"
+    if need.gpus_only:
+        wanted += " (sharding='fsdp' shards on GPUs)"
+    eligible = [o.devices for o in offers if o.kind == "cuda" or not need.gpus_only]
+    if not offers:
+        return f"{wanted}; no worker is running"
+    if not eligible:
+        return f"{wanted}; the workers have CPUs only"
+    return f"{wanted}; the largest has {max(eligible)}"
