@@ -13,12 +13,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .core.rules import METHODS
 from .errors import ConfigError
+from .placement import devices_problem
 
 BACKENDS = ("auto", "unsloth", "hf")
-# How a multi-device job spreads: "none" copies the model to every device (data-parallel, DDP),
-# "fsdp" shards its weights, gradients and optimizer state across them (accelerate's FSDP).
-SHARDINGS = ("none", "fsdp")
-MAX_DEVICES = 64
 # The settings of the preference methods, and the methods each applies to.
 METHOD_SETTINGS = {
     "beta": ("dpo", "orpo", "kto"),
@@ -443,34 +440,9 @@ class TrainConfig:
 
     def _check_devices(self) -> None:
         """A job's devices and sharding, refused here where no worker could run them."""
-        if isinstance(self.devices, bool) or not isinstance(self.devices, int):
-            self._fail("devices", f"must be a whole number of devices, 1 to {MAX_DEVICES}")
-        if not 1 <= self.devices <= MAX_DEVICES:
-            self._fail("devices", f"must be 1 to {MAX_DEVICES} (the devices of one worker)")
-        if self.sharding not in SHARDINGS:
-            self._fail("sharding", f"must be one of {', '.join(SHARDINGS)}")
-        if self.devices == 1:
-            if self.sharding != "none":
-                self._fail("sharding", "shards across devices: set devices >= 2, or 'none'")
-            return
-        if self.backend == "unsloth":
-            self._fail(
-                "backend",
-                f"unsloth trains on one device and this job asks for devices={self.devices}: "
-                "use backend='auto' or 'hf' (transformers + peft) for a multi-device job",
-            )
-        if self.auto_batch_size:
-            self._fail(
-                "auto_batch_size",
-                "retries an out-of-memory run on one device; with devices > 1 choose batch_size "
-                "and gradient_accumulation_steps yourself",
-            )
-        if self.sharding == "fsdp" and self.preference:
-            self._fail(
-                "sharding",
-                f"'fsdp' trains method='sft'; {self.method} keeps a reference model beside the "
-                "policy, which ftkit does not shard yet: use sharding='none' (data-parallel)",
-            )
+        problem = devices_problem(self)
+        if problem:
+            self._fail(*problem)
 
     @property
     def effective_batch(self) -> int:

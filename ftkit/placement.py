@@ -8,6 +8,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# How a multi-device job spreads: "none" copies the model to every device (data-parallel, DDP),
+# "fsdp" shards its weights, gradients and optimizer state across them (accelerate's FSDP).
+SHARDINGS = ("none", "fsdp")
+MAX_DEVICES = 64
+
+
+def devices_problem(config: Any) -> tuple[str, str] | None:
+    """The setting (and why) that no worker could run, for TrainConfig to refuse; None when the
+    devices, the sharding and the settings beside them go together."""
+    devices, sharding = config.devices, config.sharding
+    if isinstance(devices, bool) or not isinstance(devices, int):
+        return "devices", f"must be a whole number of devices, 1 to {MAX_DEVICES}"
+    if not 1 <= devices <= MAX_DEVICES:
+        return "devices", f"must be 1 to {MAX_DEVICES} (the devices of one worker)"
+    if sharding not in SHARDINGS:
+        return "sharding", f"must be one of {', '.join(SHARDINGS)}"
+    if devices == 1:
+        if sharding != "none":
+            return "sharding", "shards across devices: set devices >= 2, or 'none'"
+        return None
+    if config.backend == "unsloth":
+        return "backend", (
+            f"unsloth trains on one device and this job asks for devices={devices}: "
+            "use backend='auto' or 'hf' (transformers + peft) for a multi-device job"
+        )
+    if config.auto_batch_size:
+        return "auto_batch_size", (
+            "retries an out-of-memory run on one device; with devices > 1 choose batch_size "
+            "and gradient_accumulation_steps yourself"
+        )
+    if sharding == "fsdp" and config.method != "sft":
+        return "sharding", (
+            f"'fsdp' trains method='sft'; {config.method} keeps a reference model beside the "
+            "policy, which ftkit does not shard yet: use sharding='none' (data-parallel)"
+        )
+    return None
+
 
 @dataclass(frozen=True)
 class Need:

@@ -14,6 +14,10 @@ template notebook with parameters and environment variables, and reads back resu
     callback.py     the trainer callback that reports, stops and saves
     model.py        backend choice, base model and LoRA, a past job's adapter
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
+    launch.py       a multi-device run, from the kernel: torchrun, its output, its outcome
+    launcher.py     torchrun, tied to the kernel's life
+    rank_run.py     one training process of a multi-device run (rank 0 reports and saves)
+    ranks.py        this process's rank, and the stop decisions every rank takes together
     preference.py   DPO, ORPO and KTO: their data, trainers, settings and reference model
     margins.py      a preference run's margins (chosen over rejected) before and after
     device.py       what the machine offers (CUDA, bf16, unsloth, 4-bit) and what a job does with it
@@ -35,6 +39,7 @@ from .display import (
     write_result,
 )
 from .fencing import ORPHANED, SUPERSEDED, Fence
+from .launch import DevicesFailed, devices_plan, fit_on_devices, load_trained, saved_adapter
 from .margins import report_pairs, show_margins, starting_weights
 from .model import check_base_model, load_model, pick_backend
 from .preference import final_rewards
@@ -56,16 +61,20 @@ __all__ = [
     "ORPHANED",
     "SUPERSEDED",
     "Fence",
+    "DevicesFailed",
     "Reporter",
     "TrainedAlready",
     "check_base_model",
     "checkpointing_args",
+    "devices_plan",
     "environment",
     "final_rewards",
     "fit",
+    "fit_on_devices",
     "generate",
     "generate_batch",
     "load_model",
+    "load_trained",
     "make_trainer",
     "out_of_memory_message",
     "pick_backend",
@@ -75,6 +84,7 @@ __all__ = [
     "progress_callback",
     "sample_prompts",
     "save_adapter",
+    "saved_adapter",
     "saves_checkpoints",
     "show_dataset",
     "show_margins",
