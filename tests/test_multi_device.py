@@ -1,38 +1,17 @@
 """One job on several devices: two gloo processes on this CPU machine, launched by torchrun from
 the job's notebook kernel. The job trains, learns as a one-device run with the same effective
-batch does, continues on another number of devices, and every way a job stops (cancel, timeout,
-its worker killed) stops every training process: they are counted afterwards."""
+batch does, and continues on another number of devices; a cancel and a timeout stop every
+training process (counted afterwards). Hand-backs and killed workers: test_multi_device_faults."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
-from conftest import EXAMPLE_DATA, redis_only, sqlite_only, wait_for
-from slow_jobs import FAST, assert_history_continues, cancel_mid_training
+from conftest import EXAMPLE_DATA, sqlite_only
+from slow_jobs import SLOW_ON_TWO, TWO_DEVICES, cancel_mid_training, none_left
 
 pytestmark = pytest.mark.timeout(1800)
-TWO = {"env": {**FAST["env"], "FTKIT_CPU_DEVICES": "2"}}
 JOB = dict(max_steps=8, batch_size=4, learning_rate=3e-3, max_seq_length=256, logging_steps=1)
-
-
-def training_processes(job_id: str | None = None) -> list:
-    """The live training processes of a multi-device job (of ``job_id``'s, when given)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "ftkit.training.rank_run" in cmdline or "ftkit.training.launch" in cmdline:
-            if job_id is None or job_id in cmdline:
-                found.append(proc)
-    return found
-
-
-def none_left(job_id: str) -> None:
-    """No launcher and no training process of the job is left, after a short while to exit."""
-    wait_for(lambda: not training_processes(job_id), 60, "every training process to end")
 
 
 @pytest.mark.slow
@@ -40,7 +19,7 @@ def none_left(job_id: str) -> None:
 def test_a_two_device_job_trains_as_one_device_with_the_same_effective_batch(
     client, start_worker, tiny_model, tmp_path
 ):
-    start_worker(**TWO)
+    start_worker(**TWO_DEVICES)
     job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), devices=2, save_steps=4, **JOB)
     final = job.wait(timeout=900, progress=False)
     assert final["status"] == "completed", final["error"]
@@ -81,49 +60,24 @@ def single_device_losses(tiny_model, folder, **overrides) -> list[float]:
     return [row["loss"] for row in trainer.state.log_history if "loss" in row]
 
 
-SLOW = dict(
-    batch_size=4, gradient_accumulation_steps=4, max_seq_length=256, learning_rate=3e-3,
-    save_steps=5, devices=2,
-)  # fmt: skip
-
-
 @pytest.mark.slow
 @sqlite_only
 def test_cancel_and_timeout_stop_every_training_process(client, start_worker, tiny_model):
-    start_worker(**TWO)
-    job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), **{**SLOW, "max_steps": 400})
+    start_worker(**TWO_DEVICES)
+    job = client.submit(
+        EXAMPLE_DATA, base_model=str(tiny_model), **{**SLOW_ON_TWO, "max_steps": 400}
+    )
     cancel_mid_training(job)
     none_left(job.id)
     assert "cancelled while running" in job.status()["error"]
 
     late = client.submit(
-        EXAMPLE_DATA, base_model=str(tiny_model), timeout_minutes=0.01, **{**SLOW, "max_steps": 400}
+        EXAMPLE_DATA,
+        base_model=str(tiny_model),
+        timeout_minutes=0.01,
+        **{**SLOW_ON_TWO, "max_steps": 400},
     )
     final = late.wait(timeout=600, progress=False)
     assert final["status"] == "failed" and "timed out" in final["error"], final["error"]
     assert final["report"]
     none_left(late.id)
-
-
-@pytest.mark.slow
-@redis_only
-def test_a_worker_killed_mid_training_leaves_no_process_and_the_job_resumes(
-    client, start_worker, tiny_model
-):
-    doomed = start_worker(**TWO)
-    job = client.submit(EXAMPLE_DATA, base_model=str(tiny_model), **{**SLOW, "max_steps": 60})
-    wait_for(
-        lambda: any("checkpoint-5 saved" in line for line in job.logs(100)), 600, "checkpoint-5"
-    )
-    assert len(training_processes(job.id)) == 3  # the launcher and two training processes
-    doomed.proc.send_signal(signal.SIGKILL)
-    none_left(job.id)
-    wait_for(lambda: job.status()["status"] == "queued", 60, "the job to go back to the queue")
-    start_worker(**TWO)
-    final = job.wait(timeout=900, progress=False)
-    assert final["status"] == "completed" and final["attempt"] == 2, final["error"]
-    logs = "\n".join(job.logs(500))
-    assert "resuming from checkpoint-" in logs
-    assert int(logs.split("resuming from checkpoint-")[1].split()[0]) >= 5
-    assert_history_continues(job, 60)
-    assert client.storage.trained_markers(job.id) == ["2.trained"]
