@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLE_DATA, sqlite_only
+from conftest import EXAMPLE_DATA, REPO, sqlite_only
 from slow_jobs import SLOW_ON_TWO, TWO_DEVICES, cancel_mid_training, none_left
 
 pytestmark = pytest.mark.timeout(1800)
+PAIRS = REPO / "examples" / "preference_data.jsonl"
 JOB = dict(max_steps=8, batch_size=4, learning_rate=3e-3, max_seq_length=256, logging_steps=1)
 
 
@@ -62,21 +63,24 @@ def single_device_losses(tiny_model, folder, **overrides) -> list[float]:
 
 @pytest.mark.slow
 @sqlite_only
-def test_cancel_and_timeout_stop_every_training_process(client, start_worker, tiny_model):
+def test_cancel_and_timeout_stop_every_training_process_of_dpo_and_sft(
+    client, start_worker, tiny_model
+):
     start_worker(**TWO_DEVICES)
+    # A preference method on two devices too: DPO trains, its rewards logged, until cancelled.
     job = client.submit(
-        EXAMPLE_DATA, base_model=str(tiny_model), **{**SLOW_ON_TWO, "max_steps": 400}
-    )
+        PAIRS, base_model=str(tiny_model), method="dpo",
+        **{**SLOW_ON_TWO, "batch_size": 2, "max_steps": 400},
+    )  # fmt: skip
     cancel_mid_training(job)
     none_left(job.id)
     assert "cancelled while running" in job.status()["error"]
+    assert any("rewards/margins" in row for row in job.metrics())
 
     late = client.submit(
-        EXAMPLE_DATA,
-        base_model=str(tiny_model),
-        timeout_minutes=0.01,
+        EXAMPLE_DATA, base_model=str(tiny_model), timeout_minutes=0.01,
         **{**SLOW_ON_TWO, "max_steps": 400},
-    )
+    )  # fmt: skip
     final = late.wait(timeout=600, progress=False)
     assert final["status"] == "failed" and "timed out" in final["error"], final["error"]
     assert final["report"]
