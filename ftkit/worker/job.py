@@ -173,7 +173,9 @@ class JobRun:
         """The notebook, in a kernel of its own, watched; then what it says about how it ended."""
         rt = self.rt
         with self.timed("kernel"):
-            rt.kernel = rt.kernels.take(backend=self.spec.config.backend)
+            # a multi-device job's kernel trains nothing itself: never one unsloth has patched
+            config = self.spec.config
+            rt.kernel = rt.kernels.take(backend="hf" if config.devices > 1 else config.backend)
         parameters = notebook_parameters(
             self.spec, self.record, self.data_path, self.run_dir, self.resume, self.adapter
         )
