@@ -80,7 +80,7 @@ class Notices:
         there is nothing to announce, or another worker announced it."""
         rt = self.rt
         try:
-            record = through_outages(rt.store.get, job_id, patience=120)
+            record = through_outages(rt.store.get, job_id)  # a thread of its own: it may wait
         except JobNotFound:
             return None  # deleted meanwhile
         status = record.get("status")
@@ -108,7 +108,6 @@ class Notices:
             allowed=(status,),
             expect={"webhook_delivery": None},
             webhook_delivery=delivery,
-            patience=120,
         ):
             return None  # another worker holds it
         return url, event
