@@ -389,6 +389,13 @@ def test_the_webhook_is_checked_at_submit_and_signed_with_the_job(client, settin
     resigned["signature"] = sign(resigned, QUEUE_SECRET)
     with pytest.raises(RecordRefused, match="the job's webhook"):
         JobSpec.from_record(resigned)
+    # The command line's submit takes it too, checked the same way.
+    from ftkit.cli.jobs import cmd_submit
+    from ftkit.cli.parser import build_parser
+
+    args = ["submit", str(EXAMPLE_DATA), "--webhook", "ftp://x", "--base-model", "org/m"]
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        cmd_submit(build_parser().parse_args(args))
     # A retry is told where its job was, not where today's default points.
     job.cancel()
     again = Client(dataclasses.replace(settings, queue_secret=QUEUE_SECRET)).get_job(job.id).retry()
