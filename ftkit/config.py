@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .core.rules import METHODS
+from .core.rules import METHODS, check_webhook
 from .errors import ConfigError
 from .placement import devices_problem
 
@@ -104,6 +104,11 @@ class Settings:
     queue_secret: str | None = field(default=None, repr=False)
     # local base-model folders go to storage: "auto" when storage is not a local folder
     upload_models: str = "auto"
+    # Webhooks: the URL a client's jobs announce their end to unless submit names another; the
+    # secret a worker signs them with; the hosts a worker may call (empty: public addresses only).
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allowed_hosts: tuple[str, ...] = ()
     home: str = field(default_factory=lambda: str(default_home()))  # the per-user folder
 
     @property
@@ -155,6 +160,9 @@ class Settings:
             queue_secret=_first(e, "FTKIT_QUEUE_SECRET"),
             max_attempts=_int_setting(e, "FTKIT_MAX_ATTEMPTS", 3),
             upload_models=upload_models,
+            webhook_url=_webhook_url(e),
+            webhook_secret=_first(e, "FTKIT_WEBHOOK_SECRET"),
+            webhook_allowed_hosts=_hosts(_first(e, "FTKIT_WEBHOOK_ALLOWED_HOSTS")),
             home=str(home),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -229,6 +237,18 @@ def _upload_models(env: dict[str, str]) -> str:
             f"FTKIT_UPLOAD_MODELS={upload_models!r}: use one of {', '.join(UPLOAD_MODELS)}"
         )
     return upload_models
+
+
+def _webhook_url(env: dict[str, str]) -> str | None:
+    try:
+        return check_webhook(_first(env, "FTKIT_WEBHOOK_URL"))
+    except ConfigError as exc:
+        raise ConfigError(f"FTKIT_WEBHOOK_URL: {exc}", field="webhook") from exc
+
+
+def _hosts(raw: str | None) -> tuple[str, ...]:
+    """Comma-separated host names (``*.example.com`` for its subdomains), lower-cased."""
+    return tuple(h.strip().lower().rstrip(".") for h in (raw or "").split(",") if h.strip())
 
 
 def _make_paths_absolute(values: dict[str, Any]) -> None:

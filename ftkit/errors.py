@@ -12,7 +12,8 @@
     ├── MissingExtra         an optional dependency is not installed (names the extra)
     ├── OutOfMemory          training ran out of GPU memory (names batch size and sequence length)
     ├── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
-    └── WorkerExited         ... or while a local worker this process started has exited
+    ├── WorkerExited         ... or while a local worker this process started has exited
+    └── WebhookError         a webhook request fails ftkit.webhooks.verify (says which check)
 
     NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
     └── WorkerExitedWarning  ... or a local worker it started has exited (code, log's last lines)
@@ -109,3 +110,8 @@ def require(module: str, extra: str):
         raise MissingExtra(
             f"{module} is not installed; install it with: pip install 'ftkit[{extra}]'"
         ) from exc
+
+
+class WebhookError(FtkitError, ValueError):
+    """A webhook request that ``ftkit.webhooks.verify`` will not accept: unsigned, signed with
+    another secret, changed after signing, or signed too long ago (a replay)."""

@@ -30,6 +30,7 @@ RANK: dict[str, float] = {
     "ftkit.core.lifetime": 0.2,
     "ftkit.core": 0.3,
     "ftkit.config": 1,
+    "ftkit.webhooks": 1,  # the wire format of a job's announced end: signing, verifying, sending
     "ftkit.sweep_plan": 1.5,
     "ftkit.stack": 1,
     "ftkit.machine": 1,
@@ -88,6 +89,7 @@ RANK: dict[str, float] = {
     "ftkit.worker.runtime": 4.85,
     "ftkit.worker.staging": 4.9,
     "ftkit.worker.notebook": 4.9,
+    "ftkit.worker.notify": 4.9,
     "ftkit.worker.job": 4.95,
     "ftkit.worker.process": 4.97,
     "ftkit.worker": 5,

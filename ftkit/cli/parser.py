@@ -96,6 +96,12 @@ def _submit(p: argparse.ArgumentParser) -> None:
         metavar="JOB",
         help="continue a past job (its checkpoint, else its adapter): e.g. DPO after SFT",
     )
+    p.add_argument(
+        "--webhook",
+        default=None,
+        metavar="URL",
+        help="POST the job's end here, signed (default FTKIT_WEBHOOK_URL; '' for none)",
+    )
     _add_config_options(p)
 
 

@@ -26,6 +26,7 @@ from ..core.rules import (
     check_note,
     check_priority,
     check_tags,
+    check_webhook,
     is_job_id,
 )
 from ..errors import ConfigError, DatasetError, JobFailed, JobNotFound
@@ -178,6 +179,7 @@ class Client:
         tags: list[str] | tuple[str, ...] | None = None,
         note: str | None = None,
         resume_from: Job | str | None = None,
+        webhook: str | None = None,
         _retry_of: str | None = None,
         **fields: Any,
     ) -> Job:
@@ -188,7 +190,8 @@ class Client:
         job again with ``jobs(tag=...)``) and ``note`` are for people: they change nothing that
         trains. ``resume_from`` (a Job or an id): start from that job's newest kept checkpoint,
         else from its adapter (a completed job's; fresh optimizer, steps from 1); its LoRA shape
-        and base model must be this job's."""
+        and base model must be this job's. ``webhook``: a URL the worker POSTs the job's end to,
+        signed (README, Webhooks; default FTKIT_WEBHOOK_URL, "" for none)."""
         from ..lineage import start_point
         from ..queue import message_for
 
@@ -199,6 +202,7 @@ class Client:
         check_idempotency_key(idempotency_key)
         check_job_id(job_id)
         tags, note = check_tags(tags), check_note(note)
+        hook = check_webhook(self.settings.webhook_url if webhook is None else webhook)
         parent = resume_from.id if isinstance(resume_from, Job) else resume_from
         cfg = resolve_config(config, fields)
         cfg, model_ref = self._resolve_base_model(cfg)
@@ -217,8 +221,7 @@ class Client:
             idempotency_key=idempotency_key,
             tags=tags,
             note=note,
-            resume_from=parent,
-            retry_of=_retry_of,
+            signed={"resume_from": parent, "retry_of": _retry_of, "webhook": hook},
         )
         stored_id = self.store.create(record, message_for(self.huey, record["job_id"], priority))
         return Job(stored_id, self)
@@ -235,11 +238,11 @@ class Client:
         idempotency_key: str | None,
         tags: list[str],
         note: str | None,
-        resume_from: str | None,
-        retry_of: str | None,
+        signed: dict[str, str | None],
     ) -> JobRecord:
         """A new job's record, queued and signed (when this client has a secret): all a worker
-        needs to run it, and all a person needs to recognise it."""
+        needs to run it, and all a person needs to recognise it. ``signed``: the fields written
+        only when set (spec.OPTIONAL_SIGNED_FIELDS): the job it continues, retries, reports to."""
         now = time.time()
         record: JobRecord = {
             "job_id": job_id,
@@ -269,10 +272,7 @@ class Client:
             "dataset_profile": profile_digest(ds),
             "warnings": warning_messages(ds),
         }
-        if resume_from:
-            record["resume_from"] = resume_from
-        if retry_of:
-            record["retry_of"] = retry_of
+        record.update({k: v for k, v in signed.items() if v})  # type: ignore[typeddict-item]
         secret = self.settings.queue_secret
         record["signature"] = sign(dict(record), secret) if secret else None
         return record

@@ -108,7 +108,7 @@ class Job:
         return self._client.cancel(self.id)
 
     def retry(self) -> Job:
-        """A new job with this failed or cancelled job's data set, config, tags and note, starting
+        """A new job with this failed or cancelled job's data set, config, tags, note and webhook, starting
         from its last kept checkpoint; when it kept none, from where this job started (step 1, or
         the job it continued). Its ``retry_of`` names this job."""
         from ..lineage import newest_checkpoint
@@ -127,6 +127,7 @@ class Job:
             tags=record.get("tags") or None,
             note=record.get("note"),
             resume_from=self.id if kept else record.get("resume_from"),
+            webhook=record.get("webhook") or "",  # its own, not today's default
             _retry_of=self.id,
         )
 

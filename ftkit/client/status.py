@@ -22,6 +22,8 @@ def public_status(record: Mapping[str, Any]) -> JobStatus:
     out.setdefault("note", None)
     out.setdefault("resume_from", None)  # records of jobs that continue or retry no other
     out.setdefault("retry_of", None)
+    out.setdefault("webhook", None)  # announced to none (or submitted before webhooks)
+    out.setdefault("webhook_delivery", None)
     out.setdefault("warnings", [])  # what went wrong around a job that ended (its HTML report)
     for key in TIME_FIELDS:
         out[key] = iso_time(record.get(key))

@@ -56,6 +56,17 @@ class JobResult(TypedDict, total=False):
     samples: list[Sample]
 
 
+class WebhookDelivery(TypedDict, total=False):
+    """How a job's end was announced to its webhook (``ftkit.worker.notify``): written once, by
+    the worker that claims the announcement, then after each attempt."""
+
+    id: str  # the event's id, the same at every attempt (Ftkit-Event-Id)
+    type: str  # fine_tuning.job.succeeded, .failed or .cancelled
+    state: Literal["pending", "delivered", "failed", "refused", "abandoned"]
+    attempts: int
+    outcome: str | None  # the last attempt's: "HTTP 204", "connection refused", ...
+
+
 class JobRecord(TypedDict, total=False):
     """A job as the job store holds it: every field any code path writes (tests/test_jobs.py
     reads back real records to hold this true). Times are seconds since the epoch."""
@@ -75,6 +86,7 @@ class JobRecord(TypedDict, total=False):
     config: dict[str, Any]  # its TrainConfig, whole
     resume_from: str  # only on a job that continues another
     retry_of: str  # only on a retry of another job
+    webhook: str  # only on a job announced to one (signed with the spec)
     model: dict[str, str] | None  # a local base-model folder uploaded to storage
     dataset: DatasetRef
     dataset_profile: dict[str, Any]
@@ -103,12 +115,13 @@ class JobRecord(TypedDict, total=False):
     error_traceback: str
     result: JobResult | None
     report: str | None  # the report notebook's URL
+    webhook_delivery: WebhookDelivery  # once a worker announces its end to its webhook
 
 
 class JobStatus(TypedDict, total=False):
     """What ``Job.status()`` returns (``client.status.public_status``): the record without its
     idempotency key, times as ISO 8601 text, and how long it ran. Fields later versions added
-    (tags, note, resume_from, retry_of, warnings) are always there."""
+    (tags, note, resume_from, retry_of, webhook, webhook_delivery, warnings) are always there."""
 
     job_id: str
     status: Status
@@ -143,6 +156,8 @@ class JobStatus(TypedDict, total=False):
     config: dict[str, Any]
     resume_from: str | None
     retry_of: str | None
+    webhook: str | None
+    webhook_delivery: WebhookDelivery | None
     model: dict[str, str] | None
     dataset: DatasetRef
     dataset_profile: dict[str, Any]

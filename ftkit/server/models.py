@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
-from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, METHODS, TAG
+from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, MAX_WEBHOOK, METHODS, TAG
 from ..core.statuses import STATUSES
 from ..sweep_plan import MAX_RUNS, MODES
 
@@ -114,6 +114,14 @@ class TrainRequest(DatasetChoice, RunOptions):
         max_length=200,
         description="sent again (a retried request), it returns the job it made the first time",
     )
+    webhook: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK,
+        description="an http(s) URL the worker POSTs the job's end to, signed with its "
+        "FTKIT_WEBHOOK_SECRET (README: Webhooks); default: the server's FTKIT_WEBHOOK_URL, "
+        '"" for none',
+        examples=["https://hooks.example.com/ftkit"],
+    )
 
 
 class TrainResponse(BaseModel):
@@ -194,7 +202,7 @@ JOB_STATUS_CHECKED = (
     "max_attempts", "priority", "tags", "note", "resume_from", "retry_of", "config", "dataset",
     "queued_at", "eta_seconds", "eval_loss", "error_cell", "error_traceback", "host", "report",
     "cancel_requested", "stop", "started_from", "queue_ref", "submitted_by", "model",
-    "dataset_profile", "warnings", "signature",
+    "dataset_profile", "warnings", "signature", "webhook", "webhook_delivery",
 )  # fmt: skip
 
 
@@ -244,6 +252,12 @@ class JobStatus(BaseModel):
     dataset_profile: dict[str, Any] | None = None
     warnings: list[str] = []
     signature: str | None = None
+    webhook: str | None = Field(default=None, description="where its end is announced")
+    webhook_delivery: dict[str, Any] | None = Field(
+        default=None,
+        description="how its end was announced: id, type, state (pending, delivered, failed, "
+        "refused, abandoned), attempts, outcome",
+    )
 
     @field_validator(*JOB_STATUS_CHECKED, mode="wrap")
     @classmethod

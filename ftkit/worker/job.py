@@ -213,6 +213,7 @@ class JobRun:
                 through_outages(self.hand_back, event)
             else:
                 through_outages(self.end, event)
+                announce(self.rt, self.job_id)
 
     def clean_up(self) -> None:
         """One kernel, one job: nothing of this job leaks into the next; then the pool may warm
@@ -350,6 +351,7 @@ class JobRun:
             return None
         if not claimed:
             log.info("skipping job %s: no longer queued", job_id)
+            announce(rt, job_id)  # cancelled while queued: its end is announced by who sees it
             return None
         rt.store.add_event(job_id, f"picked up by worker {rt.worker_id}")
         return rt.store.get(job_id)
@@ -407,6 +409,7 @@ def refuse(rt: Runtime, job_id: str, reason: str) -> None:
         error=f"refused by worker {rt.worker_id}: {reason}",
     ):
         rt.store.add_event(job_id, f"refused by worker {rt.worker_id}: {reason}")
+        announce(rt, job_id)
 
 
 def refuse_message(rt: Runtime, job_id: str | None, reason: str) -> None:
@@ -436,7 +439,14 @@ def refuse_message(rt: Runtime, job_id: str | None, reason: str) -> None:
             error=f"refused by worker {rt.worker_id}: {exc}",
         ):
             rt.store.add_event(job_id, f"refused by worker {rt.worker_id}: {exc} ({reason})")
+            announce(rt, job_id)
         return
     rt.store.add_event(
         job_id, f"ignored a queue message that failed verification ({reason}); the job is intact"
     )
+
+
+def announce(rt: Runtime, job_id: str) -> None:
+    """The job's end to its webhook, from a thread (``notify``): never a wait, never an error."""
+    if rt.notices is not None:
+        rt.notices.announce(job_id)

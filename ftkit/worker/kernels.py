@@ -46,6 +46,16 @@ ftkit.training.warmup.preload()
 WITH_UNSLOTH: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
+# The worker's secrets: a kernel signs nothing, so it never holds them, and a report cannot leak
+# them (the queue's signs job specs, the webhooks' signs a job's announced end).
+SECRETS = ("FTKIT_QUEUE_SECRET", "FTKIT_WEBHOOK_SECRET")
+
+
+def kernel_env() -> dict[str, str]:
+    """The worker's environment as every kernel starts with it: without the secrets."""
+    return {k: v for k, v in os.environ.items() if k not in SECRETS}
+
+
 def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
     """A started python3 kernel (an AsyncKernelManager, as nbclient expects: with a blocking one it
     cannot notice a kernel that died), with the training stack imported when ``warm``;
@@ -55,8 +65,7 @@ def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
     from jupyter_core.utils import run_sync
 
     km = AsyncKernelManager(kernel_name="python3")
-    # The kernel signs nothing, so it never holds the queue secret: a report cannot leak it.
-    env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+    env = kernel_env()
     run_sync(km.start_kernel)(env=env)
     try:
         if idle:
@@ -195,7 +204,7 @@ class ForkServer:
                 }
             )
         )
-        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        env = kernel_env()
         if idle:
             env["FTKIT_ZYGOTE_IDLE"] = "1"
         self.process = subprocess.Popen(
@@ -245,7 +254,7 @@ class ForkServer:
 
         specs = KernelSpecManager(kernel_dirs=[str(self.folder / "kernels")])
         km = AsyncKernelManager(kernel_name="ftkit-fork", kernel_spec_manager=specs)
-        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        env = kernel_env()
         run_sync(km.start_kernel)(env=env)
         # the kernel's own pid, written by its stand-in once forked: what is watched or killed
         pid_file = Path(km.connection_file + ".kernel-pid")

@@ -26,6 +26,7 @@ from ..spec import secret_fingerprint
 from ..storage import Storage
 from .job import refuse_message, run_job
 from .kernels import KernelPool, kernel_pid
+from .notify import Notices
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run_worker(
         scratch=scratch,
         kernels=kernels,
     )
+    rt.notices = Notices(rt)
     rt.huey = make_huey(
         settings,
         run_job=functools.partial(run_job, rt),
@@ -74,6 +76,7 @@ def run_worker(
     try:
         HandBackConsumer(rt, drain=drain).run()
     finally:
+        rt.notices.close()  # each pending webhook delivery: one last attempt
         rt.kernels.close()
         stop.set()
         beat.join(timeout=10)
@@ -195,7 +198,9 @@ class Reaper:
         from ..queue import requeue_lost, requeue_orphans
 
         rt = self.rt
-        requeue_orphans(rt.store, rt.huey)
+        for job_id in requeue_orphans(rt.store, rt.huey):
+            if rt.notices is not None:  # failed after its last attempt: an end to announce
+                rt.notices.announce(job_id)
         requeue_lost(
             rt.store,
             rt.huey,

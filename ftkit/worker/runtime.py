@@ -28,6 +28,7 @@ class Runtime:
     huey: Any = None
     kernels: Any = None  # KernelPool
     kernel: Any = None  # the running job's kernel manager
+    notices: Any = None  # Notices: the webhook deliveries in flight
     current_job: str | None = None
     claiming: str | None = None  # the job being claimed, until it is current_job
     jobs_done: int = 0

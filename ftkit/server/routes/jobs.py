@@ -104,6 +104,7 @@ def train(req: TrainRequest, client: Client = Depends(get_client)) -> TrainRespo
         note=req.note,
         resume_from=req.resume_from,
         idempotency_key=req.idempotency_key,
+        webhook=req.webhook,
     )
     status = job.status()
     created = client.store.get_field(job.id, "created_at")
