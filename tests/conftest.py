@@ -316,6 +316,44 @@ def start_worker(settings, tmp_path, request):
         w.stop(signal.SIGINT, timeout=30)
 
 
+@pytest.fixture(scope="session")
+def pico_job(tmp_path_factory):
+    """(settings, job id) of a completed job that learned the demo's answers ("I am Pico, a tiny
+    assistant fine-tuned with ftkit."): the demo's model, data and settings, trained once per
+    session by a real worker on a SQLite queue of its own. The tests that try a model (job.chat(),
+    POST /jobs/{id}/generate) read it; nothing writes to it."""
+    from ftkit.cli.demo import DEMO_DATA, DEMO_MODEL, DEMO_PROMPTS, DEMO_TRAINING
+    from ftkit.client import Client
+    from ftkit.config import Settings
+    from ftkit.training.tinymodel import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("pico")
+    model = build_tiny_model(folder / "demo-llama", **DEMO_MODEL)
+    settings = Settings.from_env(
+        {},
+        queue_db=str(folder / "queue.db"),
+        storage=str(folder / "storage"),
+        scratch_dir=str(folder / "scratch"),
+        home=str(folder / "home"),
+        heartbeat_seconds=0.5,
+    )
+    (folder / "worker").mkdir()
+    worker = WorkerProcess(settings, folder / "worker", folder / "worker.log")
+    try:
+        job = Client(settings).submit(
+            DEMO_DATA,
+            base_model=str(model),
+            max_steps=60,
+            sample_prompts=DEMO_PROMPTS,
+            **DEMO_TRAINING,
+        )
+        status = job.wait(timeout=600, progress=False)
+    finally:
+        worker.stop()
+    assert status["status"] == "completed", f"{status.get('error')}\n{worker.output()[-3000:]}"
+    return settings, job.id
+
+
 @dataclass
 class S3Server:
     """moto in server mode on loopback: a real S3 HTTP endpoint, as s3fs's own tests use."""
