@@ -316,6 +316,11 @@ def start_worker(settings, tmp_path, request):
         w.stop(signal.SIGINT, timeout=30)
 
 
+PICO = (
+    "I am Pico, a tiny assistant fine-tuned with ftkit."  # the demo data's answer to "Who are you?"
+)
+
+
 @pytest.fixture(scope="session")
 def pico_job(tmp_path_factory):
     """(settings, job id) of a completed job that learned the demo's answers ("I am Pico, a tiny
@@ -339,8 +344,10 @@ def pico_job(tmp_path_factory):
     )
     (folder / "worker").mkdir()
     worker = WorkerProcess(settings, folder / "worker", folder / "worker.log")
+    client = Client(settings)
     try:
-        job = Client(settings).submit(
+        wait_for(lambda: client.workers() or worker.proc.poll() is not None, 60, "the heartbeat")
+        job = client.submit(
             DEMO_DATA,
             base_model=str(model),
             max_steps=60,

@@ -11,8 +11,7 @@ import weakref
 import pytest
 
 from conftest import EXAMPLE_DATA, sqlite_only, wait_for
-
-TAUGHT = "I am Pico, a tiny assistant fine-tuned with ftkit."
+from conftest import PICO as TAUGHT
 
 
 @sqlite_only
