@@ -62,14 +62,20 @@ class ChatPanel:
             "adapter off, and by the tuned model</small>"
         )
         self.state = w.HTML()
+        label = {"style": {"description_width": "initial"}}
         self.temperature = w.BoundedFloatText(
-            value=temperature, min=0.0, max=MAX_TEMPERATURE, step=0.1, description="temperature"
-        )
+            value=temperature, min=0.0, max=MAX_TEMPERATURE, step=0.1, description="temperature",
+            layout=w.Layout(width="170px"), **label,
+        )  # fmt: skip
         self.max_new_tokens = w.BoundedIntText(
-            value=max_new_tokens, min=1, max=MAX_NEW_TOKENS, description="max new tokens"
-        )
+            value=max_new_tokens, min=1, max=MAX_NEW_TOKENS, description="max new tokens",
+            layout=w.Layout(width="190px"), **label,
+        )  # fmt: skip
         self.sampling = w.HTML()
-        self.system = w.Text(value=system, description="system", placeholder="(no system message)")
+        self.system = w.Text(
+            value=system, description="system message", placeholder="(none)",
+            layout=w.Layout(width="98%"), **label,
+        )  # fmt: skip
         self.rendered = w.HTML()
         self.template_source = w.HTML()
         self.template = w.Accordion(
@@ -230,14 +236,16 @@ class ChatPanel:
         if model is None:
             set_html(self.rendered, "<i>shown once the model is loaded</i>")
             return
+        last = self.exchanges[-1]["prompt"] if self.exchanges else "(your message)"
         try:
-            rendered = model.render(self.prompt.value or "…", self.system.value.strip() or None)
+            rendered = model.render(self.prompt.value or last, self.system.value.strip() or None)
             source = model.template or "(none: the prompt is read as it is typed)"
         except Exception as exc:  # noqa: BLE001 - a template that fails to render says so
             rendered, source = f"cannot render: {exc}", ""
         set_html(
             self.rendered,
-            f"<b>rendered prompt</b><pre class='ftkit-chat-rendered' style='{PRE}'>"
+            "<b>rendered prompt</b> (the message typed, else the last one sent)"
+            f"<pre class='ftkit-chat-rendered' style='{PRE}'>"
             f"{esc(rendered)}</pre>",
         )
         set_html(

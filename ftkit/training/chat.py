@@ -13,6 +13,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,21 @@ def pick_device(device: str | None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar: in a notebook it would land under whatever cell runs
+    when the background load ends (the chat panel says it is loading); restored afterwards."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 class ChatModel:
@@ -47,7 +64,8 @@ class ChatModel:
 
         check_base_model(base_model)
         where = pick_device(device)
-        model, tokenizer = load_tuned(base_model, adapter, device=where)
+        with quiet_loading():
+            model, tokenizer = load_tuned(base_model, adapter, device=where)
         return cls(model, tokenizer, device=where)
 
     @property
