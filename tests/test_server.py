@@ -88,6 +88,8 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     assert final["result"]["adapter_dir"] and final["result"]["training_duration_seconds"] > 0
     with zipfile.ZipFile(cwd / f"adapter-{job_id}.zip") as zf:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())
+    tried = json.loads(run.stdout[run.stdout.index('{\n  "base"') :].split("\n}\n")[0] + "}")
+    assert set(tried) == {"base", "tuned", "settings"} and tried["settings"]["sampling"] == "greedy"
     # The server is a view over the same records a notebook reads: no second source of truth.
     from ftkit.client import Client
 
