@@ -375,6 +375,11 @@ def test_generate_answers_as_base_and_tuned_on_the_server_with_its_model_kept(pi
         status, body, _ = server.request("POST", path, {"prompt": "Who are you? " * 600})
         assert status == 422 and body["detail"][0]["loc"] == ["body", "prompt"], body
         assert "context of 2048 tokens" in body["detail"][0]["msg"]
+        held.wait_seconds = 0.5  # a prompt kept waiting (the model busy) is told to come back
+        with held.lock:
+            status, body, headers = server.request("POST", path, ask)
+        assert status == 503 and "busy" in body["detail"] and headers["retry-after"] == "10"
+        assert ok(server.request("POST", path, ask))["tuned"] == PICO
     finally:
         server.stop()
 

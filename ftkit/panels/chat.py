@@ -62,20 +62,7 @@ class ChatPanel:
             "adapter off, and by the tuned model</small>"
         )
         self.state = w.HTML()
-        label = {"style": {"description_width": "initial"}}
-        self.temperature = w.BoundedFloatText(
-            value=temperature, min=0.0, max=MAX_TEMPERATURE, step=0.1, description="temperature",
-            layout=w.Layout(width="170px"), **label,
-        )  # fmt: skip
-        self.max_new_tokens = w.BoundedIntText(
-            value=max_new_tokens, min=1, max=MAX_NEW_TOKENS, description="max new tokens",
-            layout=w.Layout(width="190px"), **label,
-        )  # fmt: skip
-        self.sampling = w.HTML()
-        self.system = w.Text(
-            value=system, description="system message", placeholder="(none)",
-            layout=w.Layout(width="98%"), **label,
-        )  # fmt: skip
+        self._build_settings(temperature, max_new_tokens, system)
         self.rendered = w.HTML()
         self.template_source = w.HTML()
         self.template = w.Accordion(
@@ -118,6 +105,23 @@ class ChatPanel:
             widget.add_class(f"ftkit-chat-{name}")
         self._show_sampling()
         self._show_template()
+
+    def _build_settings(self, temperature: float, max_new_tokens: int, system: str) -> None:
+        """The generation settings, in view above the transcript."""
+        label = {"style": {"description_width": "initial"}}
+        self.temperature = w.BoundedFloatText(
+            value=temperature, min=0.0, max=MAX_TEMPERATURE, step=0.1, description="temperature",
+            layout=w.Layout(width="170px"), **label,
+        )  # fmt: skip
+        self.max_new_tokens = w.BoundedIntText(
+            value=max_new_tokens, min=1, max=MAX_NEW_TOKENS, description="max new tokens",
+            layout=w.Layout(width="190px"), **label,
+        )  # fmt: skip
+        self.sampling = w.HTML()
+        self.system = w.Text(
+            value=system, description="system message", placeholder="(none)",
+            layout=w.Layout(width="98%"), **label,
+        )  # fmt: skip
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         """In a cell, the panel shows as its widget."""
