@@ -200,7 +200,15 @@ def _sweep_in_cell(sweep: Sweep, kwargs: dict[str, Any]) -> dict[str, Any] | Non
     return SweepView(sweep).widget._repr_mimebundle_(**kwargs)
 
 
+def _chat_panel(job: Job, options: dict[str, Any]) -> Any:
+    """``job.chat()``: the chat panel (loaded on first use, with ipywidgets)."""
+    from .panels.chat import ChatPanel
+
+    return ChatPanel(job, **options)
+
+
 Job.cell_view = _monitor_in_cell  # the client knows no widgets: the face joins the two
+Job.chat_view = _chat_panel
 Sweep.cell_view = _sweep_in_cell
 
 

@@ -188,3 +188,41 @@ def check_webhook(url: Any) -> str | None:
             field="webhook",
         )
     return url
+
+
+# Trying a finished job's model (job.chat(), POST /jobs/{id}/generate): what one prompt may ask.
+MAX_NEW_TOKENS = 512  # a look at the model, not a long generation (each costs two: base and tuned)
+MAX_TEMPERATURE = 2.0  # 0 is greedy: the same prompt, the same answer
+MAX_PROMPT_CHARS = 8000
+
+
+def check_generation(temperature: Any, max_new_tokens: Any) -> tuple[float, int]:
+    """The generation settings a prompt is answered with, each refused by name when out of range."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= MAX_TEMPERATURE  # also refuses NaN
+    ):
+        raise ConfigError(
+            f"temperature={temperature!r}: must be a number from 0 (greedy) to {MAX_TEMPERATURE}",
+            field="temperature",
+        )
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or not 1 <= max_new_tokens <= MAX_NEW_TOKENS
+    ):
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens!r}: must be an integer from 1 to {MAX_NEW_TOKENS}",
+            field="max_new_tokens",
+        )
+    return float(temperature), max_new_tokens
+
+
+def check_prompt(prompt: Any, field: str = "prompt") -> str:
+    """A prompt to answer: text, not empty, at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"{field} must be text of 1 to {MAX_PROMPT_CHARS} characters", field=field
+        )
+    return prompt

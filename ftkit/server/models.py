@@ -25,7 +25,17 @@ from pydantic import (
 )
 
 from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
-from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, MAX_WEBHOOK, METHODS, TAG
+from ..core.rules import (
+    JOB_ID,
+    MAX_NEW_TOKENS,
+    MAX_NOTE,
+    MAX_PROMPT_CHARS,
+    MAX_TAGS,
+    MAX_TEMPERATURE,
+    MAX_WEBHOOK,
+    METHODS,
+    TAG,
+)
 from ..core.statuses import STATUSES
 from ..sweep_plan import MAX_RUNS, MODES
 
@@ -441,6 +451,44 @@ class Health(BaseModel):
     workers: int
     celery_workers: int = Field(description="the same count, under the earlier design's name")
     queue_depth: int
+
+
+# -- trying a completed job's model ---------------------------------------------------------------
+class GenerateRequest(BaseModel):
+    """One prompt for a completed job's model, answered by the base model and by the tuned one."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, examples=["Who are you?"], description="the "
+        "user's message, through the tokenizer's chat template (the rendered text comes back)"
+    )  # fmt: skip
+    system: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="a system message before it"
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=MAX_TEMPERATURE, strict=True,
+        description="0: greedy, the same prompt gives the same answer; above: sampled",
+    )  # fmt: skip
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS, strict=True)
+
+
+class GenerationSettings(BaseModel):
+    temperature: float
+    max_new_tokens: int
+    sampling: Literal["greedy", "sampled"]
+    system: str | None
+    device: str = Field(description="where the server ran it: cpu, or cuda")
+
+
+class GenerateResponse(BaseModel):
+    job_id: JobId
+    prompt: str
+    rendered_prompt: str = Field(description="what the model read: the chat template applied")
+    base: str = Field(description="the base model's answer (the adapter switched off)")
+    tuned: str = Field(description="the fine-tuned model's answer")
+    settings: GenerationSettings
+    seconds: float = Field(description="both answers' generation time")
 
 
 class Problem(BaseModel):

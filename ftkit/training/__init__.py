@@ -26,6 +26,7 @@ template notebook with parameters and environment variables, and reads back resu
     warmup.py       what a kernel loads before it gets a job (the zygote's and a spare's)
     tinymodel.py    a tiny Llama model saved locally, for the demo and the tests
     inference.py    a finished job's adapter on its base model, in the user's notebook (Job.load)
+    chat.py         a finished job's model answering as base and as tuned (job.chat, HTTP)
 """
 
 from .callback import TrainedAlready, progress_callback
