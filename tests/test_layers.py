@@ -119,6 +119,7 @@ RANK: dict[str, float] = {
     "ftkit.server.errors": 8.1,
     "ftkit.server.limits": 8.1,
     "ftkit.server.models": 8.1,
+    "ftkit.server.sweep_models": 8.15,
     "ftkit.server.deps": 8.1,
     "ftkit.server.routes.datasets": 8.2,
     "ftkit.server.routes.health": 8.2,
