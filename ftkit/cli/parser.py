@@ -58,7 +58,23 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
+    p.add_argument(
+        "--gpus", help="comma-separated GPU indices: one worker process each (or per group)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=None,
+        metavar="N",
+        help="one worker per N consecutive GPUs of --gpus: its jobs may use all N",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the CPU in N processes (gloo): tests, CPU clusters, a laptop",
+    )
     p.add_argument(
         "--drain",
         action="store_true",
@@ -162,7 +178,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 # name, help, arguments, command: in the order ``ftkit --help`` lists them
 COMMANDS: list[tuple[str, str, Arguments, Command]] = [
-    ("worker", "run a worker (one per GPU)", _worker, service.cmd_worker),
+    ("worker", "run a worker (one per GPU, or per group of GPUs)", _worker, service.cmd_worker),
     ("serve", "the HTTP API (/docs) and the web dashboard (/)", _serve, service.cmd_serve),
     ("submit", "upload a data set (if a path) and queue a job", _submit, jobs.cmd_submit),
     ("status", "one job's status", _one_job, jobs.cmd_status),

@@ -465,12 +465,15 @@ class Client:
             how = "in a terminal on this machine, or ftkit.start_local_worker()"
         return f"no worker is listening on {where}; start one with `ftkit worker` {how}"
 
-    def start_local_worker(self, *, env: dict[str, str] | None = None) -> LocalWorker:
+    def start_local_worker(
+        self, *, env: dict[str, str] | None = None, cpu_devices: int | None = None
+    ) -> LocalWorker:
         """A detached ``ftkit worker`` on this machine with these settings, logging to a file in
         the per-user folder, so a laptop user need not leave the notebook. It runs in its own
         session: it outlives the kernel (stop it with ``LocalWorker.stop()``). Should it exit,
-        ``Job.wait()`` and the monitor panel say so within a second, with its log's last lines."""
-        return start_local_worker(self.settings, env)
+        ``Job.wait()`` and the monitor panel say so within a second, with its log's last lines.
+        ``cpu_devices=2``: it trains on the CPU in two processes (a job with devices=2)."""
+        return start_local_worker(self.settings, env, cpu_devices=cpu_devices)
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..core.records import WorkerInfo
-from ..errors import MissingExtra
+from ..errors import ConfigError, MissingExtra
 
 # The local workers this process started and has not stopped (kept, so none is reaped as garbage).
 _local_workers: dict[int, tuple[subprocess.Popen, Path]] = {}
@@ -115,9 +115,17 @@ class LocalWorker:
         return proc.returncode
 
 
-def start_local_worker(settings: Settings, env: dict[str, str] | None = None) -> LocalWorker:
+def start_local_worker(
+    settings: Settings, env: dict[str, str] | None = None, *, cpu_devices: int | None = None
+) -> LocalWorker:
     """A detached ``ftkit worker`` with these settings, in its own session (it outlives the
-    kernel), logging to a new file in the per-user folder."""
+    kernel), logging to a new file in the per-user folder. ``cpu_devices``: it trains on the CPU
+    in that many processes (``ftkit worker --cpu-devices``), to try a multi-device job here."""
+    if cpu_devices is not None and (
+        isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 1
+    ):
+        raise ConfigError(f"cpu_devices={cpu_devices!r}: give a whole number of processes, 1+")
+    devices = ["--cpu-devices", str(cpu_devices)] if cpu_devices is not None else []
     if importlib.util.find_spec("papermill") is None:
         raise MissingExtra("a local worker needs the training stack: pip install 'ftkit[worker]'")
     logs = Path(settings.home) / "logs"
@@ -125,7 +133,7 @@ def start_local_worker(settings: Settings, env: dict[str, str] | None = None) ->
     log = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ftkit.cli", "worker"],
+            [sys.executable, "-m", "ftkit.cli", "worker", *devices],
             env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=settings.home,
             stdin=subprocess.DEVNULL,
