@@ -83,6 +83,7 @@ RANK: dict[str, float] = {
     "ftkit.worker.runtime": 4.85,
     "ftkit.worker.staging": 4.9,
     "ftkit.worker.notebook": 4.9,
+    "ftkit.worker.routing": 4.9,
     "ftkit.worker.job": 4.95,
     "ftkit.worker.process": 4.97,
     "ftkit.worker": 5,
