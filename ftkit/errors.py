@@ -14,7 +14,8 @@
     ├── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
     └── WorkerExited         ... or while a local worker this process started has exited
 
-    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
+    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue,
+                             or none with the devices a job asks for (submit says so too)
     └── WorkerExitedWarning  ... or a local worker it started has exited (code, log's last lines)
 
 Lower-level errors (redis, fsspec, papermill) are converted at the boundary with
@@ -92,7 +93,8 @@ class WorkerExited(FtkitError, RuntimeError):
 
 
 class NoWorkerWarning(UserWarning):
-    """No worker has been listening on the queue for a few heartbeats: the job cannot start."""
+    """No worker has been listening on the queue for a few heartbeats, or none has the devices
+    the job asks for: the job cannot start."""
 
 
 class WorkerExitedWarning(NoWorkerWarning):

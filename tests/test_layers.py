@@ -92,6 +92,7 @@ RANK: dict[str, float] = {
     "ftkit.client.datasets": 4.85,
     "ftkit.client.workers": 4.85,
     "ftkit.client.job": 4.9,
+    "ftkit.client.health": 4.9,
     "ftkit.client.client": 5,
     "ftkit.client": 5.1,
     "ftkit.sweeping": 5.5,

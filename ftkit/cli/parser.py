@@ -8,12 +8,12 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from ..config import DPO_LOSS_TYPES, TrainConfig
+from ..config import DPO_LOSS_TYPES, SHARDINGS, TrainConfig
 from ..core.rules import METHODS
 from . import datasets, demo, jobs, service
 
 DESCRIPTION = """``ftkit worker / serve / submit / status / jobs / sweeps / sweep / cancel / logs / delete / gc /
-download / health / validate / tiny-model / demo``."""
+download / health / workers / validate / tiny-model / demo``."""
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 Command = Callable[[argparse.Namespace], int]
@@ -33,7 +33,7 @@ def _prompts(text: str) -> list[str]:
 
 
 # fields with a fixed set of values: --help lists them, and argparse refuses any other
-CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
+CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES, "sharding": SHARDINGS}
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -205,7 +205,18 @@ COMMANDS: list[tuple[str, str, Arguments, Command]] = [
         jobs.cmd_gc,
     ),
     ("download", "download a job's adapter", _download, jobs.cmd_download),
-    ("health", "broker, live workers, queue depth", _no_arguments, service.cmd_health),
+    (
+        "health",
+        "broker, live workers, queue depth, jobs no worker can run",
+        _no_arguments,
+        service.cmd_health,
+    ),
+    (
+        "workers",
+        "the live workers: host, devices, GPU, current job",
+        _no_arguments,
+        service.cmd_workers,
+    ),
     (
         "validate",
         "check a data set and print its profile and problems",

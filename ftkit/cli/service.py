@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from ..errors import ConfigError
-from .output import print_value
+from .output import print_table, print_value
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -113,3 +113,19 @@ def cmd_health(args: argparse.Namespace) -> int:
     health = ftkit.health()
     print_value(health, args.json)
     return 0 if health["status"] != "unhealthy" else 1
+
+
+WORKER_COLUMNS = ["worker_id", "host", "device_kind", "devices", "cuda_visible_devices", "gpu",
+                  "current_job", "jobs_done"]  # fmt: skip
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """The live workers: where each runs, what one job may use there, what it runs now."""
+    import ftkit
+
+    rows = ftkit.workers()
+    if args.json:
+        print_value(rows, True)
+    else:
+        print_table([dict(w) for w in rows], WORKER_COLUMNS)
+    return 0

@@ -1,5 +1,5 @@
 """Watching and starting workers from the client's side: a warning when none listens on the
-queue, and a detached local worker (``ftkit.start_local_worker``) that a laptop user starts from
+queue (or none is large enough for a job just queued), and a detached local worker (``ftkit.start_local_worker``) that a laptop user starts from
 the notebook and whose exit is seen at once."""
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..core.records import WorkerInfo
-from ..errors import ConfigError, MissingExtra
+from ..errors import ConfigError, MissingExtra, NoWorkerWarning
+from ..placement import Need, Offer, waiting_reason
 
 # The local workers this process started and has not stopped (kept, so none is reaped as garbage).
 _local_workers: dict[int, tuple[subprocess.Popen, Path]] = {}
@@ -143,3 +146,24 @@ def start_local_worker(
         )
     _local_workers[proc.pid] = (proc, log)
     return LocalWorker(pid=proc.pid, log=log)
+
+
+def warn_if_waiting(
+    job_id: str, config: Any, workers: Callable[[], Sequence[Mapping[str, Any]]]
+) -> str | None:
+    """A job that no live worker can run is queued all the same (a larger worker may start):
+    submit says so at once, as a NoWorkerWarning. The reason, or None."""
+    need = Need.of(config)
+    if need == Need():
+        return None
+    reason = waiting_reason(need, [Offer.of(dict(w)) for w in workers()])
+    if reason is not None:
+        how = f"ftkit worker --gpus ... --gpus-per-worker {need.devices}" + (
+            "" if need.gpus_only else f", or ftkit worker --cpu-devices {need.devices}"
+        )
+        warnings.warn(
+            f"job {job_id} is queued, {reason}: it starts when one listens ({how})",
+            NoWorkerWarning,
+            stacklevel=3,
+        )
+    return reason
