@@ -6,7 +6,6 @@ person looks. No training here: what routing decides ends at the claim."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -55,6 +54,7 @@ def test_a_job_goes_only_where_its_devices_are_and_says_why_it_waits():
 def test_gpus_are_grouped_per_worker_and_bad_combinations_are_refused(capsys):
     assert gpu_groups("0,1,2,3", 2, None) == [["0", "1"], ["2", "3"]]
     assert gpu_groups("0,1,2,3", None, None) == [["0"], ["1"], ["2"], ["3"]]  # as before
+    # (the workers these start, each seeing its own devices: test_end_to_end, one per GPU or group)
     assert gpu_groups(None, None, 2) == []  # one CPU worker, in this process
     refused = {
         ("--gpus", "0,1,2", "--gpus-per-worker", "2"): "--gpus lists 3 GPUs, which "
@@ -71,21 +71,6 @@ def test_gpus_are_grouped_per_worker_and_bad_combinations_are_refused(capsys):
         from ftkit.client import Client
 
         Client().start_local_worker(cpu_devices=0)
-
-
-@pytest.mark.slow
-@redis_only
-def test_gpus_per_worker_starts_one_worker_per_group(settings, client, start_worker):
-    """Two workers of two GPUs each, each seeing its own pair (this machine has no GPU, so each
-    offers the CPU: what they were given is what this test reads)."""
-    parent = start_worker(wait=False, args=("--gpus", "0,1,2,3", "--gpus-per-worker", "2"))
-    workers = wait_for(
-        lambda: len(seen := client.workers()) == 2 and seen, 60, "the two workers' heartbeats"
-    )
-    assert sorted(w["cuda_visible_devices"] for w in workers) == ["0,1", "2,3"]
-    assert len({w["pid"] for w in workers}) == 2
-    assert parent.stop(signal.SIGINT) == 0  # forwarded to both: they hand back and deregister
-    wait_for(lambda: not client.workers(), 30, "both workers to deregister")
 
 
 # -- the worker's side of routing, on each backend (no worker process) ------------------------------
