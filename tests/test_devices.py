@@ -147,6 +147,13 @@ def test_a_job_waits_for_a_worker_with_its_devices(settings, client, start_worke
         assert served["status"] == "degraded" and served["waiting_jobs"][0]["reason"] == WAITING
         page = api.request("GET", "/")[1].decode()
         assert WAITING in page and "1 × CPU" in page
+        config = {"base_model": "org/model", "max_steps": 2, "devices": 2, "sharding": "none"}
+        with pytest.warns(NoWorkerWarning, match=WAITING):  # the server in this process
+            posted = api.request("POST", "/train", {"dataset_id": ds.id, "config": config})[1]
+        assert posted["message"].endswith(f"org/model; {WAITING}")
+        status = api.request("GET", f"/status/{posted['job_id']}")[1]
+        assert status["config"]["devices"] == 2 and status["waiting_for"] == WAITING
+        assert api.request("DELETE", f"/job/{posted['job_id']}")[1]["status"] == "cancelled"
     finally:
         api.stop()
 
