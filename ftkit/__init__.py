@@ -101,10 +101,11 @@ def workers() -> list[WorkerInfo]:
     return client().workers()
 
 
-def start_local_worker() -> LocalWorker:
+def start_local_worker(*, cpu_devices: int | None = None) -> LocalWorker:
     """Start ``ftkit worker`` on this machine in the background, with this client's settings;
-    its pid and log file."""
-    return client().start_local_worker()
+    its pid and log file. ``cpu_devices=2``: it trains on the CPU in two processes, to try a
+    job with ``devices=2`` on a laptop."""
+    return client().start_local_worker(cpu_devices=cpu_devices)
 
 
 _EXAMPLE_FILES = {"sft": "example_data.jsonl", "preference": "preference_data.jsonl"}

@@ -15,7 +15,8 @@
     ├── WorkerExited         ... or while a local worker this process started has exited
     └── WebhookError         a webhook request fails ftkit.webhooks.verify (says which check)
 
-    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
+    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue,
+                             or none with the devices a job asks for (submit says so too)
     └── WorkerExitedWarning  ... or a local worker it started has exited (code, log's last lines)
 
 Lower-level errors (redis, fsspec, papermill) are converted at the boundary with
@@ -93,7 +94,8 @@ class WorkerExited(FtkitError, RuntimeError):
 
 
 class NoWorkerWarning(UserWarning):
-    """No worker has been listening on the queue for a few heartbeats: the job cannot start."""
+    """No worker has been listening on the queue for a few heartbeats, or none has the devices
+    the job asks for: the job cannot start."""
 
 
 class WorkerExitedWarning(NoWorkerWarning):

@@ -84,6 +84,10 @@ class Offer:
             devices = 1
         return cls(kind="cuda" if kind == "cuda" else "cpu", devices=devices)
 
+    def describe(self) -> str:
+        """For the workers tables: "2 × GPU", "1 × CPU"."""
+        return f"{self.devices} × {'GPU' if self.kind == 'cuda' else 'CPU'}"
+
 
 def refusal(need: Need, offer: Offer) -> str | None:
     """Why this worker cannot run the job, or None when it can."""

@@ -56,11 +56,12 @@ class Job:
         return view(self, kwargs) if view is not None else None
 
     def status(self) -> JobStatus:
-        """The live record as people read it; an active job whose worker died is requeued first."""
+        """The live record as people read it; an active job whose worker died is requeued first.
+        A queued job that no live worker can run says why in ``waiting_for``."""
         record = self._client.store.get(self.id)
         if record["status"] in statuses.ACTIVE and self._client.reap_if_orphaned(record):
             record = self._client.store.get(self.id)
-        return public_status(record)
+        return public_status(record, self._client.store.workers)
 
     def metrics(self, start: int = 0) -> list[dict[str, Any]]:
         """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""
@@ -286,7 +287,7 @@ class Job:
                     exited = watch.exited()
                     if exited is not None and raise_on_failure:
                         raise WorkerExited(f"job {self.id} is {status['status']}: {exited}")
-                    message = exited or watch.check()
+                    message = exited or watch.check() or status.get("waiting_for")
                     if message is not None and message not in warned:
                         category = WorkerExitedWarning if exited else NoWorkerWarning
                         warnings.warn(

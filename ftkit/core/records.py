@@ -163,6 +163,9 @@ class JobStatus(TypedDict, total=False):
     dataset_profile: dict[str, Any]
     warnings: list[str]
     signature: str | None
+    # a queued job no live worker can run: why ("waiting for a worker with 4 devices; the
+    # largest has 2"); None otherwise. Computed as it is read, never stored.
+    waiting_for: str | None
 
 
 class WorkerInfo(TypedDict, total=False):
@@ -187,8 +190,16 @@ class WorkerInfo(TypedDict, total=False):
     last_seen: float  # written by the job store with each heartbeat
 
 
+class WaitingJob(TypedDict):
+    """A queued job that no live worker can run, and why (``Health.waiting_jobs``)."""
+
+    job_id: str
+    reason: str
+
+
 class Health(TypedDict):
-    """Whether jobs can run now: the broker answers, and how many workers listen."""
+    """Whether jobs can run now: the broker answers, how many workers listen, and which queued
+    jobs none of them can run."""
 
     status: Literal["healthy", "degraded", "unhealthy"]
     broker: str
@@ -199,3 +210,4 @@ class Health(TypedDict):
     storage: str
     warning: str | None
     signed_messages: bool
+    waiting_jobs: list[WaitingJob]  # the oldest queued jobs no live worker can run

@@ -264,6 +264,11 @@ class JobStatus(BaseModel):
         description="how its end was announced: id, type, state (pending, delivered, failed, "
         "refused, abandoned), attempts, outcome",
     )
+    waiting_for: str | None = Field(
+        default=None,
+        description="a queued job no live worker can run: why, e.g. 'waiting for a worker with "
+        "4 devices; the largest has 2' (null when one can)",
+    )
 
     @field_validator(*JOB_STATUS_CHECKED, mode="wrap")
     @classmethod
@@ -319,6 +324,13 @@ class Logs(BaseModel):
     )
 
 
+class WaitingJob(BaseModel):
+    """A queued job that no live worker can run (``core.records.WaitingJob``)."""
+
+    job_id: str
+    reason: str = Field(examples=["waiting for a worker with 4 devices; the largest has 2"])
+
+
 class Health(BaseModel):
     """``Client.health()`` in the earlier design's shape, which its users read."""
 
@@ -337,6 +349,11 @@ class Health(BaseModel):
     workers: int
     celery_workers: int = Field(description="the same count, under the earlier design's name")
     queue_depth: int
+    waiting_jobs: list[WaitingJob] = Field(
+        default=[],
+        description="queued jobs that no live worker can run (too few devices), each with why; "
+        "while there are any the status is degraded",
+    )
 
 
 # -- trying a completed job's model ---------------------------------------------------------------

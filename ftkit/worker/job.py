@@ -108,6 +108,8 @@ class JobRun:
         if not is_job_id(self.job_id):  # never let it near a path
             log.warning("dropping a task whose job id is malformed: %r", str(self.job_id)[:80])
             return False
+        if rt.holds is not None and not rt.holds.fits(self.job_id):
+            return False  # it needs more devices than this worker has: left on the queue
         # Heartbeats name the job from before the claim on: one that does not, sent after the
         # claim, tells the reapers this worker is not running it (JobStore.orphans).
         rt.claiming = self.job_id
