@@ -177,7 +177,8 @@ class JobRun:
         with self.timed("kernel"):
             # a multi-device job's kernel trains nothing itself: never one unsloth has patched
             config = self.spec.config
-            rt.kernel = rt.kernels.take(backend="hf" if config.devices > 1 else config.backend)
+            backend = "hf" if config.devices > 1 else config.backend
+            rt.kernel = rt.kernels.take(backend=backend, devices=config.devices)
         parameters = notebook_parameters(
             self.spec, self.record, self.data_path, self.run_dir, self.resume, self.adapter
         )
