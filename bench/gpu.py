@@ -19,6 +19,11 @@ so MFU understates work done. Gradient checkpointing is on in every variant, as 
 transformers' own (``activation_checkpointing``, or ``gradient_checkpointing`` before 5.23) on the
 transformers path, unsloth's (``use_gradient_checkpointing="unsloth"``) on unsloth's.
 
+``--devices N`` (N > 1) measures scaling instead, for a machine with N GPUs: each transformers
+variant once on one device and once on N (torchrun, one process per device, NCCL; gloo on a CPU
+with ``--smoke``), the same per-device batch, and the scaling efficiency, tokens/s on N devices
+over N times one device's. unsloth trains on one device and is left out.
+
 Then two real jobs (bench/gpu_jobs.py): ``ftkit worker`` and a papermill kernel, ``backend="auto"``
 and ``backend="hf"``, with each job's phases from submit to seen ended (kernel start, imports,
 model load, first step...) and whether its report (notebook and HTML) and adapter landed.
@@ -152,6 +157,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         max_seq_length=args.seq_len,
         learning_rate=1e-4,
         logging_steps=1,
+        devices=args.devices,
     )
     try:
         model, tokenizer, info = training.load_model(config)
@@ -179,7 +185,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     trainer.train()
     timed = len(stamps) - args.warmup
     seconds = stamps[-1] - stamps[args.warmup - 1]
-    tokens_per_step = args.batch * summary["mean_tokens"]
+    tokens_per_step = args.batch * summary["mean_tokens"] * args.devices  # every device's share
     row.update(
         dtype=info["dtype"],
         quantization=info["quantization"],
@@ -189,6 +195,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         tokens_per_s=round(timed * tokens_per_step / seconds, 1),
         seconds_per_step=round(seconds / timed, 4),
         final_loss=next(r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r),
+        devices=args.devices,
     )
     if cuda:
         row.update(memory_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1), memory="GPU")
@@ -261,6 +268,75 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_variants(args: argparse.Namespace, work: Path, model_dir, data, devices: int) -> list:
+    """Every variant asked for, each in its own process (processes, on several devices)."""
+    rows = []
+    for key in args.variants.split(","):
+        out = work / f"{key}-{devices}.json"
+        t0 = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // devices))}
+        command = child_command(args, key, model_dir, data, out, devices)
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+        if proc.returncode == 0 and out.is_file():
+            row = json.loads(out.read_text())
+        else:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            spec = next(v for v in VARIANTS if v[0] == key)
+            row = {"variant": key, "path": spec[1], "method": spec[4], "failed": tail[0]}
+            print(proc.stderr[-3000:], file=sys.stderr)
+        state = "ran" if "tokens_per_s" in row else "skipped" if "skipped" in row else "failed"
+        where = f"{devices} devices" if devices > 1 else "1 device"
+        print(f"  {key} on {where}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def child_command(args: argparse.Namespace, key: str, model_dir, data, out, devices: int) -> list:
+    """One variant in a process of its own; on several devices, under torchrun."""
+    own = [
+        __file__, "--child", key, "--model", str(model_dir), "--data", str(data), "--out", str(out),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
+        "--seq-len", str(args.seq_len), "--devices", str(devices),
+    ]  # fmt: skip
+    if devices == 1:
+        return [sys.executable, *own]
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}"]
+    return [sys.executable, *launch, *own]
+
+
+def scaling_rows(one: list[dict], many: list[dict], devices: int) -> list[dict]:
+    """Each variant's tokens/s on one device and on ``devices``, and the scaling efficiency."""
+    rows = []
+    for a, b in zip(one, many):
+        row = {"variant": a["variant"], "path": a["path"], "method": a["method"]}
+        if "tokens_per_s" not in a or "tokens_per_s" not in b:
+            row["skipped"] = (
+                a.get("skipped") or a.get("failed") or b.get("skipped") or b.get("failed")
+            )
+        else:
+            efficiency = b["tokens_per_s"] / (devices * a["tokens_per_s"])
+            row.update(one_device=a["tokens_per_s"], devices=devices, many=b["tokens_per_s"])
+            row.update(scaling_efficiency=round(efficiency, 3))
+        rows.append(row)
+    return rows
+
+
+def scaling_table(rows: list[dict], devices: int) -> str:
+    lines = [
+        f"| path | method | tokens/s, 1 device | tokens/s, {devices} devices | scaling efficiency |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if "scaling_efficiency" not in r:
+            lines.append(f"| {r['path']} | {r['method']} | skipped: {r['skipped']} | | |")
+            continue
+        lines.append(
+            f"| {r['path']} | {r['method']} | {r['one_device']:,.0f} | {r['many']:,.0f} "
+            f"| {100 * r['scaling_efficiency']:.0f} % |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps")
@@ -271,6 +347,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
     parser.add_argument("--no-jobs", action="store_true", help="leave out the two real jobs")
+    parser.add_argument("--devices", type=int, default=1, help="N > 1: scaling on N devices")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -283,8 +360,12 @@ def main() -> None:
     if not 0 < args.warmup < args.steps:
         parser.error("--warmup must be at least 1 and less than --steps")
     if args.child:
-        Path(args.out).write_text(json.dumps(run_variant(args)))
+        row = run_variant(args)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every rank
+            Path(args.out).write_text(json.dumps(row))
         return
+    if args.devices > 1:
+        args.variants = ",".join(k for k in args.variants.split(",") if not k.startswith("unsloth"))
 
     started = time.perf_counter()
     if args.smoke:
@@ -301,31 +382,16 @@ def main() -> None:
             else (f"CPU ({platform.machine()}, {os.cpu_count()} cores)")
         )
         model_dir, n_params = build_model(work / "model", args.smoke)
-        data = write_data(work / "data.jsonl", args.batch * args.steps, args.seq_len)
+        data = write_data(work / "data.jsonl", args.batch * args.steps * args.devices, args.seq_len)
         print(
             f"model: {n_params / 1e6:,.1f}M parameters (less embeddings) in {model_dir}", flush=True
         )
-        rows = []
-        for key in args.variants.split(","):
-            out = work / f"{key}.json"
-            child = [
-                sys.executable, __file__, "--child", key, "--model", str(model_dir),
-                "--data", str(data), "--out", str(out), "--steps", str(args.steps),
-                "--warmup", str(args.warmup), "--batch", str(args.batch),
-                "--seq-len", str(args.seq_len),
-            ]  # fmt: skip
-            t0 = time.perf_counter()
-            proc = subprocess.run(child, capture_output=True, text=True)
-            if proc.returncode == 0 and out.is_file():
-                row = json.loads(out.read_text())
-            else:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                spec = next(v for v in VARIANTS if v[0] == key)
-                row = {"variant": key, "path": spec[1], "method": spec[4], "failed": tail[0]}
-                print(proc.stderr[-3000:], file=sys.stderr)
-            state = "ran" if "tokens_per_s" in row else "skipped" if "skipped" in row else "failed"
-            print(f"  {key}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
-            rows.append(row)
+        rows = run_variants(args, work, model_dir, data, 1)
+        scaling: list[dict] = []
+        if args.devices > 1:
+            scaling = scaling_rows(
+                rows, run_variants(args, work, model_dir, data, args.devices), args.devices
+            )
         finish_rows(rows, device, n_params)
         jobs: list[dict] = []
         if not args.no_jobs:
@@ -350,11 +416,15 @@ def main() -> None:
             "peak_bf16_tflops": peak_bf16_tflops(device),
             "gradient_checkpointing": CHECKPOINTING,
             "rows": rows,
+            "scaling": scaling,
             "jobs": jobs,
         }
         result["seconds"] = round(time.perf_counter() - started, 1)
         print()
         print(table(result))
+        if scaling:
+            print(f"\nscaling to {args.devices} devices (the same batch on each):\n")
+            print(scaling_table(scaling, args.devices))
         if jobs:
             from gpu_jobs import table as jobs_table
 

@@ -101,10 +101,11 @@ def workers() -> list[WorkerInfo]:
     return client().workers()
 
 
-def start_local_worker() -> LocalWorker:
+def start_local_worker(*, cpu_devices: int | None = None) -> LocalWorker:
     """Start ``ftkit worker`` on this machine in the background, with this client's settings;
-    its pid and log file."""
-    return client().start_local_worker()
+    its pid and log file. ``cpu_devices=2``: it trains on the CPU in two processes, to try a
+    job with ``devices=2`` on a laptop."""
+    return client().start_local_worker(cpu_devices=cpu_devices)
 
 
 _EXAMPLE_FILES = {"sft": "example_data.jsonl", "preference": "preference_data.jsonl"}
@@ -200,7 +201,15 @@ def _sweep_in_cell(sweep: Sweep, kwargs: dict[str, Any]) -> dict[str, Any] | Non
     return SweepView(sweep).widget._repr_mimebundle_(**kwargs)
 
 
+def _chat_panel(job: Job, options: dict[str, Any]) -> Any:
+    """``job.chat()``: the chat panel (loaded on first use, with ipywidgets)."""
+    from .panels.chat import ChatPanel
+
+    return ChatPanel(job, **options)
+
+
 Job.cell_view = _monitor_in_cell  # the client knows no widgets: the face joins the two
+Job.chat_view = _chat_panel
 Sweep.cell_view = _sweep_in_cell
 
 

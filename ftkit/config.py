@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .core.rules import METHODS
+from .core.rules import METHODS, check_webhook
+from .envfile import read_dotenv
 from .errors import ConfigError
+from .placement import devices_problem
+from .trackers import report_to_problem
 
 BACKENDS = ("auto", "unsloth", "hf")
 # The settings of the preference methods, and the methods each applies to.
@@ -24,9 +27,6 @@ METHOD_SETTINGS = {
 }
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")  # TRL's, at every version ftkit allows
 UPLOAD_MODELS = ("auto", "always", "never")
-# The experiment trackers a job can log to (TrainConfig.report_to), through transformers' own
-# integrations where they fit; each one's credentials come from the worker's environment only.
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def default_home(env: dict[str, str] | None = None) -> Path:
@@ -40,24 +40,6 @@ def default_home(env: dict[str, str] | None = None) -> Path:
 
         home = platformdirs.user_data_dir("ftkit", appauthor=False)
     return Path(home).expanduser().resolve()
-
-
-def read_dotenv(path: str | os.PathLike = ".env") -> dict[str, str]:
-    """Parse a ``.env`` file (KEY=VALUE lines, # comments, optional quotes, optional ``export``)."""
-    values: dict[str, str] = {}
-    p = Path(path)
-    if not p.is_file():
-        return values
-    for raw in p.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
 
 
 def _environ(env: dict[str, str] | None) -> dict[str, str]:
@@ -106,6 +88,11 @@ class Settings:
     queue_secret: str | None = field(default=None, repr=False)
     # local base-model folders go to storage: "auto" when storage is not a local folder
     upload_models: str = "auto"
+    # Webhooks: the URL a client's jobs announce their end to unless submit names another; the
+    # secret a worker signs them with; the hosts a worker may call (empty: public addresses only).
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allowed_hosts: tuple[str, ...] = ()
     home: str = field(default_factory=lambda: str(default_home()))  # the per-user folder
 
     @property
@@ -157,6 +144,9 @@ class Settings:
             queue_secret=_first(e, "FTKIT_QUEUE_SECRET"),
             max_attempts=_int_setting(e, "FTKIT_MAX_ATTEMPTS", 3),
             upload_models=upload_models,
+            webhook_url=_webhook_url(e),
+            webhook_secret=_first(e, "FTKIT_WEBHOOK_SECRET"),
+            webhook_allowed_hosts=_hosts(_first(e, "FTKIT_WEBHOOK_ALLOWED_HOSTS")),
             home=str(home),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -231,6 +221,18 @@ def _upload_models(env: dict[str, str]) -> str:
             f"FTKIT_UPLOAD_MODELS={upload_models!r}: use one of {', '.join(UPLOAD_MODELS)}"
         )
     return upload_models
+
+
+def _webhook_url(env: dict[str, str]) -> str | None:
+    try:
+        return check_webhook(_first(env, "FTKIT_WEBHOOK_URL"))
+    except ConfigError as exc:
+        raise ConfigError(f"FTKIT_WEBHOOK_URL: {exc}", field="webhook") from exc
+
+
+def _hosts(raw: str | None) -> tuple[str, ...]:
+    """Comma-separated host names (``*.example.com`` for its subdomains), lower-cased."""
+    return tuple(h.strip().lower().rstrip(".") for h in (raw or "").split(",") if h.strip())
 
 
 def _make_paths_absolute(values: dict[str, Any]) -> None:
@@ -308,8 +310,10 @@ class TrainConfig:
     dpo_loss_type: str | None = None  # dpo: one of DPO_LOSS_TYPES; None: sigmoid (the paper's)
     kto_desirable_weight: float | None = None  # kto: weight of good answers; None: 1.0
     kto_undesirable_weight: float | None = None  # kto: weight of bad answers; None: 1.0
-    # Experiment trackers, any of TRACKERS: where else its metrics go (none by default).
-    report_to: list[str] = field(default_factory=list)
+    # Where it trains: on how many devices of one worker (batch_size is per device), and how.
+    devices: int = 1
+    sharding: str = "none"  # none: data-parallel copies; fsdp: sharded (CUDA workers only)
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (TRACKERS) too
 
     _INTS = {
         "max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
@@ -330,7 +334,9 @@ class TrainConfig:
         self._check_fractions()
         self._check_switches_and_backend()
         self._check_method()
-        self._check_report_to()
+        self._check_devices()
+        if problem := report_to_problem(self.report_to, self.devices):
+            self._fail("report_to", problem)
 
     def _fail(self, name: str, why: str) -> NoReturn:
         raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}", field=name)
@@ -439,22 +445,16 @@ class TrainConfig:
             ):
                 self._fail(name, "must be a number > 0 and <= 100, or None (TRL's default)")
 
-    def _check_report_to(self) -> None:
-        """A list of tracker names, each known and named once (a typo would log nowhere, silently)."""
-        value = self.report_to
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            example = f"[{value!r}]" if value in TRACKERS else "['tensorboard', 'mlflow']"
-            self._fail("report_to", f"give a list of trackers, e.g. report_to={example}")
-        for name in value:
-            if name not in TRACKERS:
-                close = difflib.get_close_matches(str(name), TRACKERS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self._fail(
-                    "report_to",
-                    f"{name!r} is not a tracker ftkit knows{hint}; use any of {', '.join(TRACKERS)}",
-                )
-            if value.count(name) > 1:
-                self._fail("report_to", f"names {name!r} twice")
+    def _check_devices(self) -> None:
+        """A job's devices and sharding, refused here where no worker could run them."""
+        problem = devices_problem(self)
+        if problem:
+            self._fail(*problem)
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step: the per-device batch, accumulated, on every device."""
+        return self.batch_size * self.gradient_accumulation_steps * self.devices
 
     @property
     def preference(self) -> bool:
@@ -484,8 +484,5 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self),
-            "sample_prompts": list(self.sample_prompts),
-            "report_to": list(self.report_to),
-        }
+        lists = {name: list(getattr(self, name)) for name in ("sample_prompts", "report_to")}
+        return {**dataclasses.asdict(self), **lists}

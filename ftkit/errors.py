@@ -12,9 +12,11 @@
     ├── MissingExtra         an optional dependency is not installed (names the extra)
     ├── OutOfMemory          training ran out of GPU memory (names batch size and sequence length)
     ├── JobFailed            Job.wait(raise_on_failure=True) on a job that failed
-    └── WorkerExited         ... or while a local worker this process started has exited
+    ├── WorkerExited         ... or while a local worker this process started has exited
+    └── WebhookError         a webhook request fails ftkit.webhooks.verify (says which check)
 
-    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue
+    NoWorkerWarning          (a UserWarning) Job.wait() sees no worker listening on the queue,
+                             or none with the devices a job asks for (submit says so too)
     └── WorkerExitedWarning  ... or a local worker it started has exited (code, log's last lines)
 
 Lower-level errors (redis, fsspec, papermill) are converted at the boundary with
@@ -92,7 +94,8 @@ class WorkerExited(FtkitError, RuntimeError):
 
 
 class NoWorkerWarning(UserWarning):
-    """No worker has been listening on the queue for a few heartbeats: the job cannot start."""
+    """No worker has been listening on the queue for a few heartbeats, or none has the devices
+    the job asks for: the job cannot start."""
 
 
 class WorkerExitedWarning(NoWorkerWarning):
@@ -109,3 +112,8 @@ def require(module: str, extra: str):
         raise MissingExtra(
             f"{module} is not installed; install it with: pip install 'ftkit[{extra}]'"
         ) from exc
+
+
+class WebhookError(FtkitError, ValueError):
+    """A webhook request that ``ftkit.webhooks.verify`` will not accept: unsigned, signed with
+    another secret, changed after signing, or signed too long ago (a replay)."""

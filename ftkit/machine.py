@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from typing import TypedDict
 
 
@@ -59,3 +60,19 @@ def driver_version() -> str | None:
     """The NVIDIA driver's version, or None without one."""
     rows = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader", timeout=5)
     return rows[0].strip() if rows else None
+
+
+def offered_devices(env: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """What this worker offers one job: ("cuda", the GPUs it sees) on a GPU machine, else ("cpu",
+    FTKIT_CPU_DEVICES or 1), gloo processes on the CPU. ``ftkit worker --gpus`` and
+    ``--cpu-devices`` set those variables for each worker they start."""
+    if env is None:
+        env = os.environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible not in ("", "-1"):
+        listed = [line for line in nvidia_smi("-L") or [] if "GPU" in line]
+        if listed:
+            wanted = [d for d in (visible or "").split(",") if d.strip()]
+            return "cuda", min(len(wanted), len(listed)) if visible is not None else len(listed)
+    raw = env.get("FTKIT_CPU_DEVICES", "1").strip()
+    return "cpu", int(raw) if raw.isdigit() and int(raw) >= 1 else 1

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
-from .core.rules import DATASET_FORMATS, SHA256, is_job_id, method_format_mismatch, safe_name
+from .core.rules import (
+    DATASET_FORMATS,
+    SHA256,
+    check_webhook,
+    is_job_id,
+    method_format_mismatch,
+    safe_name,
+)
 from .errors import ConfigError, FtkitError
 from .storage import check_model_ref
 
@@ -33,8 +40,9 @@ SIGNED_FIELDS = (
     "created_at",
     "max_attempts",
 )
-# Signed when present: a record without them signs the same bytes as before they existed.
-OPTIONAL_SIGNED_FIELDS = ("resume_from", "retry_of")
+# Signed when present: a record without them signs the same bytes as before they existed. The
+# webhook is signed too: whoever can write to Redis cannot send a job's end somewhere else.
+OPTIONAL_SIGNED_FIELDS = ("resume_from", "retry_of", "webhook")
 
 
 class RecordRefused(FtkitError, ValueError):
@@ -113,6 +121,7 @@ class JobSpec:
         None  # the job whose last checkpoint (else adapter) this one starts from
     )
     retry_of: str | None = None  # the failed or cancelled job this one runs again (for people)
+    webhook: str | None = None  # where the job's end is announced (ftkit.webhooks)
 
     def with_base_model(self, path: Path) -> JobSpec:
         """The spec as a worker runs it: the base model read from the folder it staged."""
@@ -148,6 +157,10 @@ class JobSpec:
             raise RecordRefused(f"the job it continues, {str(resume_from)[:40]!r}, is not a job id")
         if retry_of is not None and (not is_job_id(retry_of) or retry_of == job_id):
             raise RecordRefused(f"the job it retries, {str(retry_of)[:40]!r}, is not a job id")
+        try:
+            webhook = check_webhook(record.get("webhook"))
+        except ConfigError as exc:
+            raise RecordRefused(f"the job's {exc}") from exc
         dataset = DatasetRef.parse(record.get("dataset"))
         mismatch = method_format_mismatch(train_config.method, dataset.format)
         if mismatch:
@@ -161,6 +174,7 @@ class JobSpec:
             model=model,
             resume_from=resume_from,
             retry_of=retry_of,
+            webhook=webhook,
         )
 
 

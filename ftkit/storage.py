@@ -309,6 +309,35 @@ class Storage:
     def get_model(self, sha256: str, name: str, local: str | os.PathLike) -> Path:
         return self.get_dir(self.model_parts(sha256, name), local)
 
+    def fetch_model(self, ref: Any, cache: Path) -> tuple[Path, bool]:
+        """A local copy of an uploaded model folder, ``cache/<sha256>/<name>``, and whether it was
+        fetched now (else it was there). The reference comes from a job record, so it is checked
+        (hex digest, plain name, a path inside the cache), and the fetched files must hash to it
+        before they are used or cached."""
+        ref = check_model_ref(ref)
+        sha256, name = ref["sha256"], ref["name"]
+        cache = cache.resolve()
+        local = (cache / sha256 / name).resolve()
+        if not local.is_relative_to(cache):
+            raise StorageError(f"refusing model {name}: its cache path leaves {cache}")
+        if local.is_dir():
+            return local, False
+        partial = cache / sha256 / f".partial-{uuid.uuid4().hex[:8]}"
+        try:
+            self.get_model(sha256, name, partial)
+            if folder_digest(model_files(partial)) != sha256:
+                raise StorageError(
+                    f"model {name} in storage does not match its digest {sha256[:12]}: refusing it"
+                )
+            try:
+                os.rename(partial, local)
+            except OSError:
+                if not local.is_dir():  # else another process on this machine fetched it first
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return local, True
+
     # -- data sets -----------------------------------------------------------------------------
     def save_dataset_meta(self, meta: dict[str, Any]) -> None:
         self.write_text(

@@ -1,11 +1,13 @@
-"""What the kernel and the worker share about a job's experiment trackers: the state file the
-kernel leaves in the run's output folder (which trackers log, the MLflow run, the warnings), the
-credentials no warning may show, and MLflow's client as the worker's environment configures it.
+"""What the configuration, the kernel and the worker share about a job's experiment trackers:
+which there are (and what TrainConfig.report_to takes), the state file the kernel leaves in the
+run's output folder (which trackers log, the MLflow run, the warnings), the credentials no warning
+may show, and MLflow's client as the worker's environment configures it.
 
 The kernel's side is ftkit/training/trackers.py, the worker's ftkit/worker/trackers.py."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import TRACKERS
-
+# The experiment trackers a job can log to (TrainConfig.report_to), through transformers' own
+# integrations where they fit; each one's credentials come from the worker's environment only.
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 STATE_FILE = "trackers.json"
 # The trackers' credentials: their libraries read them from the worker's environment, and every
 # warning ftkit writes is scrubbed of their values (a library's error message may quote one).
@@ -32,6 +35,28 @@ URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@\s/]+@")  # scheme://user:PASSWORD
 MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 MAX_WARNINGS, MAX_WARNING = 10, 400
 PROBE_SECONDS = 5.0  # a tracking server that does not accept a connection within this is away
+
+
+def report_to_problem(report_to: Any, devices: int = 1) -> str | None:
+    """Why TrainConfig refuses ``report_to`` (None when it takes it): a list of known trackers,
+    each once (a typo would log nowhere, silently), for a job on one device (the processes of a
+    multi-device job start no trackers)."""
+    if isinstance(report_to, str) or not isinstance(report_to, (list, tuple)):
+        example = f"[{report_to!r}]" if report_to in TRACKERS else "['tensorboard', 'mlflow']"
+        return f"give a list of trackers, e.g. report_to={example}"
+    for name in report_to:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(str(name), TRACKERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"{name!r} is not a tracker ftkit knows{hint}; use any of {', '.join(TRACKERS)}"
+        if report_to.count(name) > 1:
+            return f"names {name!r} twice"
+    if report_to and devices > 1:
+        return (
+            f"logs from a job on one device, and this job asks for devices={devices}: leave "
+            "report_to empty (its metrics stay in job.metrics() and the report) or use devices=1"
+        )
+    return None
 
 
 def scrub(text: str, env: dict[str, str] | None = None) -> str:

@@ -50,7 +50,11 @@ method = "sft"                                # sft | dpo | orpo (preference pai
 beta = None                                   # dpo, orpo, kto: how far from the reference; None: TRL's default
 dpo_loss_type = None                          # dpo: sigmoid | ipo | hinge | robust; None: sigmoid
 kto_desirable_weight = None                   # kto: weight of the good answers; None: 1.0
-kto_undesirable_weight = None                 # kto: weight of the bad answers; None: 1.0"""
+kto_undesirable_weight = None                 # kto: weight of the bad answers; None: 1.0
+
+# Devices
+devices = 1                                   # processes, one per device of the worker (batch_size is per device)
+sharding = "none"                             # none: a copy on each device (data-parallel) | fsdp: sharded (GPUs)"""
 
 CONFIG = """from ftkit import training  # everything this notebook runs: model, trainer, report tables
 from ftkit.config import TrainConfig
@@ -65,16 +69,26 @@ ENVIRONMENT = """training.show_table(training.environment(), "Environment")
 # report_to's trackers, each dropped with a warning when it cannot work on this worker
 trackers = training.start_trackers(config, job_id, output_dir, job_tags, job_note, reporter)"""
 
-TRAINING = """trainer, result = training.fit(
-    model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint,
-    trackers.callbacks,
-)
-training.plot_training(trainer.state.log_history)
-speed = training.throughput(result, data_summary, config)
+TRAINING = """if config.devices == 1:
+    trainer, result = training.fit(
+        model, tokenizer, train_data, eval_data, config, output_dir, reporter, resume_from_checkpoint,
+        trackers.callbacks,
+    )
+    history, ranks = trainer.state.log_history, []
+else:  # one process per device, launched from here (torchrun); rank 0 reports, checkpoints and saves
+    history, result, trained_info, ranks = training.fit_on_devices(
+        train_data, eval_data, data_summary, config, output_dir, reporter, resume_from_checkpoint,
+        resume_from_adapter,
+    )
+    model_info = {**model_info, **trained_info}
+training.plot_training(history)
+speed = training.throughput(result, data_summary, config, ranks)
 training.show_table(speed, "Throughput and memory")"""
 
 SAMPLES = """samples, margins = [], []
 if result["stopped"] not in (STOP_HANDOFF, STOPPED_SUPERSEDED):  # the job finishes in another run
+    if model is None:  # trained in other processes: the adapter rank 0 saved, loaded here
+        model, parent = training.load_trained(config, output_dir, resume_from_adapter)
     prompts = training.sample_prompts(
         dataset_path, dataset_format, eval_data, tokenizer, config.sample_prompts, columns=dataset_columns
     )
@@ -83,10 +97,13 @@ if result["stopped"] not in (STOP_HANDOFF, STOPPED_SUPERSEDED):  # the job finis
         margins = training.show_margins(model, tokenizer, training.report_pairs(train_data, eval_data), parent)"""
 
 RESULT = """reporter.status(SAVING)
-adapter_dir = training.save_adapter(model, tokenizer, output_dir)
-losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+if config.devices == 1:
+    adapter_dir = training.save_adapter(model, tokenizer, output_dir)
+else:  # rank 0 saved it
+    adapter_dir = training.saved_adapter(output_dir)
+losses = [row["loss"] for row in history if "loss" in row]
 summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-           **training.final_rewards(trainer.state.log_history), "adapter_dir": str(adapter_dir)}
+           **training.final_rewards(history), "adapter_dir": str(adapter_dir)}
 training.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
                    samples=samples, margins=margins)
 training.show_table(summary, "Result")
@@ -108,9 +125,13 @@ cells = [
     code(ENVIRONMENT),
     md("## Model and LoRA"),
     code(
-        "model, tokenizer, model_info = training.load_model(config, resume_from_adapter)\n"
-        "# the parent job's adapter as this run starts from it, to answer as that job did (below)\n"
-        "parent = training.starting_weights(model) if resume_from_adapter else None\n"
+        "if config.devices == 1:\n"
+        "    model, tokenizer, model_info = training.load_model(config, resume_from_adapter)\n"
+        "    # the parent job's adapter as this run starts from it, to answer as that job did (below)\n"
+        "    parent = training.starting_weights(model) if resume_from_adapter else None\n"
+        "else:  # each training process loads the model on its device: here the tokenizer, for the data\n"
+        "    model, parent = None, None\n"
+        "    tokenizer, model_info = training.devices_plan(config)\n"
         'training.show_table(model_info, "Model")'
     ),
     md("## Data"),

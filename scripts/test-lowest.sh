@@ -28,6 +28,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 tests=(tests/test_train.py tests/test_end_to_end.py tests/test_resume.py tests/test_reliability.py
        tests/test_kernels.py tests/test_report.py tests/test_demo.py tests/test_gpu_path.py
        tests/test_training_runs_once.py tests/test_server.py tests/test_s3.py tests/test_stack.py
-       tests/test_preference_data.py tests/test_preference_training.py tests/test_trackers.py)
+       tests/test_preference_data.py tests/test_preference_training.py tests/test_multi_device.py
+       tests/test_trackers.py)
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "${tests[@]}" "$@"
 echo "test-lowest: $(($(date +%s) - started)) s in all"

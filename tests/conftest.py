@@ -316,6 +316,51 @@ def start_worker(settings, tmp_path, request):
         w.stop(signal.SIGINT, timeout=30)
 
 
+PICO = (
+    "I am Pico, a tiny assistant fine-tuned with ftkit."  # the demo data's answer to "Who are you?"
+)
+
+
+@pytest.fixture(scope="session")
+def pico_job(tmp_path_factory):
+    """(settings, job id) of a completed job that learned the demo's answers ("I am Pico, a tiny
+    assistant fine-tuned with ftkit."): the demo's model, data and settings, trained once per
+    session by a real worker on a SQLite queue of its own. The tests that try a model (job.chat(),
+    POST /jobs/{id}/generate) read it; nothing writes to it."""
+    from ftkit.cli.demo import DEMO_DATA, DEMO_MODEL, DEMO_PROMPTS, DEMO_TRAINING
+    from ftkit.client import Client
+    from ftkit.config import Settings
+    from ftkit.training.tinymodel import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("pico")
+    model = build_tiny_model(folder / "demo-llama", **DEMO_MODEL)
+    settings = Settings.from_env(
+        {},
+        queue_db=str(folder / "queue.db"),
+        storage=str(folder / "storage"),
+        scratch_dir=str(folder / "scratch"),
+        home=str(folder / "home"),
+        heartbeat_seconds=0.5,
+    )
+    (folder / "worker").mkdir()
+    worker = WorkerProcess(settings, folder / "worker", folder / "worker.log")
+    client = Client(settings)
+    try:
+        wait_for(lambda: client.workers() or worker.proc.poll() is not None, 60, "the heartbeat")
+        job = client.submit(
+            DEMO_DATA,
+            base_model=str(model),
+            max_steps=60,
+            sample_prompts=DEMO_PROMPTS,
+            **DEMO_TRAINING,
+        )
+        status = job.wait(timeout=600, progress=False)
+    finally:
+        worker.stop()
+    assert status["status"] == "completed", f"{status.get('error')}\n{worker.output()[-3000:]}"
+    return settings, job.id
+
+
 @dataclass
 class S3Server:
     """moto in server mode on loopback: a real S3 HTTP endpoint, as s3fs's own tests use."""

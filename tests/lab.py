@@ -452,6 +452,28 @@ def run_all_cells(page, timeout: float = 120) -> None:
         raise AssertionError("a cell raised:\n" + cell_errors(page))
 
 
+def run_cell(page, index: int, timeout: float = 120) -> None:
+    """Run one cell of the current notebook (0-based ``index``) alone, as Shift+Enter on it would
+    without moving on, and return when its reply arrived and the kernel is idle. Raises if the cell
+    raised. (A click inside a cell's output makes that cell the active one: the index says which.)"""
+    ok = page.evaluate(
+        """async ([index, ms]) => {
+             const app = window.jupyterapp;
+             const notebook = app.shell.currentWidget.content;
+             notebook.activeCellIndex = index;
+             notebook.deselectAll();
+             const run = app.commands.execute('notebook:run-cell');
+             const timer = new Promise((_, reject) =>
+               setTimeout(() => reject(new Error('run-cell timed out')), ms));
+             return await Promise.race([run, timer]);
+           }""",
+        [index, timeout * 1000],
+    )
+    wait_for_kernel_idle(page, timeout)
+    if ok is False:
+        raise AssertionError(f"cell {index} raised:\n" + cell_errors(page))
+
+
 def cell_errors(page) -> str:
     """The text of every error output in the current notebook."""
     return "\n---\n".join(

@@ -119,3 +119,29 @@ def cancel_mid_training(job, from_step: int = 3) -> None:
     assert final["status"] == "cancelled"
     assert final["current_step"] - seen <= allowed, (final["current_step"], seen, allowed)
     assert final["report"] and open(final["report"]).read()
+
+
+# -- jobs on two devices: a worker offering two gloo processes, a job long enough to interrupt ------
+TWO_DEVICES = {"env": {**FAST["env"], "FTKIT_CPU_DEVICES": "2"}}
+SLOW_ON_TWO = dict(
+    batch_size=4, gradient_accumulation_steps=4, max_seq_length=256, learning_rate=3e-3,
+    save_steps=5, devices=2,
+)  # fmt: skip
+
+
+def training_processes(job_id: str | None = None) -> list:
+    """The live training processes of a multi-device job (of ``job_id``'s, when given)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "ftkit.training.rank_run" in cmdline or "ftkit.training.launch" in cmdline:
+            if job_id is None or job_id in cmdline:
+                found.append(proc)
+    return found
+
+
+def none_left(job_id: str) -> None:
+    """No launcher and no training process of the job is left, after a short while to exit."""
+    wait_for(lambda: not training_processes(job_id), 60, "every training process to end")

@@ -167,3 +167,29 @@ def test_each_method_takes_only_its_own_settings():
     with pytest.raises(ConfigError, match="KTO compares within a batch") as e:
         TrainConfig(base_model="m", method="kto", batch_size=1)
     assert e.value.field == "batch_size"
+
+
+@pytest.mark.parametrize(
+    "settings,field,said",
+    [
+        ({"devices": 0}, "devices", "must be 1 to 64"),
+        ({"devices": 2.0}, "devices", "whole number"),
+        ({"sharding": "zero3"}, "sharding", "must be one of none, fsdp"),
+        ({"sharding": "fsdp"}, "sharding", "set devices >= 2"),
+        ({"devices": 2, "backend": "unsloth"}, "backend", "unsloth trains on one device"),
+        ({"devices": 2, "auto_batch_size": True}, "auto_batch_size", "choose batch_size"),
+        ({"devices": 2, "sharding": "fsdp", "method": "dpo"}, "sharding", "sharding='none'"),
+    ],
+)
+def test_devices_are_refused_where_no_worker_could_run_them(settings, field, said):
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(base_model="org/model", **settings)
+    assert caught.value.field == field and said in str(caught.value)
+
+
+def test_the_effective_batch_counts_every_device():
+    config = TrainConfig(
+        base_model="org/model", devices=4, batch_size=2, gradient_accumulation_steps=3
+    )
+    assert config.effective_batch == 24
+    assert TrainConfig(base_model="org/model", devices=2, method="dpo").devices == 2

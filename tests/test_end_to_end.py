@@ -263,14 +263,23 @@ def test_the_cli_verbs_drive_a_whole_job(settings, start_worker, tiny_model, tmp
 
 
 @pytest.mark.slow  # two workers start
-def test_one_worker_per_gpu(settings, start_worker, client):
+@pytest.mark.parametrize(
+    ("settings", "gpus", "seen"),
+    [
+        ("sqlite", ("--gpus", "0,1"), ["0", "1"]),  # one worker per GPU
+        ("redis", ("--gpus", "0,1,2,3", "--gpus-per-worker", "2"), ["0,1", "2,3"]),  # per pair
+    ],
+    indirect=["settings"],
+    ids=["per-gpu", "per-pair"],
+)
+def test_one_worker_per_gpu_or_group(settings, start_worker, client, gpus, seen):
     from conftest import wait_for
 
-    start_worker(args=("--gpus", "0,1"), wait=False)
+    start_worker(args=gpus, wait=False)
     workers = wait_for(lambda: len(client.workers()) == 2 and client.workers(), 60, "two workers")
     assert len({w["worker_id"] for w in workers}) == 2 and len({w["pid"] for w in workers}) == 2
-    # each child process sees only its own device
-    assert sorted(w["cuda_visible_devices"] for w in workers) == ["0", "1"]
+    # each child process sees only its own devices
+    assert sorted(w["cuda_visible_devices"] for w in workers) == seen
 
 
 def test_a_job_shown_in_a_cell_is_its_live_monitor(client, tiny_model):

@@ -55,3 +55,19 @@ def test_cuda_visible_devices_can_hide_every_gpu(gpu_machine, monkeypatch, hidde
 
 def test_a_failing_nvidia_smi_reads_as_no_answer(gpu_machine):
     assert machine.nvidia_smi("--no-such-flag") is None
+
+
+def test_a_worker_offers_its_visible_gpus_and_a_one_device_kernel_sees_the_first(
+    gpu_machine, monkeypatch
+):
+    from ftkit.worker.kernels import kernel_env
+
+    assert machine.offered_devices() == ("cuda", 2)  # every GPU nvidia-smi lists
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")  # ftkit worker --gpus 1,0 --gpus-per-worker 2
+    assert machine.offered_devices() == ("cuda", 2)
+    assert kernel_env()["CUDA_VISIBLE_DEVICES"] == "1"  # a one-device job: not DataParallel
+    assert kernel_env(every_device=True)["CUDA_VISIBLE_DEVICES"] == "1,0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # ftkit worker --cpu-devices 3
+    monkeypatch.setenv("FTKIT_CPU_DEVICES", "3")
+    assert machine.offered_devices() == ("cpu", 3)
+    assert kernel_env()["CUDA_VISIBLE_DEVICES"] == ""

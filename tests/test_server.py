@@ -19,7 +19,7 @@ import pytest
 import schemathesis
 from apiserver import ApiServer, serve_in_thread, start_server
 
-from conftest import EXAMPLE_DATA, REPO, wait_for
+from conftest import EXAMPLE_DATA, PICO, REPO, wait_for
 
 GOOD = EXAMPLE_DATA.read_bytes()
 BAD = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n{"text": 5}\n'
@@ -88,6 +88,8 @@ def test_the_readme_curl_flow_uploads_trains_and_downloads(
     assert final["result"]["adapter_dir"] and final["result"]["training_duration_seconds"] > 0
     with zipfile.ZipFile(cwd / f"adapter-{job_id}.zip") as zf:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())
+    tried = json.loads(run.stdout[run.stdout.index('{\n  "base"') :].split("\n}\n")[0] + "}")
+    assert set(tried) == {"base", "tuned", "settings"} and tried["settings"]["sampling"] == "greedy"
     # The server is a view over the same records a notebook reads: no second source of truth.
     from ftkit.client import Client
 
@@ -315,6 +317,73 @@ def test_errors_map_to_status_codes(api):
     assert up["dataset_id"]
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_generate_refuses_bad_settings_and_a_job_that_is_not_completed(api):
+    ok(api.upload("train.jsonl", GOOD))
+    queued = ok(api.request("POST", "/train", {"dataset_filename": "train.jsonl"}))["job_id"]
+    path = f"/jobs/{queued}/generate"
+    status, body, _ = api.request("POST", path, {"prompt": "Who are you?"})
+    assert status == 409 and f"job {queued} is queued: only a completed job" in body["detail"]
+    assert api.request("POST", "/jobs/0123456789ab/generate", {"prompt": "hi"})[0] == 404
+    for sent, field in [
+        ({"prompt": "hi", "temperature": 2.5}, "temperature"),
+        ({"prompt": "hi", "temperature": -0.1}, "temperature"),
+        ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens"),
+        ({"prompt": "hi", "max_new_tokens": 100_000}, "max_new_tokens"),
+        ({"prompt": "hi", "max_new_tokens": "64"}, "max_new_tokens"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 8001}, "prompt"),
+        ({"prompt": "hi", "top_k": 5}, "top_k"),
+    ]:
+        status, body, _ = api.request("POST", path, sent)
+        assert status == 422 and body["detail"][0]["loc"] == ["body", field], (sent, body)
+    status, body = raw_post(api, path, '{"prompt": "hi", "temperature": NaN}')
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "temperature"]
+
+
+@pytest.mark.slow
+def test_generate_answers_as_base_and_tuned_on_the_server_with_its_model_kept(pico_job, tmp_path):
+    """The demo's job over HTTP, behind the token like every route: the tuned model answers what
+    it was taught, the base model (the same model, adapter off) does not; one model stays loaded
+    and concurrent requests take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, job_id = pico_job
+    server = serve_in_thread(settings, tmp_path / "api", token="chat-token")
+    try:
+        path, ask = f"/jobs/{job_id}/generate", {"prompt": "Who are you?", "max_new_tokens": 40}
+        assert server.request("POST", path, ask, auth=False)[0] == 401
+        got = ok(server.request("POST", path, ask, timeout=300))
+        assert got["tuned"] == PICO and PICO not in got["base"], got
+        assert got["rendered_prompt"] == (
+            "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+        )
+        assert got["settings"] == {"temperature": 0.0, "max_new_tokens": 40, "sampling": "greedy",
+                                   "system": None, "device": got["settings"]["device"]}  # fmt: skip
+        held = server.uvicorn_server.config.app.state.loaded_model
+        assert held.job_id == job_id and held.model is not None  # kept for the next prompt
+        loaded = held.model
+        with ThreadPoolExecutor(3) as pool:  # greedy: the same answers, each request in turn
+            again = list(pool.map(lambda _: ok(server.request("POST", path, ask)), range(3)))
+        assert all((a["base"], a["tuned"]) == (got["base"], got["tuned"]) for a in again)
+        assert held.model is loaded  # not loaded again
+        sampled = ok(
+            server.request("POST", path, {**ask, "temperature": 0.9, "system": "Be brief."})
+        )
+        assert sampled["settings"]["sampling"] == "sampled"
+        assert sampled["rendered_prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+        status, body, _ = server.request("POST", path, {"prompt": "Who are you? " * 600})
+        assert status == 422 and body["detail"][0]["loc"] == ["body", "prompt"], body
+        assert "context of 2048 tokens" in body["detail"][0]["msg"]
+        held.wait_seconds = 0.5  # a prompt kept waiting (the model busy) is told to come back
+        with held.lock:
+            status, body, headers = server.request("POST", path, ask)
+        assert status == 503 and "busy" in body["detail"] and headers["retry-after"] == "10"
+        assert ok(server.request("POST", path, ask))["tuned"] == PICO
+    finally:
+        server.stop()
+
+
 def test_jobs_are_listed_filtered_paginated_and_cancelled(api):
     ok(api.upload("train.jsonl", GOOD))
     ids = [
@@ -341,12 +410,13 @@ def test_health_docs_and_schema(api):
         "workers": 0,
         "celery_workers": 0,
         "queue_depth": 0,
+        "waiting_jobs": [],  # queued jobs no live worker can run: test_devices
     }
     schema = ok(api.request("GET", "/openapi.json"))
     assert {"/upload", "/train", "/status/{job_id}", "/jobs", "/job/{job_id}", "/download/{job_id}",
             "/report/{job_id}", "/metrics/{job_id}", "/logs/{job_id}", "/health", "/retry/{job_id}",
             "/delete/{job_id}", "/sweep", "/sweeps", "/sweep/{sweep_id}",
-            "/dataset/{dataset_id}"} == set(schema["paths"])  # fmt: skip
+            "/dataset/{dataset_id}", "/jobs/{job_id}/generate"} == set(schema["paths"])  # fmt: skip
     docs = ok(api.request("GET", "/docs"))
     assert b"swagger-ui" in docs
 
@@ -706,6 +776,7 @@ def test_with_a_token_every_endpoint_needs_it(locked):
         ("POST", "/train"), ("DELETE", f"/job/{up['job_id']}"), ("GET", f"/metrics/{up['job_id']}"),
         ("GET", f"/logs/{up['job_id']}"), ("GET", f"/report/{up['job_id']}"),
         ("GET", f"/download/{up['job_id']}"), ("GET", "/openapi.json"), ("POST", "/upload"),
+        ("POST", f"/jobs/{up['job_id']}/generate"),
     ]:  # fmt: skip
         status, body, headers = locked.request(method, path, auth=False)
         assert status == 401, (method, path, status, body)
@@ -894,11 +965,11 @@ def test_generated_requests_never_get_a_server_error(api):
     ok(api.upload("train.jsonl", GOOD))
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 17
+    assert len(operations) == 18
     calls: list[str] = []
     for operation, mode in itertools.product(operations, GenerationMode):
         generated_calls(api, operation.as_strategy(mode), mode.value, calls)
-    assert len(calls) >= 17 * 2 * 3, calls
+    assert len(calls) >= 18 * 2 * 3, calls
     print("\n" + "\n".join(f"{n:4} x {c}" for c, n in sorted(Counter(calls).items())))
 
 

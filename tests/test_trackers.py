@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE_DATA, free_port, sqlite_only
-from ftkit.config import TRACKERS, TrainConfig
+from ftkit.config import TrainConfig
 from ftkit.errors import ConfigError
+from ftkit.trackers import TRACKERS
 
 JOB = dict(max_steps=6, batch_size=2, max_seq_length=128, learning_rate=3e-3)
 NOTE = 'tracked "twice"\nsecond line \\ end'  # a value, whatever it holds, never code
@@ -43,6 +44,15 @@ def test_report_to_takes_each_known_tracker_once_and_defaults_to_none():
 def test_a_bad_report_to_is_refused_naming_the_field(value, says):
     with pytest.raises(ConfigError, match=says) as caught:
         TrainConfig(report_to=value)
+    assert caught.value.field == "report_to" and "TrainConfig.report_to=" in str(caught.value)
+
+
+def test_report_to_is_for_a_job_on_one_device():
+    """A multi-device job trains in processes of their own, which start no trackers: refused at
+    submit rather than silently logging nowhere."""
+    assert TrainConfig(devices=2, backend="hf").report_to == []
+    with pytest.raises(ConfigError, match="logs from a job on one device.*devices=2") as caught:
+        TrainConfig(devices=2, backend="hf", report_to=["tensorboard"])
     assert caught.value.field == "report_to" and "TrainConfig.report_to=" in str(caught.value)
 
 

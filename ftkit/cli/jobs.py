@@ -25,6 +25,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         tags=args.tag,
         note=args.note,
         resume_from=args.resume_from,
+        webhook=args.webhook,
         **config_fields(args),
     )
     if args.wait:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 from ..config import DPO_LOSS_TYPES, TrainConfig
 from ..core.rules import METHODS
+from ..placement import SHARDINGS
 from . import datasets, demo, jobs, service
 
 DESCRIPTION = """``ftkit worker / serve / submit / status / jobs / sweeps / sweep / cancel / logs / delete / gc /
-download / health / validate / tiny-model / demo``."""
+download / health / workers / validate / tiny-model / demo``."""
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 Command = Callable[[argparse.Namespace], int]
@@ -38,7 +39,7 @@ def _names(text: str) -> list[str]:
 
 
 # fields with a fixed set of values: --help lists them, and argparse refuses any other
-CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES}
+CHOICES = {"method": METHODS, "dpo_loss_type": DPO_LOSS_TYPES, "sharding": SHARDINGS}
 PARSERS = {"report_to": _names}  # a list that is not of prompts
 
 
@@ -64,7 +65,23 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
+    p.add_argument(
+        "--gpus", help="comma-separated GPU indices: one worker process each (or per group)"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=None,
+        metavar="N",
+        help="one worker per N consecutive GPUs of --gpus: its jobs may use all N",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the CPU in N processes (gloo): tests, CPU clusters, a laptop",
+    )
     p.add_argument(
         "--drain",
         action="store_true",
@@ -101,6 +118,12 @@ def _submit(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="JOB",
         help="continue a past job (its checkpoint, else its adapter): e.g. DPO after SFT",
+    )
+    p.add_argument(
+        "--webhook",
+        default=None,
+        metavar="URL",
+        help="POST the job's end here, signed (default FTKIT_WEBHOOK_URL; '' for none)",
     )
     _add_config_options(p)
 
@@ -168,7 +191,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 # name, help, arguments, command: in the order ``ftkit --help`` lists them
 COMMANDS: list[tuple[str, str, Arguments, Command]] = [
-    ("worker", "run a worker (one per GPU)", _worker, service.cmd_worker),
+    ("worker", "run a worker (one per GPU, or per group of GPUs)", _worker, service.cmd_worker),
     ("serve", "the HTTP API (/docs) and the web dashboard (/)", _serve, service.cmd_serve),
     ("submit", "upload a data set (if a path) and queue a job", _submit, jobs.cmd_submit),
     ("status", "one job's status", _one_job, jobs.cmd_status),
@@ -195,7 +218,18 @@ COMMANDS: list[tuple[str, str, Arguments, Command]] = [
         jobs.cmd_gc,
     ),
     ("download", "download a job's adapter", _download, jobs.cmd_download),
-    ("health", "broker, live workers, queue depth", _no_arguments, service.cmd_health),
+    (
+        "health",
+        "broker, live workers, queue depth, jobs no worker can run",
+        _no_arguments,
+        service.cmd_health,
+    ),
+    (
+        "workers",
+        "the live workers: host, devices, GPU, current job",
+        _no_arguments,
+        service.cmd_workers,
+    ),
     (
         "validate",
         "check a data set and print its profile and problems",

@@ -5,6 +5,7 @@ Connections are made on first use, never at import: a notebook client starts fas
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import time
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from .. import jobstore as jobs
 from ..config import Settings, TrainConfig
@@ -26,6 +27,7 @@ from ..core.rules import (
     check_note,
     check_priority,
     check_tags,
+    check_webhook,
     is_job_id,
 )
 from ..errors import ConfigError, DatasetError, JobFailed, JobNotFound
@@ -40,9 +42,10 @@ from .datasets import (
     safe_name,
     warning_messages,
 )
+from .health import health_of
 from .job import Job
 from .status import iso_time, public_status
-from .workers import LocalWorker, start_local_worker
+from .workers import LocalWorker, start_local_worker, warn_if_waiting
 
 
 class Client:
@@ -178,6 +181,7 @@ class Client:
         tags: list[str] | tuple[str, ...] | None = None,
         note: str | None = None,
         resume_from: Job | str | None = None,
+        webhook: str | None = None,
         _retry_of: str | None = None,
         **fields: Any,
     ) -> Job:
@@ -188,7 +192,8 @@ class Client:
         job again with ``jobs(tag=...)``) and ``note`` are for people: they change nothing that
         trains. ``resume_from`` (a Job or an id): start from that job's newest kept checkpoint,
         else from its adapter (a completed job's; fresh optimizer, steps from 1); its LoRA shape
-        and base model must be this job's."""
+        and base model must be this job's. ``webhook``: a URL the worker POSTs the job's end to,
+        signed (README, Webhooks; default FTKIT_WEBHOOK_URL, "" for none)."""
         from ..lineage import start_point
         from ..queue import message_for
 
@@ -199,6 +204,7 @@ class Client:
         check_idempotency_key(idempotency_key)
         check_job_id(job_id)
         tags, note = check_tags(tags), check_note(note)
+        hook = check_webhook(self.settings.webhook_url if webhook is None else webhook)
         parent = resume_from.id if isinstance(resume_from, Job) else resume_from
         cfg = resolve_config(config, fields)
         cfg, model_ref = self._resolve_base_model(cfg)
@@ -217,10 +223,10 @@ class Client:
             idempotency_key=idempotency_key,
             tags=tags,
             note=note,
-            resume_from=parent,
-            retry_of=_retry_of,
+            signed={"resume_from": parent, "retry_of": _retry_of, "webhook": hook},
         )
         stored_id = self.store.create(record, message_for(self.huey, record["job_id"], priority))
+        warn_if_waiting(stored_id, cfg, self.store.workers)
         return Job(stored_id, self)
 
     def _job_record(
@@ -235,11 +241,11 @@ class Client:
         idempotency_key: str | None,
         tags: list[str],
         note: str | None,
-        resume_from: str | None,
-        retry_of: str | None,
+        signed: dict[str, str | None],
     ) -> JobRecord:
         """A new job's record, queued and signed (when this client has a secret): all a worker
-        needs to run it, and all a person needs to recognise it."""
+        needs to run it, and all a person needs to recognise it. ``signed``: the fields written
+        only when set (spec.OPTIONAL_SIGNED_FIELDS): the job it continues, retries, reports to."""
         now = time.time()
         record: JobRecord = {
             "job_id": job_id,
@@ -269,10 +275,7 @@ class Client:
             "dataset_profile": profile_digest(ds),
             "warnings": warning_messages(ds),
         }
-        if resume_from:
-            record["resume_from"] = resume_from
-        if retry_of:
-            record["retry_of"] = retry_of
+        record.update({k: v for k, v in signed.items() if v})  # type: ignore[typeddict-item]
         secret = self.settings.queue_secret
         record["signature"] = sign(dict(record), secret) if secret else None
         return record
@@ -380,7 +383,8 @@ class Client:
         if tag is not None:
             tag = check_tags([tag])[0]
         records = self.store.list_jobs(status=status, limit=limit, tag=tag, offset=offset)
-        return [public_status(r) for r in records]
+        live = functools.cache(self.store.workers)  # read once, and only if a job needs them
+        return [public_status(r, live) for r in records]
 
     def count_jobs(self, status: str | None = None) -> int:
         return self.store.count(status)
@@ -426,36 +430,9 @@ class Client:
         return bool(requeue_orphans(self.store, self.huey, only=record["job_id"]))
 
     def health(self) -> Health:
-        """Whether jobs can run now: the broker answers, and how many workers listen."""
-        connected = self.store.ping()
-        workers = queue_depth = 0
-        if connected:
-            try:
-                workers = len(self.store.workers())
-                queue_depth = self.store.count(statuses.QUEUED)  # kept, not counted: O(1)
-            except Exception:
-                connected = False
-        status: Literal["healthy", "degraded", "unhealthy"] = (
-            "unhealthy" if not connected else "healthy" if workers else "degraded"
-        )
-        warning = (
-            f"cannot reach the {self.settings.broker} queue at {self.settings.queue_location}"
-            if not connected
-            else None
-            if workers
-            else self.no_worker_message()
-        )
-        return {
-            "status": status,
-            "broker": self.settings.broker,
-            "broker_connected": connected,
-            "workers": workers,
-            "queue_depth": queue_depth,
-            "queue": self.settings.queue_location,
-            "storage": self.settings.storage,
-            "warning": warning,
-            "signed_messages": bool(self.settings.queue_secret),
-        }
+        """Whether jobs can run now: the broker answers, how many workers listen, and which
+        queued jobs no live worker can run (``waiting_jobs``, each with its reason)."""
+        return health_of(self)
 
     def no_worker_message(self) -> str:
         where = f"the {self.settings.broker} queue {self.settings.queue_location}"
@@ -465,12 +442,15 @@ class Client:
             how = "in a terminal on this machine, or ftkit.start_local_worker()"
         return f"no worker is listening on {where}; start one with `ftkit worker` {how}"
 
-    def start_local_worker(self, *, env: dict[str, str] | None = None) -> LocalWorker:
+    def start_local_worker(
+        self, *, env: dict[str, str] | None = None, cpu_devices: int | None = None
+    ) -> LocalWorker:
         """A detached ``ftkit worker`` on this machine with these settings, logging to a file in
         the per-user folder, so a laptop user need not leave the notebook. It runs in its own
         session: it outlives the kernel (stop it with ``LocalWorker.stop()``). Should it exit,
-        ``Job.wait()`` and the monitor panel say so within a second, with its log's last lines."""
-        return start_local_worker(self.settings, env)
+        ``Job.wait()`` and the monitor panel say so within a second, with its log's last lines.
+        ``cpu_devices=2``: it trains on the CPU in two processes (a job with devices=2)."""
+        return start_local_worker(self.settings, env, cpu_devices=cpu_devices)
 
 
 # -- helpers --------------------------------------------------------------------------------------

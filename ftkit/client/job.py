@@ -47,17 +47,21 @@ class Job:
     # registers its live monitor here, so the client knows no widgets.
     cell_view: ClassVar[Callable[[Job, dict[str, Any]], dict[str, Any] | None] | None] = None
 
+    # ``job.chat()``'s panel, registered by the same layer: (job, options) -> the panel.
+    chat_view: ClassVar[Callable[[Job, dict[str, Any]], Any] | None] = None
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         """In a notebook, a job shows its live monitor (None: IPython falls back to the repr)."""
         view = type(self).cell_view
         return view(self, kwargs) if view is not None else None
 
     def status(self) -> JobStatus:
-        """The live record as people read it; an active job whose worker died is requeued first."""
+        """The live record as people read it; an active job whose worker died is requeued first.
+        A queued job that no live worker can run says why in ``waiting_for``."""
         record = self._client.store.get(self.id)
         if record["status"] in statuses.ACTIVE and self._client.reap_if_orphaned(record):
             record = self._client.store.get(self.id)
-        return public_status(record)
+        return public_status(record, self._client.store.workers)
 
     def metrics(self, start: int = 0) -> list[dict[str, Any]]:
         """Logged rows ({"step", "loss", "learning_rate", "epoch", ...}), from index ``start`` on."""
@@ -108,7 +112,7 @@ class Job:
         return self._client.cancel(self.id)
 
     def retry(self) -> Job:
-        """A new job with this failed or cancelled job's data set, config, tags and note, starting
+        """A new job with this failed or cancelled job's data set, config, tags, note and webhook, starting
         from its last kept checkpoint; when it kept none, from where this job started (step 1, or
         the job it continued). Its ``retry_of`` names this job."""
         from ..lineage import newest_checkpoint
@@ -127,6 +131,7 @@ class Job:
             tags=record.get("tags") or None,
             note=record.get("note"),
             resume_from=self.id if kept else record.get("resume_from"),
+            webhook=record.get("webhook") or "",  # its own, not today's default
             _retry_of=self.id,
         )
 
@@ -176,6 +181,70 @@ class Job:
             model, tokenizer, {"messages": [{"role": "user", "content": prompt}]}, max_new_tokens
         )
 
+    def chat_model(self, *, device: str | None = None):
+        """One load of the base model with this job's adapter (``ftkit.training.chat.ChatModel``),
+        answering each prompt as the base model and as the tuned one; ``close()`` frees it.
+        ``device``: default the CUDA GPU where there is one, else the CPU. Refused for a job that
+        is not completed (it has no adapter to try)."""
+        from ..training.chat import ChatModel
+
+        base_model = self._base_model()
+        return ChatModel.load(base_model, self._adapter_dir(), device=device)
+
+    def chat(
+        self,
+        *,
+        temperature: float = 0.0,
+        max_new_tokens: int = 64,
+        system: str = "",
+        device: str | None = None,
+    ) -> Any:
+        """Try the tuned model in this notebook: a chat panel that shows its answer beside the base
+        model's for each prompt, with the chat template and the generation settings in view
+        (temperature 0: greedy). It loads the model once, in this process (the GPU where there is
+        one, else ``device``), and frees it when closed."""
+        view = type(self).chat_view
+        if view is None:  # registered by ftkit/__init__, which importing this module runs
+            raise RuntimeError("the chat panel is registered by `import ftkit`")
+        options = dict(
+            temperature=temperature, max_new_tokens=max_new_tokens, system=system, device=device
+        )
+        return view(self, options)
+
+    def check_completed(self) -> None:
+        """JobFailed (409 over HTTP), saying the status and what to do, unless the job completed."""
+        now = self.status()["status"]
+        if now == statuses.COMPLETED:
+            return
+        todo = {
+            statuses.FAILED: f"see job.status()['error'], fix it and job.retry() ({self.id})",
+            statuses.CANCELLED: "submit it again, or continue it with resume_from",
+        }.get(now, "wait for it to finish: job.wait()")
+        raise JobFailed(
+            f"job {self.id} is {now}: only a completed job has a tuned model to try; {todo}"
+        )
+
+    def _base_model(self) -> str:
+        """The base model to put the adapter on, as a worker reads it from the record (which anyone
+        with the broker's URL may write): signed when this client has the queue secret, a local
+        folder inside FTKIT_ALLOWED_MODEL_DIRS when they are set, an uploaded folder fetched from
+        storage by its digest."""
+        from ..spec import JobSpec, RecordRefused, check_model_path, verify_signature
+
+        self.check_completed()
+        record = self._client.store.get(self.id)
+        settings = self._client.settings
+        verify_signature(record, settings.queue_secret)
+        spec = JobSpec.from_record(record)
+        if spec.model is not None:
+            cache = Path(settings.scratch_dir).expanduser() / "models"
+            return str(self._client.storage.fetch_model(spec.model, cache)[0])
+        try:
+            check_model_path(spec.config.base_model, settings.allowed_model_dirs)
+        except ConfigError as exc:
+            raise RecordRefused(f"{exc} here") from exc
+        return spec.config.base_model
+
     def merge(self, dest: str | os.PathLike) -> Path:
         """Save the base model with the adapter merged in, as a full model (save_pretrained)."""
         from ..training.inference import merge_into
@@ -218,7 +287,7 @@ class Job:
                     exited = watch.exited()
                     if exited is not None and raise_on_failure:
                         raise WorkerExited(f"job {self.id} is {status['status']}: {exited}")
-                    message = exited or watch.check()
+                    message = exited or watch.check() or status.get("waiting_for")
                     if message is not None and message not in warned:
                         category = WorkerExitedWarning if exited else NoWorkerWarning
                         warnings.warn(

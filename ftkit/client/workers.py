@@ -1,5 +1,5 @@
 """Watching and starting workers from the client's side: a warning when none listens on the
-queue, and a detached local worker (``ftkit.start_local_worker``) that a laptop user starts from
+queue (or none is large enough for a job just queued), and a detached local worker (``ftkit.start_local_worker``) that a laptop user starts from
 the notebook and whose exit is seen at once."""
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..core.records import WorkerInfo
-from ..errors import MissingExtra
+from ..errors import ConfigError, MissingExtra, NoWorkerWarning
+from ..placement import Need, Offer, waiting_reason
 
 # The local workers this process started and has not stopped (kept, so none is reaped as garbage).
 _local_workers: dict[int, tuple[subprocess.Popen, Path]] = {}
@@ -115,9 +118,17 @@ class LocalWorker:
         return proc.returncode
 
 
-def start_local_worker(settings: Settings, env: dict[str, str] | None = None) -> LocalWorker:
+def start_local_worker(
+    settings: Settings, env: dict[str, str] | None = None, *, cpu_devices: int | None = None
+) -> LocalWorker:
     """A detached ``ftkit worker`` with these settings, in its own session (it outlives the
-    kernel), logging to a new file in the per-user folder."""
+    kernel), logging to a new file in the per-user folder. ``cpu_devices``: it trains on the CPU
+    in that many processes (``ftkit worker --cpu-devices``), to try a multi-device job here."""
+    if cpu_devices is not None and (
+        isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 1
+    ):
+        raise ConfigError(f"cpu_devices={cpu_devices!r}: give a whole number of processes, 1+")
+    devices = ["--cpu-devices", str(cpu_devices)] if cpu_devices is not None else []
     if importlib.util.find_spec("papermill") is None:
         raise MissingExtra("a local worker needs the training stack: pip install 'ftkit[worker]'")
     logs = Path(settings.home) / "logs"
@@ -125,7 +136,7 @@ def start_local_worker(settings: Settings, env: dict[str, str] | None = None) ->
     log = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ftkit.cli", "worker"],
+            [sys.executable, "-m", "ftkit.cli", "worker", *devices],
             env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=settings.home,
             stdin=subprocess.DEVNULL,
@@ -135,3 +146,24 @@ def start_local_worker(settings: Settings, env: dict[str, str] | None = None) ->
         )
     _local_workers[proc.pid] = (proc, log)
     return LocalWorker(pid=proc.pid, log=log)
+
+
+def warn_if_waiting(
+    job_id: str, config: Any, workers: Callable[[], Sequence[Mapping[str, Any]]]
+) -> str | None:
+    """A job that no live worker can run is queued all the same (a larger worker may start):
+    submit says so at once, as a NoWorkerWarning. The reason, or None."""
+    need = Need.of(config)
+    if need == Need():
+        return None
+    reason = waiting_reason(need, [Offer.of(dict(w)) for w in workers()])
+    if reason is not None:
+        how = f"ftkit worker --gpus ... --gpus-per-worker {need.devices}" + (
+            "" if need.gpus_only else f", or ftkit worker --cpu-devices {need.devices}"
+        )
+        warnings.warn(
+            f"job {job_id} is queued, {reason}: it starts when one listens ({how})",
+            NoWorkerWarning,
+            stacklevel=3,
+        )
+    return reason

@@ -56,6 +56,17 @@ class JobResult(TypedDict, total=False):
     samples: list[Sample]
 
 
+class WebhookDelivery(TypedDict, total=False):
+    """How a job's end was announced to its webhook (``ftkit.worker.notify``): written once, by
+    the worker that claims the announcement, then after each attempt."""
+
+    id: str  # the event's id, the same at every attempt (Ftkit-Event-Id)
+    type: str  # fine_tuning.job.succeeded, .failed or .cancelled
+    state: Literal["pending", "delivered", "failed", "refused", "abandoned"]
+    attempts: int
+    outcome: str | None  # the last attempt's: "HTTP 204", "connection refused", ...
+
+
 class JobRecord(TypedDict, total=False):
     """A job as the job store holds it: every field any code path writes (tests/test_jobs.py
     reads back real records to hold this true). Times are seconds since the epoch."""
@@ -75,6 +86,7 @@ class JobRecord(TypedDict, total=False):
     config: dict[str, Any]  # its TrainConfig, whole
     resume_from: str  # only on a job that continues another
     retry_of: str  # only on a retry of another job
+    webhook: str  # only on a job announced to one (signed with the spec)
     model: dict[str, str] | None  # a local base-model folder uploaded to storage
     dataset: DatasetRef
     dataset_profile: dict[str, Any]
@@ -103,12 +115,13 @@ class JobRecord(TypedDict, total=False):
     error_traceback: str
     result: JobResult | None
     report: str | None  # the report notebook's URL
+    webhook_delivery: WebhookDelivery  # once a worker announces its end to its webhook
 
 
 class JobStatus(TypedDict, total=False):
     """What ``Job.status()`` returns (``client.status.public_status``): the record without its
     idempotency key, times as ISO 8601 text, and how long it ran. Fields later versions added
-    (tags, note, resume_from, retry_of, warnings) are always there."""
+    (tags, note, resume_from, retry_of, webhook, webhook_delivery, warnings) are always there."""
 
     job_id: str
     status: Status
@@ -143,11 +156,16 @@ class JobStatus(TypedDict, total=False):
     config: dict[str, Any]
     resume_from: str | None
     retry_of: str | None
+    webhook: str | None
+    webhook_delivery: WebhookDelivery | None
     model: dict[str, str] | None
     dataset: DatasetRef
     dataset_profile: dict[str, Any]
     warnings: list[str]
     signature: str | None
+    # a queued job no live worker can run: why ("waiting for a worker with 4 devices; the
+    # largest has 2"); None otherwise. Computed as it is read, never stored.
+    waiting_for: str | None
 
 
 class WorkerInfo(TypedDict, total=False):
@@ -161,6 +179,8 @@ class WorkerInfo(TypedDict, total=False):
     queue: str
     secret_fingerprint: str | None
     cuda_visible_devices: str | None
+    device_kind: str  # "cuda" or "cpu": what one job trains on here
+    devices: int  # how many of them one job may use (ftkit worker --gpus-per-worker, --cpu-devices)
     gpu: str | None
     gpu_memory: str | None
     current_job: str | None
@@ -170,8 +190,16 @@ class WorkerInfo(TypedDict, total=False):
     last_seen: float  # written by the job store with each heartbeat
 
 
+class WaitingJob(TypedDict):
+    """A queued job that no live worker can run, and why (``Health.waiting_jobs``)."""
+
+    job_id: str
+    reason: str
+
+
 class Health(TypedDict):
-    """Whether jobs can run now: the broker answers, and how many workers listen."""
+    """Whether jobs can run now: the broker answers, how many workers listen, and which queued
+    jobs none of them can run."""
 
     status: Literal["healthy", "degraded", "unhealthy"]
     broker: str
@@ -182,3 +210,4 @@ class Health(TypedDict):
     storage: str
     warning: str | None
     signed_messages: bool
+    waiting_jobs: list[WaitingJob]  # the oldest queued jobs no live worker can run

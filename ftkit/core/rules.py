@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 
@@ -147,3 +148,81 @@ def check_job_id(job_id: Any) -> str | None:
     if job_id is not None and not is_job_id(job_id):
         raise ConfigError(f"job_id {job_id!r}: must be 12 lowercase hex digits", field="job_id")
     return job_id
+
+
+MAX_WEBHOOK = 2048  # characters of a webhook URL
+
+
+def check_webhook(url: Any) -> str | None:
+    """A webhook URL as stored with a job (None or "" for none): http or https, naming a host, on
+    one line, with no user name or password in it (they would be stored in the record and shown
+    in its status). Which hosts a worker calls is the worker's decision, at send time."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise ConfigError(
+            f"webhook must be a URL string, not {type(url).__name__}", field="webhook"
+        )
+    shown = url if len(url) <= 80 else url[:77] + "..."
+    if len(url) > MAX_WEBHOOK or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ConfigError(
+            f"webhook {shown!r}: must be one line of at most {MAX_WEBHOOK} characters, without "
+            "spaces",
+            field="webhook",
+        )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        raise ConfigError(f"webhook {shown!r}: not a URL ({exc})", field="webhook") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"webhook {shown!r}: must be an http:// or https:// URL with a host, e.g. "
+            "https://hooks.example.com/ftkit",
+            field="webhook",
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "webhook: a user name or password in the URL would be stored with the job and shown "
+            "in its status; leave it out and check the request's Ftkit-Signature instead",
+            field="webhook",
+        )
+    return url
+
+
+# Trying a finished job's model (job.chat(), POST /jobs/{id}/generate): what one prompt may ask.
+MAX_NEW_TOKENS = 512  # a look at the model, not a long generation (each costs two: base and tuned)
+MAX_TEMPERATURE = 2.0  # 0 is greedy: the same prompt, the same answer
+MAX_PROMPT_CHARS = 8000
+
+
+def check_generation(temperature: Any, max_new_tokens: Any) -> tuple[float, int]:
+    """The generation settings a prompt is answered with, each refused by name when out of range."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= MAX_TEMPERATURE  # also refuses NaN
+    ):
+        raise ConfigError(
+            f"temperature={temperature!r}: must be a number from 0 (greedy) to {MAX_TEMPERATURE}",
+            field="temperature",
+        )
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or not 1 <= max_new_tokens <= MAX_NEW_TOKENS
+    ):
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens!r}: must be an integer from 1 to {MAX_NEW_TOKENS}",
+            field="max_new_tokens",
+        )
+    return float(temperature), max_new_tokens
+
+
+def check_prompt(prompt: Any, field: str = "prompt") -> str:
+    """A prompt to answer: text, not empty, at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"{field} must be text of 1 to {MAX_PROMPT_CHARS} characters", field=field
+        )
+    return prompt

@@ -102,7 +102,7 @@ def job_row(s: Mapping[str, Any]) -> dict[str, Any]:
         "job_id": s["job_id"],
         "dataset": (s.get("dataset") or {}).get("name"),
         "base_model": (s.get("config") or {}).get("base_model"),
-        "status": s["status"],
+        "status": s["status"] + (f": {s['waiting_for']}" if s.get("waiting_for") else ""),
         "progress": f"{s.get('progress') or 0:.0f}%",
         "started": (s.get("started_at") or "")[11:19],
         "duration": f"{duration:.0f} s" if duration is not None else "",

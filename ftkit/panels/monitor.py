@@ -15,8 +15,17 @@ from ..core.html import esc, table
 from ..core.records import JobStatus, WorkerInfo
 from ..core.statuses import FINAL
 from ..errors import ConfigError, FtkitError
+from ..placement import Offer
 from ..plots import loss_svg, margins_svg, preference_line
-from .common import JOB_COLUMNS, STATUS_STYLE, LiveView, Refresher, job_row, on_close, set_html
+from .common import (
+    JOB_COLUMNS,
+    STATUS_STYLE,
+    LiveView,
+    Refresher,
+    job_row,
+    on_close,
+    set_html,
+)
 
 
 # -- no worker ------------------------------------------------------------------------------------
@@ -158,7 +167,7 @@ class MonitorPanel(LiveView):
         self.status.value = (
             f"<span class='ftkit-status' data-status='{esc(s['status'])}' style='color:{color}'>"
             f"<b>{esc(s['status'])}</b></span> · <span class='ftkit-method'>{esc(method)}</span>"
-            f"{esc(loss)}{esc(attempt)} · worker {esc(s.get('worker') or '-')}"
+            f"{esc(loss)}{esc(attempt)} · worker {esc(s.get('worker') or '-')}" + waiting_line(s)
         )
         self.bar.value = float(s.get("progress") or 0.0)
         self.bar.bar_style = style
@@ -233,9 +242,18 @@ class MonitorPanel(LiveView):
 
 
 # -- dashboard ------------------------------------------------------------------------------------
+def waiting_line(s: JobStatus) -> str:
+    """A queued job that no live worker can run says why, under its status."""
+    waiting = s.get("waiting_for")
+    if not waiting:
+        return ""
+    return f"<div class='ftkit-waiting' style='color:darkorange'>⚠ {esc(waiting)}</div>"
+
+
 WORKER_COLUMNS = [
     "worker",
     "host",
+    "devices",
     "gpu",
     "gpu memory",
     "current job",
@@ -251,6 +269,7 @@ def workers_table(workers: list[WorkerInfo], *, empty: str) -> str:
         {
             "worker": wk["worker_id"],
             "host": wk.get("host"),
+            "devices": Offer.of(dict(wk)).describe(),
             "gpu": wk.get("gpu") or "CPU",
             "gpu memory": wk.get("gpu_memory") or "",
             "current job": wk.get("current_job") or "idle",

@@ -11,10 +11,12 @@ from typing import Any
 import ipywidgets as w
 
 from ..client import Client, Dataset, Job
-from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TRACKERS, TrainConfig
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
 from ..core.html import esc, table
 from ..core.rules import METHODS
 from ..errors import DatasetError, FtkitError
+from ..placement import SHARDINGS
+from ..trackers import TRACKERS
 from .common import on_close
 from .monitor import MonitorPanel
 
@@ -42,6 +44,15 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "dpo_loss_type": ("Method", "dpo: the loss (default: TRL's sigmoid, the paper's)"),
     "kto_desirable_weight": ("Method", "kto: weight of the good answers (0: TRL's, 1.0)"),
     "kto_undesirable_weight": ("Method", "kto: weight of the bad answers (0: TRL's, 1.0)"),
+    "devices": (
+        "Devices",
+        "Devices of one worker the job trains on (batch_size is per device); it waits for a "
+        "worker with that many",
+    ),
+    "sharding": (
+        "Devices",
+        "none: a copy of the model on each device; fsdp: its weights sharded across them (GPUs)",
+    ),
     "seed": ("Advanced", "Random seed: same seed, data and config give the same run"),
     "save_steps": ("Advanced", "Checkpoint every N steps (0: only the last step's weights)"),
     "logging_steps": ("Advanced", "Report loss every N steps"),
@@ -201,6 +212,8 @@ class ConfigureStep:
             return w.Dropdown(options=["auto", "unsloth", "hf"], value=value, **common)
         if name == "method":
             return w.Dropdown(options=list(METHODS), value=value, **common)
+        if name == "sharding":
+            return w.Dropdown(options=list(SHARDINGS), value=value, **common)
         if name == "dpo_loss_type":  # "": unset, TRL's default
             options = [("default (sigmoid)", ""), *((t, t) for t in DPO_LOSS_TYPES)]
             return w.Dropdown(options=options, value=value or "", **common)

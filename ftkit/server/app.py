@@ -22,7 +22,7 @@ from .csrf import NoFraming, SameOriginOnly
 from .limits import BodyLimit
 from .models import ErrorResponse
 from .redact import Redactor
-from .routes import datasets, health, jobs, sweeps
+from .routes import datasets, generate, health, jobs, sweeps
 from .sessions import LoginThrottle, Sessions
 
 log = logging.getLogger("ftkit.server")
@@ -40,8 +40,8 @@ def default_upload_limit() -> int:
 
 
 DESCRIPTION = """Drive ftkit from scripts, CI and other languages: upload a data set, train (or
-sweep a grid), follow the job and its logs, download the adapter, retry or delete. The same queue,
-job store and storage as the notebooks.
+sweep a grid), follow the job and its logs, download the adapter, try the tuned model beside its
+base model, retry or delete. The same queue, job store and storage as the notebooks.
 
 With `FTKIT_API_TOKEN` set on the server, send `Authorization: Bearer <token>`."""
 
@@ -76,8 +76,9 @@ def create_app(
     app.state.login_throttle = login_throttle or LoginThrottle()
     settings = app.state.client.settings
     app.state.redact = Redactor(str(settings.storage), str(settings.scratch_dir))
+    app.state.loaded_model = generate.LoadedModel()  # POST /jobs/{id}/generate's one model
     errors.install(app)
-    for module in (datasets, jobs, sweeps, health):
+    for module in (datasets, jobs, sweeps, health, generate):
         app.include_router(module.router, dependencies=auth)
     app.include_router(page.router)
     app.include_router(docs.router)

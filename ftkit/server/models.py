@@ -8,7 +8,6 @@ so the schema never drifts from what the library accepts; ``TrainConfig`` itself
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from typing import Any, ClassVar, Literal
 
@@ -16,18 +15,26 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictFloat,
-    StrictInt,
     ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
 )
 
-from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TRACKERS, TrainConfig
-from ..core.rules import JOB_ID, MAX_NOTE, MAX_TAGS, METHODS, TAG
+from ..config import DPO_LOSS_TYPES, METHOD_SETTINGS, TrainConfig
+from ..core.rules import (
+    JOB_ID,
+    MAX_NEW_TOKENS,
+    MAX_NOTE,
+    MAX_PROMPT_CHARS,
+    MAX_TAGS,
+    MAX_TEMPERATURE,
+    MAX_WEBHOOK,
+    METHODS,
+    TAG,
+)
 from ..core.statuses import STATUSES
-from ..sweep_plan import MAX_RUNS, MODES
+from ..trackers import TRACKERS
 
 JobId = typing.Annotated[str, Field(pattern=JOB_ID.pattern, examples=["3f2a9c1b7d4e"])]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -115,6 +122,14 @@ class TrainRequest(DatasetChoice, RunOptions):
         max_length=200,
         description="sent again (a retried request), it returns the job it made the first time",
     )
+    webhook: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK,
+        description="an http(s) URL the worker POSTs the job's end to, signed with its "
+        "FTKIT_WEBHOOK_SECRET (README: Webhooks); default: the server's FTKIT_WEBHOOK_URL, "
+        '"" for none',
+        examples=["https://hooks.example.com/ftkit"],
+    )
 
 
 class TrainResponse(BaseModel):
@@ -195,7 +210,7 @@ JOB_STATUS_CHECKED = (
     "max_attempts", "priority", "tags", "note", "resume_from", "retry_of", "config", "dataset",
     "queued_at", "eta_seconds", "eval_loss", "error_cell", "error_traceback", "host", "report",
     "cancel_requested", "stop", "started_from", "queue_ref", "submitted_by", "model",
-    "dataset_profile", "warnings", "signature",
+    "dataset_profile", "warnings", "signature", "webhook", "webhook_delivery",
 )  # fmt: skip
 
 
@@ -245,6 +260,17 @@ class JobStatus(BaseModel):
     dataset_profile: dict[str, Any] | None = None
     warnings: list[str] = []
     signature: str | None = None
+    webhook: str | None = Field(default=None, description="where its end is announced")
+    webhook_delivery: dict[str, Any] | None = Field(
+        default=None,
+        description="how its end was announced: id, type, state (pending, delivered, failed, "
+        "refused, abandoned), attempts, outcome",
+    )
+    waiting_for: str | None = Field(
+        default=None,
+        description="a queued job no live worker can run: why, e.g. 'waiting for a worker with "
+        "4 devices; the largest has 2' (null when one can)",
+    )
 
     @field_validator(*JOB_STATUS_CHECKED, mode="wrap")
     @classmethod
@@ -300,114 +326,11 @@ class Logs(BaseModel):
     )
 
 
-# -- sweeps --------------------------------------------------------------------------------------
-Number = StrictInt | StrictFloat
+class WaitingJob(BaseModel):
+    """A queued job that no live worker can run (``core.records.WaitingJob``)."""
 
-
-class SweepRequest(DatasetChoice, RunOptions):
-    """One data set trained over a grid (every combination of ``values``) or ``n`` random draws
-    (from ``values`` and ``ranges``); ``config`` holds the values every run shares. Every run is
-    checked before any is queued."""
-
-    mode: Literal[MODES] = "grid"  # type: ignore[valid-type]
-    values: dict[str, list[Any]] = Field(
-        default_factory=dict,
-        max_length=len(dataclasses.fields(TrainConfig)),
-        description="TrainConfig fields, each with the values to sweep",
-        examples=[{"learning_rate": [1e-4, 2e-4], "lora_r": [8, 16]}],
-    )
-    ranges: dict[str, tuple[Number, Number]] = Field(
-        default_factory=dict,
-        max_length=len(dataclasses.fields(TrainConfig)),
-        description="mode=random: TrainConfig fields, each with its [low, high] (a learning "
-        "rate is drawn log-uniform, an integer field whole)",
-        examples=[{"learning_rate": [1e-5, 1e-3]}],
-    )
-    n: int | None = Field(
-        default=None, ge=1, le=MAX_RUNS, strict=True, description="mode=random: how many runs"
-    )
-    sample_seed: int | None = Field(
-        default=None, strict=True, description="mode=random: the same seed draws the same runs"
-    )
-    config: TrainConfigIn = Field(default_factory=TrainConfigIn)  # type: ignore[valid-type]
-
-    @field_validator("values")
-    @classmethod
-    def _finite(cls, values: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        """A swept value is any JSON value, so pydantic does not see a NaN or Infinity in it."""
-        for name, given in values.items():
-            if not all_finite(given):
-                raise ValueError(f"{name}: NaN and Infinity are not values to train with")
-        return values
-
-
-def all_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return all(map(all_finite, value))
-    if isinstance(value, dict):
-        return all(map(all_finite, value.values()))
-    return True
-
-
-class SweepRun(BaseModel):
-    job_id: JobId
-    values: dict[str, Any] = Field(description="this run's swept values")
-
-
-class SweepCreated(BaseModel):
-    sweep_id: JobId
-    mode: str
-    swept: list[str]
-    sample_seed: int | None
-    runs: list[SweepRun]
-    message: str
-
-
-class SweepSummary(BaseModel):
-    sweep_id: JobId
-    created_at: str | None
-    mode: str | None
-    swept: list[str]
-    runs: int
-    dataset: str | None
-    tags: list[str]
-    note: str | None
-
-
-class SweepList(BaseModel):
-    sweeps: list[SweepSummary]
-
-
-class SweepRunStatus(SweepRun):
-    status: str = Field(description="the job's status, or 'missing' when it was deleted")
-    step: int | None
-    total_steps: int | None
-    final_loss: float | None
-    eval_loss: float | None
-
-
-class BestRun(BaseModel):
-    job_id: JobId
-    by: Literal["eval_loss", "final_loss"]
-    value: float
-
-
-class SweepDetail(SweepSummary):
-    title: str
-    sample_seed: int | None
-    config: dict[str, Any] = Field(description="what every run shares")
-    run_table: list[SweepRunStatus]
-    best: BestRun | None = Field(
-        description="the completed run with the lowest eval loss (else final training loss)"
-    )
-
-
-class SweepCancelled(BaseModel):
-    sweep_id: JobId
-    runs: dict[str, str] = Field(description="each run's status after the cancel")
-    message: str
+    job_id: str
+    reason: str = Field(examples=["waiting for a worker with 4 devices; the largest has 2"])
 
 
 class Health(BaseModel):
@@ -428,6 +351,49 @@ class Health(BaseModel):
     workers: int
     celery_workers: int = Field(description="the same count, under the earlier design's name")
     queue_depth: int
+    waiting_jobs: list[WaitingJob] = Field(
+        default=[],
+        description="queued jobs that no live worker can run (too few devices), each with why; "
+        "while there are any the status is degraded",
+    )
+
+
+# -- trying a completed job's model ---------------------------------------------------------------
+class GenerateRequest(BaseModel):
+    """One prompt for a completed job's model, answered by the base model and by the tuned one."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, examples=["Who are you?"], description="the "
+        "user's message, through the tokenizer's chat template (the rendered text comes back)"
+    )  # fmt: skip
+    system: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="a system message before it"
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=MAX_TEMPERATURE, strict=True,
+        description="0: greedy, the same prompt gives the same answer; above: sampled",
+    )  # fmt: skip
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS, strict=True)
+
+
+class GenerationSettings(BaseModel):
+    temperature: float
+    max_new_tokens: int
+    sampling: Literal["greedy", "sampled"]
+    system: str | None
+    device: str = Field(description="where the server ran it: cpu, or cuda")
+
+
+class GenerateResponse(BaseModel):
+    job_id: JobId
+    prompt: str
+    rendered_prompt: str = Field(description="what the model read: the chat template applied")
+    base: str = Field(description="the base model's answer (the adapter switched off)")
+    tuned: str = Field(description="the fine-tuned model's answer")
+    settings: GenerationSettings
+    seconds: float = Field(description="both answers' generation time")
 
 
 class Problem(BaseModel):

@@ -24,6 +24,7 @@ from ..core.html import table as html_table
 from ..core.rules import JOB_ID, TAG
 from ..core.statuses import FINAL, STATUSES
 from ..errors import JobNotFound
+from ..placement import Offer
 from ..plots import loss_svg, margins_svg, preference_line
 from ..sweeping import recent
 from .auth import COOKIE, auth_of, signed_in, token_ok
@@ -43,7 +44,7 @@ th,td{padding:4px 8px;border-bottom:1px solid #e5e5e5;text-align:left;white-spac
 th{background:#f0f0f0}.bar{width:120px;height:10px;background:#e5e5e5;display:inline-block}
 .bar>span{display:block;height:100%;background:#1976d2}.st-completed{color:green}
 .st-failed{color:crimson}.st-cancelled{color:darkorange}.st-training{color:steelblue}
-.muted{color:#777}button.cancel{color:#b45309;border:1px solid #b45309;background:#fff}
+.muted{color:#777}.waiting{color:#b45309;white-space:normal}button.cancel{color:#b45309;border:1px solid #b45309;background:#fff}
 pre.logs{background:#fff;border:1px solid #ddd;padding:6px;max-height:220px;overflow:auto}
 iframe.report{width:100%;height:900px;border:1px solid #ddd;background:#fff}
 form.tag-filter{padding:8px 16px 0}a.tag{background:#e8eef3;border-radius:3px;padding:0 4px;
@@ -153,6 +154,7 @@ def workers_table(workers: Sequence[Mapping[str, Any]]) -> str:
         {
             "worker": w["worker_id"],
             "host": w.get("host"),
+            "devices": Offer.of(dict(w)).describe(),
             "GPU": (w.get("gpu") or "CPU")
             + (f" ({w['gpu_memory']})" if w.get("gpu_memory") else ""),
             "current job": job_link(w["current_job"])
@@ -165,7 +167,7 @@ def workers_table(workers: Sequence[Mapping[str, Any]]) -> str:
     ]
     return table(
         rows,
-        ["worker", "host", "GPU", "current job", "jobs done", "heartbeat"],
+        ["worker", "host", "devices", "GPU", "current job", "jobs done", "heartbeat"],
         "no live workers: start one with `ftkit worker`",
     )
 
@@ -220,7 +222,10 @@ def jobs_table(client: Client, jobs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def status_badge(s: Mapping[str, Any]) -> Markup:
-    return Markup(f"<span class='status st-{esc(s['status'])}'>{esc(s['status'])}</span>")
+    """The status; a queued job that no live worker can run says why beside it."""
+    waiting = s.get("waiting_for")
+    why = f" <span class='waiting'>{esc(waiting)}</span>" if isinstance(waiting, str) else ""
+    return Markup(f"<span class='status st-{esc(s['status'])}'>{esc(s['status'])}</span>{why}")
 
 
 def filters(

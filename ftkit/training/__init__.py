@@ -14,6 +14,10 @@ template notebook with parameters and environment variables, and reads back resu
     callback.py     the trainer callback that reports, stops and saves
     model.py        backend choice, base model and LoRA, a past job's adapter
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
+    launch.py       a multi-device run, from the kernel: torchrun, its output, its outcome
+    launcher.py     torchrun, tied to the kernel's life
+    rank_run.py     one training process of a multi-device run (rank 0 reports and saves)
+    ranks.py        this process's rank, and the stop decisions every rank takes together
     preference.py   DPO, ORPO and KTO: their data, trainers, settings and reference model
     margins.py      a preference run's margins (chosen over rejected) before and after
     trackers.py     TensorBoard, MLflow and W&B (report_to): started, guarded, finished
@@ -23,6 +27,7 @@ template notebook with parameters and environment variables, and reads back resu
     warmup.py       what a kernel loads before it gets a job (the zygote's and a spare's)
     tinymodel.py    a tiny Llama model saved locally, for the demo and the tests
     inference.py    a finished job's adapter on its base model, in the user's notebook (Job.load)
+    chat.py         a finished job's model answering as base and as tuned (job.chat, HTTP)
 """
 
 from .callback import TrainedAlready, progress_callback
@@ -36,6 +41,7 @@ from .display import (
     write_result,
 )
 from .fencing import ORPHANED, SUPERSEDED, Fence
+from .launch import DevicesFailed, devices_plan, fit_on_devices, load_trained, saved_adapter
 from .margins import report_pairs, show_margins, starting_weights
 from .model import check_base_model, load_model, pick_backend
 from .preference import final_rewards
@@ -58,17 +64,21 @@ __all__ = [
     "ORPHANED",
     "SUPERSEDED",
     "Fence",
+    "DevicesFailed",
     "Reporter",
     "TrainedAlready",
     "Trackers",
     "check_base_model",
     "checkpointing_args",
+    "devices_plan",
     "environment",
     "final_rewards",
     "fit",
+    "fit_on_devices",
     "generate",
     "generate_batch",
     "load_model",
+    "load_trained",
     "make_trainer",
     "out_of_memory_message",
     "pick_backend",
@@ -78,6 +88,7 @@ __all__ = [
     "progress_callback",
     "sample_prompts",
     "save_adapter",
+    "saved_adapter",
     "saves_checkpoints",
     "show_dataset",
     "show_margins",

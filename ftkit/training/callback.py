@@ -9,10 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from ..core.rules import REWARD_METRICS
-from ..core.statuses import STOP_HANDOFF, TRAINING
+from ..core.statuses import (
+    STOP_CANCEL,
+    STOP_HANDOFF,
+    STOP_TIMEOUT,
+    STOPPED_SUPERSEDED,
+    TRAINING,
+)
 from .checkpoints import saves_checkpoints
+from .fencing import ORPHANED
+from .ranks import barrier, decide
 from .reporter import Reporter
 
+# Why a run stops, as rank 0 tells the other ranks of a multi-device job (by index: 0 goes on).
+# A stop field this list lacks (a record edited by hand) reaches them as a cancel.
+STOP_REASONS = (None, STOP_CANCEL, STOP_TIMEOUT, STOP_HANDOFF, ORPHANED, STOPPED_SUPERSEDED)
 MAX_LOG_LINES = 50  # step lines a run prints (and keeps in its log); metrics keep every step
 # What a metric row keeps: the losses, and a preference run's rewards (TRL's names) on the
 # training batches and, when it evaluates, on the held-out ones.
@@ -66,7 +77,7 @@ class ProgressHooks:
         reporter = self.reporter
         if reporter.first_step_at is None:
             reporter.first_step_at = time.monotonic()
-        if reporter.should_stop():
+        if self.stop_agreed(at_step_end=True):
             reporter.log(
                 f"stop requested ({reporter.stop_reason}): stopping after step {state.global_step}"
             )
@@ -80,12 +91,28 @@ class ProgressHooks:
         return control
 
     def on_substep_end(self, args, state, control, **kwargs):
-        # with gradient accumulation a step can be long: stop between micro-batches too
-        if self.reporter.should_stop() and self.reporter.stop_reason != STOP_HANDOFF:
+        # with gradient accumulation a step can be long: stop between micro-batches too (a
+        # hand-back waits for the step's end, to save it)
+        if self.stop_agreed(at_step_end=False):
             control.should_training_stop = True
         return control
 
+    def stop_agreed(self, *, at_step_end: bool) -> bool:
+        """Whether to stop now, as rank 0 sees it, on every rank, which then all know why: rank 0
+        alone reads the job store, and ranks that part ways wait forever in their next
+        all-reduce. A hand-back waits for a step's end, to save it."""
+        reporter = self.reporter
+        reason = reporter.stop_reason if reporter.should_stop() else None
+        if reason == STOP_HANDOFF and not at_step_end:
+            reason = None
+        known = STOP_REASONS.index(reason) if reason in STOP_REASONS else 1
+        agreed = STOP_REASONS[decide(known)]
+        if agreed is not None and reporter.stop_reason is None:  # a rank above 0 learns why
+            reporter.stop_reason = agreed
+        return agreed is not None
+
     def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank's share of the checkpoint on disk before rank 0 uploads it
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         # Only what this run trained: a checkpoint it resumed from is in storage already (and
         # a run resumed at its end stops before any step: TrainedAlready).

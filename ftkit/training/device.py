@@ -111,11 +111,17 @@ def warm_up_accelerator() -> bool:
     return machine.unsloth
 
 
-def choose_backend(requested: str, machine: Machine) -> str:
+def choose_backend(requested: str, machine: Machine, devices: int = 1) -> str:
     """``auto``: unsloth where a CUDA device is visible and unsloth imports, else ``hf``
-    (transformers + peft). ``unsloth`` asked for where it cannot run is a clear error."""
-    if requested == "hf":
+    (transformers + peft); ``hf`` on several devices, as unsloth trains on one. ``unsloth`` asked
+    for where it cannot run is a clear error."""
+    if requested == "hf" or (requested == "auto" and devices > 1):
         return "hf"
+    if requested == "unsloth" and devices > 1:
+        raise ConfigError(
+            f"TrainConfig.backend='unsloth' trains on one device, not devices={devices}; "
+            "use backend='auto' or 'hf'"
+        )
     if requested == "unsloth":
         if not machine.cuda:
             raise ConfigError(

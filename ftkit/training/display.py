@@ -124,21 +124,37 @@ def show_figure(fig) -> None:
 
 
 def throughput(
-    result: dict[str, Any], summary: dict[str, Any], config: TrainConfig
+    result: dict[str, Any],
+    summary: dict[str, Any],
+    config: TrainConfig,
+    ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Tokens/s and steps/s of this run, and its peak memory (GPU where present, else process RSS)."""
+    """Tokens/s and steps/s of this run on all its devices, its effective batch, and its peak
+    memory (GPU where present, else process RSS); a multi-device run's ``ranks`` (each training
+    process's device and its own throughput) a row each."""
     import resource
 
     import torch
 
     seconds = max(result["training_duration_seconds"], 1e-9)
     steps = result["global_step"]
-    sequences = steps * config.batch_size * config.gradient_accumulation_steps
+    sequences = steps * config.effective_batch
     mean_tokens = summary["tokens"] / max(summary["examples"], 1)
     out = {
         "steps/s": round(steps / seconds, 3),
         "tokens/s (approx.)": round(sequences * mean_tokens / seconds, 1),
+        "effective batch": f"{config.effective_batch} (batch_size {config.batch_size} x "
+        f"gradient_accumulation_steps {config.gradient_accumulation_steps} x devices "
+        f"{config.devices})",
     }
+    if ranks:  # trained in other processes: their memory, not this kernel's
+        for r in ranks:
+            memory = r.get("peak GPU memory (MiB)", r.get("peak process RSS (MiB)"))
+            out[f"rank {r['rank']}"] = (
+                f"{r['device']}: {shown(r['tokens/s (approx.)'])} tokens/s, "
+                f"{shown(r['steps/s'])} steps/s, peak memory {shown(memory)} MiB"
+            )
+        return out
     if torch.cuda.is_available():
         out["peak GPU memory (MiB)"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     out["peak process RSS (MiB)"] = round(

@@ -15,11 +15,13 @@ from ..config import TrainConfig
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def pick_backend(requested: str) -> str:
-    """unsloth where a CUDA GPU and unsloth are present (or asked for), else transformers + peft."""
+def pick_backend(requested: str, devices: int = 1) -> str:
+    """unsloth where a CUDA GPU and unsloth are present (or asked for), else transformers + peft;
+    always transformers + peft on several devices (unsloth trains on one)."""
     from .device import choose_backend, probe
 
-    return choose_backend(requested, probe(import_unsloth=requested != "hf"))
+    machine = probe(import_unsloth=requested != "hf" and devices == 1)
+    return choose_backend(requested, machine, devices=devices)
 
 
 def check_base_model(name: str) -> None:
@@ -48,18 +50,19 @@ def quiet_progress_bars() -> None:
     datasets.disable_progress_bars()
 
 
-def load_model(config: TrainConfig, adapter: str = ""):
+def load_model(config: TrainConfig, adapter: str = "", *, device_map: Any = None):
     """The base model with LoRA attached, its tokenizer, and a summary for the report. With
     ``adapter`` (a past job's adapter folder, staged by the worker) the LoRA starts from its
-    weights instead of from zero."""
+    weights instead of from zero. ``device_map`` places the weights as transformers does (the
+    trainer places them otherwise)."""
     import torch
 
     from .device import choose_4bit, choose_backend, choose_dtype, probe
 
     started = time.perf_counter()
     # every refusal (unsloth or 4-bit where the worker cannot) comes before any model loads
-    machine = probe(import_unsloth=config.backend != "hf")
-    backend = choose_backend(config.backend, machine)
+    machine = probe(import_unsloth=config.backend != "hf" and config.devices == 1)
+    backend = choose_backend(config.backend, machine, devices=config.devices)
     four_bit = choose_4bit(config.load_in_4bit, machine)
     dtype = getattr(torch, choose_dtype(machine))
     from transformers import set_seed  # after unsloth, which patches transformers on import
@@ -73,7 +76,7 @@ def load_model(config: TrainConfig, adapter: str = ""):
     if backend == "unsloth":
         model, tokenizer = _load_unsloth(config, dtype, four_bit)
     else:
-        model, tokenizer = _load_hf(config, dtype, four_bit)
+        model, tokenizer = _load_hf(config, dtype, four_bit, device_map)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter:
@@ -82,7 +85,7 @@ def load_model(config: TrainConfig, adapter: str = ""):
     total = sum(p.numel() for p in model.parameters())
     info = {
         "base_model": config.base_model,
-        "backend": backend,
+        "backend": backend + (" (unsloth trains on one device)" if config.devices > 1 else ""),
         "device": machine.name if machine.cuda else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "quantization": "4-bit" if getattr(model, "is_loaded_in_4bit", False) else "none",
@@ -178,18 +181,27 @@ def _load_unsloth(config: TrainConfig, dtype, load_in_4bit: bool):
     return model, tokenizer
 
 
-def _load_hf(config: TrainConfig, dtype, load_in_4bit: bool):
+def _load_hf(config: TrainConfig, dtype, load_in_4bit: bool, device_map: Any = None):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # A model folder is untrusted input: weights only from safetensors (no pickle), no remote code.
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            # FSDP + QLoRA: the packed 4-bit weights stored in the dtype FSDP flattens (peft's recipe)
+            **({"bnb_4bit_quant_storage": dtype} if config.sharding == "fsdp" else {}),
         )
+        if config.devices > 1 and config.sharding == "none" and device_map is None:
+            # data-parallel: each training process's copy on its own GPU (torchrun's LOCAL_RANK)
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
     lora = LoraConfig(

@@ -85,7 +85,7 @@ def preference_trainer(model, config: TrainConfig) -> tuple[type, dict[str, Any]
     from .model import pick_backend
 
     drop_reference(model)  # a trainer built again (an out-of-memory retry) copies it afresh
-    trainer_class, _ = trainer_classes(config.method, pick_backend(config.backend))
+    trainer_class, _ = trainer_classes(config.method, pick_backend(config.backend, config.devices))
     return trainer_class, ({} if config.method == "orpo" else {"ref_model": None})
 
 

@@ -100,7 +100,8 @@ def trainer_args(config: TrainConfig, output_dir: str, *, with_eval: bool) -> An
         from .model import pick_backend
         from .preference import preference_args, trainer_classes
 
-        _, config_class = trainer_classes(config.method, pick_backend(config.backend))
+        backend = pick_backend(config.backend, devices=config.devices)
+        _, config_class = trainer_classes(config.method, backend)
         common = shared_args(config, output_dir, with_eval=with_eval, args_class=config_class)
         return preference_args(config_class, common, config)
     from trl import SFTConfig
@@ -151,7 +152,29 @@ def shared_args(
         disable_tqdm=True,
         dataloader_num_workers=0,
         save_only_model=False,
+        **distributed_args(config, use_cuda),
     )
+
+
+def distributed_args(config: TrainConfig, use_cuda: bool) -> dict[str, Any]:
+    """How the trainer's processes talk when the job runs on several devices: NCCL between GPUs,
+    gloo between CPU processes; with ``sharding="fsdp"`` accelerate's FSDP wraps each decoder layer
+    and keeps LoRA's frozen and trained weights apart (``use_orig_params``), as peft documents."""
+    if config.devices == 1:
+        return {}
+    out: dict[str, Any] = {
+        "ddp_backend": "nccl" if use_cuda else "gloo",
+        "ddp_find_unused_parameters": False,  # LoRA trains every adapter weight at every step
+    }
+    if config.sharding == "fsdp":
+        out["fsdp"] = "full_shard auto_wrap"
+        out["fsdp_config"] = {
+            "use_orig_params": True,
+            "cpu_ram_efficient_loading": True,
+            "sync_module_states": True,
+            "state_dict_type": "FULL_STATE_DICT",
+        }
+    return out
 
 
 def checkpointing_args(args_class: type) -> dict[str, Any]:

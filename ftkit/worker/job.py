@@ -109,6 +109,8 @@ class JobRun:
         if not is_job_id(self.job_id):  # never let it near a path
             log.warning("dropping a task whose job id is malformed: %r", str(self.job_id)[:80])
             return False
+        if rt.holds is not None and not rt.holds.fits(self.job_id):
+            return False  # it needs more devices than this worker has: left on the queue
         # Heartbeats name the job from before the claim on: one that does not, sent after the
         # claim, tells the reapers this worker is not running it (JobStore.orphans).
         rt.claiming = self.job_id
@@ -174,7 +176,10 @@ class JobRun:
         """The notebook, in a kernel of its own, watched; then what it says about how it ended."""
         rt = self.rt
         with self.timed("kernel"):
-            rt.kernel = rt.kernels.take(backend=self.spec.config.backend)
+            # a multi-device job's kernel trains nothing itself: never one unsloth has patched
+            config = self.spec.config
+            backend = "hf" if config.devices > 1 else config.backend
+            rt.kernel = rt.kernels.take(backend=backend, devices=config.devices)
         parameters = notebook_parameters(
             self.spec, self.record, self.data_path, self.run_dir, self.resume, self.adapter
         )
@@ -216,6 +221,7 @@ class JobRun:
                 through_outages(self.hand_back, event)
             else:
                 through_outages(self.end, event)
+                announce(self.rt, self.job_id)
 
     def clean_up(self) -> None:
         """One kernel, one job: nothing of this job leaks into the next; then the pool may warm
@@ -360,6 +366,7 @@ class JobRun:
             return None
         if not claimed:
             log.info("skipping job %s: no longer queued", job_id)
+            announce(rt, job_id)  # cancelled while queued: its end is announced by who sees it
             return None
         rt.store.add_event(job_id, f"picked up by worker {rt.worker_id}")
         return rt.store.get(job_id)
@@ -417,6 +424,7 @@ def refuse(rt: Runtime, job_id: str, reason: str) -> None:
         error=f"refused by worker {rt.worker_id}: {reason}",
     ):
         rt.store.add_event(job_id, f"refused by worker {rt.worker_id}: {reason}")
+        announce(rt, job_id)
 
 
 def refuse_message(rt: Runtime, job_id: str | None, reason: str) -> None:
@@ -446,7 +454,14 @@ def refuse_message(rt: Runtime, job_id: str | None, reason: str) -> None:
             error=f"refused by worker {rt.worker_id}: {exc}",
         ):
             rt.store.add_event(job_id, f"refused by worker {rt.worker_id}: {exc} ({reason})")
+            announce(rt, job_id)
         return
     rt.store.add_event(
         job_id, f"ignored a queue message that failed verification ({reason}); the job is intact"
     )
+
+
+def announce(rt: Runtime, job_id: str) -> None:
+    """The job's end to its webhook, from a thread (``notify``): never a wait, never an error."""
+    if rt.notices is not None:
+        rt.notices.announce(job_id)

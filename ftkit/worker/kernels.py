@@ -46,17 +46,40 @@ ftkit.training.warmup.preload()
 WITH_UNSLOTH: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
-def start_kernel(warm: bool = True, on_started: Any = None, idle: bool = False):
+# The worker's secrets: a kernel signs nothing, so it never holds them, and a report cannot leak
+# them (the queue's signs job specs, the webhooks' signs a job's announced end).
+SECRETS = ("FTKIT_QUEUE_SECRET", "FTKIT_WEBHOOK_SECRET")
+
+
+def kernel_env(every_device: bool = False) -> dict[str, str]:
+    """The worker's environment as every kernel starts with it: without the secrets. A worker of
+    several GPUs shows a kernel only its first, unless ``every_device`` (a multi-device job's
+    kernel, which launches a process per device): a one-device job must not see the others,
+    where transformers would spread it over them (DataParallel) and unsloth refuses to start."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    if not every_device:
+        from ..machine import offered_devices
+
+        kind, count = offered_devices()
+        if kind == "cuda" and count > 1:
+            listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+            env["CUDA_VISIBLE_DEVICES"] = next((d for d in listed if d), "0")
+    return env
+
+
+def start_kernel(
+    warm: bool = True, on_started: Any = None, idle: bool = False, every_device: bool = False
+):
     """A started python3 kernel (an AsyncKernelManager, as nbclient expects: with a blocking one it
     cannot notice a kernel that died), with the training stack imported when ``warm``;
-    ``on_started(km)`` is called before the warm-up, which runs at idle priority with ``idle``."""
+    ``on_started(km)`` is called before the warm-up, which runs at idle priority with ``idle``;
+    it sees every device of the worker with ``every_device``, else one (``kernel_env``)."""
     from jupyter_client import BlockingKernelClient
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     km = AsyncKernelManager(kernel_name="python3")
-    # The kernel signs nothing, so it never holds the queue secret: a report cannot leak it.
-    env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+    env = kernel_env(every_device)
     run_sync(km.start_kernel)(env=env)
     try:
         if idle:
@@ -195,7 +218,7 @@ class ForkServer:
                 }
             )
         )
-        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        env = kernel_env()
         if idle:
             env["FTKIT_ZYGOTE_IDLE"] = "1"
         self.process = subprocess.Popen(
@@ -245,7 +268,7 @@ class ForkServer:
 
         specs = KernelSpecManager(kernel_dirs=[str(self.folder / "kernels")])
         km = AsyncKernelManager(kernel_name="ftkit-fork", kernel_spec_manager=specs)
-        env = {k: v for k, v in os.environ.items() if k != "FTKIT_QUEUE_SECRET"}
+        env = kernel_env()
         run_sync(km.start_kernel)(env=env)
         # the kernel's own pid, written by its stand-in once forked: what is watched or killed
         pid_file = Path(km.connection_file + ".kernel-pid")
@@ -413,11 +436,16 @@ class KernelPool:
             return self.zygote is not None and self.zygote.ready
         return self._spare is not None
 
-    def take(self, wait: float = 120.0, *, backend: str = "auto"):
+    def take(self, wait: float = 120.0, *, backend: str = "auto", devices: int = 1):
         """A kernel for one job, at normal priority: forked from the zygote, or the warm spare
         when it is (or soon will be) ready, else a cold one. A job that asked for
         ``backend="hf"`` never gets a spare that imported unsloth: it starts a cold kernel and
-        the spare waits for the next job. Nothing starts warming here: ``idle()`` does, later."""
+        the spare waits for the next job. A multi-device job on a GPU worker gets a cold kernel
+        that sees every device (the spare sees one; the kernel trains nothing itself, so its
+        imports cost little beside its processes'). Nothing starts warming here: ``idle()``
+        does, later."""
+        if devices > 1 and not self.fork:
+            return start_kernel(warm=False, every_device=True)
         if self.fork:
             return self._fork(wait)
         if backend == "hf" and self._spare is not None and WITH_UNSLOTH.get(self._spare):

@@ -21,11 +21,14 @@ from ..config import Settings
 from ..core import statuses
 from ..core.records import WorkerInfo
 from ..jobstore import open_store
-from ..machine import gpu_info
+from ..machine import gpu_info, offered_devices
+from ..placement import Offer
 from ..spec import secret_fingerprint
 from ..storage import Storage
 from .job import refuse_message, run_job
 from .kernels import KernelPool, kernel_pid
+from .notify import Notices
+from .routing import Holds
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,10 @@ def run_worker(
         worker_id=worker_id or jobs.new_worker_id(),
         scratch=scratch,
         kernels=kernels,
+        offer=Offer(*offered_devices()),
     )
+    rt.notices = Notices(rt)
+    rt.holds = Holds(rt)
     rt.huey = make_huey(
         settings,
         run_job=functools.partial(run_job, rt),
@@ -63,17 +69,20 @@ def run_worker(
     )
     beat.start()
     log.info(
-        "worker %s on %s queue %s, storage %s",
+        "worker %s on %s queue %s, storage %s; one job may use %d %s device(s)",
         rt.worker_id,
         settings.broker,
         settings.queue_location,
         settings.storage,
+        rt.offer.devices,
+        rt.offer.kind,
     )
     for warning in exposure_warnings(settings):
         log.warning(warning)
     try:
         HandBackConsumer(rt, drain=drain).run()
     finally:
+        rt.notices.close()  # each pending webhook delivery: one last attempt
         rt.kernels.close()
         stop.set()
         beat.join(timeout=10)
@@ -131,12 +140,15 @@ class HandBackConsumer(Consumer):
 
 # -- the heartbeat ---------------------------------------------------------------------------------
 def heartbeat_loop(rt: Runtime, stop: threading.Event) -> None:
-    """Say we are alive every ``heartbeat_seconds``; re-queue the jobs of workers that are not."""
+    """Say we are alive every ``heartbeat_seconds``; re-queue the jobs of workers that are not,
+    and the jobs this worker left to a larger one (all of them as it stops)."""
     reaper = Reaper(rt)
     facts = worker_facts(rt)
     while not stop.is_set():
         try:
             beat(rt, facts)
+            if rt.holds is not None:
+                rt.holds.release()
             reaper.sweep()
             if rt.kernels is not None and rt.current_job is None:  # never beside a job
                 rt.kernels.keep_warm()
@@ -144,6 +156,8 @@ def heartbeat_loop(rt: Runtime, stop: threading.Event) -> None:
             log.warning("heartbeat failed: %s", exc)
         stop.wait(rt.settings.heartbeat_seconds)
     try:
+        if rt.holds is not None:
+            rt.holds.release(every=True)
         rt.store.forget_worker(rt.worker_id)
     except Exception as exc:
         log.warning("could not deregister worker: %s", exc)
@@ -159,6 +173,8 @@ def worker_facts(rt: Runtime) -> WorkerInfo:
         # Clients compare this with their own secret's, so a mismatch is refused at submit.
         "secret_fingerprint": secret_fingerprint(rt.settings.queue_secret),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # set by --gpus
+        "device_kind": rt.offer.kind,  # what one job may use here (placement.Offer.of)
+        "devices": rt.offer.devices,
         **gpu_info(),
     }
 
@@ -195,7 +211,9 @@ class Reaper:
         from ..queue import requeue_lost, requeue_orphans
 
         rt = self.rt
-        requeue_orphans(rt.store, rt.huey)
+        for job_id in requeue_orphans(rt.store, rt.huey):
+            if rt.notices is not None:  # failed after its last attempt: an end to announce
+                rt.notices.announce(job_id)
         requeue_lost(
             rt.store,
             rt.huey,

@@ -13,6 +13,7 @@ from ..config import Settings
 from ..core.retry import through_outages
 from ..errors import BrokerUnavailable, StorageUnavailable
 from ..jobstore import JobStore
+from ..placement import Offer
 from ..storage import Storage
 
 
@@ -28,9 +29,12 @@ class Runtime:
     huey: Any = None
     kernels: Any = None  # KernelPool
     kernel: Any = None  # the running job's kernel manager
+    notices: Any = None  # Notices: the webhook deliveries in flight
     current_job: str | None = None
     claiming: str | None = None  # the job being claimed, until it is current_job
     jobs_done: int = 0
+    offer: Offer = field(default_factory=Offer)  # the devices one job may use here
+    holds: Any = None  # routing.Holds: messages of jobs left to a larger worker, until they go back
     started_at: float = field(default_factory=time.time)
 
 

@@ -4,13 +4,10 @@ outage, and every path built from a record (untrusted) is kept inside its root (
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError
 from ..lineage import (
     ADAPTER_FILES,
     CHECKPOINT_FILES,
@@ -19,7 +16,7 @@ from ..lineage import (
     newest_checkpoint,
 )
 from ..spec import DatasetRef, RecordRefused
-from ..storage import Storage, check_model_ref, folder_digest, model_files
+from ..storage import Storage
 from .runtime import Runtime
 
 
@@ -46,33 +43,13 @@ def stage_dataset(rt: Runtime, job_id: str, dataset: DatasetRef) -> Path:
 
 def stage_model(rt: Runtime, job_id: str, ref: Any) -> Path:
     """A local copy of an uploaded base-model folder, cached by its content digest: jobs on one
-    model fetch it once per machine. The reference comes from the job record, so it is checked
-    (hex digest, plain name, a path inside the cache) and the fetched files must hash to it
-    before they are used or cached."""
-    ref = check_model_ref(ref)
-    sha256, name = ref["sha256"], ref["name"]
-    cache = (rt.scratch / "models").resolve()
-    local = (cache / sha256 / name).resolve()
-    if not local.is_relative_to(cache):
-        raise StorageError(f"refusing model {name}: its cache path leaves {cache}")
-    if local.is_dir():
+    model fetch it once per machine (``Storage.fetch_model`` checks the reference and the files)."""
+    local, fetched = rt.storage.fetch_model(ref, rt.scratch / "models")
+    name = local.name
+    if fetched:
+        rt.store.add_event(job_id, f"model {name} staged from storage")
+    else:
         rt.store.add_event(job_id, f"model {name} already on this machine (cached by sha256)")
-        return local
-    partial = cache / sha256 / f".partial-{uuid.uuid4().hex[:8]}"
-    try:
-        rt.storage.get_model(sha256, name, partial)
-        if folder_digest(model_files(partial)) != sha256:
-            raise StorageError(
-                f"model {name} in storage does not match its digest {sha256[:12]}: refusing it"
-            )
-        try:
-            os.rename(partial, local)
-        except OSError:
-            if not local.is_dir():  # else another worker on this machine staged it first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    rt.store.add_event(job_id, f"model {name} staged from storage")
     return local
 
 

@@ -18,7 +18,6 @@ that use it (GPU workers keep a warm spare kernel instead, see ``kernels.KernelP
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -28,15 +27,7 @@ import socket
 import sys
 import traceback
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent ends (a no-op elsewhere)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+from ..core.lifetime import die_with_parent
 
 
 def run_kernel(request: dict, fds: list[int]) -> None:

@@ -104,6 +104,7 @@ def train(req: TrainRequest, client: Client = Depends(get_client)) -> TrainRespo
         note=req.note,
         resume_from=req.resume_from,
         idempotency_key=req.idempotency_key,
+        webhook=req.webhook,
     )
     status = job.status()
     created = client.store.get_field(job.id, "created_at")
@@ -116,6 +117,7 @@ def train(req: TrainRequest, client: Client = Depends(get_client)) -> TrainRespo
             if again
             else f"job {job.id} queued: {dataset.name}, {dataset.rows} rows, "
             f"{status['config']['base_model']}"
+            + (f"; {status['waiting_for']}" if status.get("waiting_for") else "")
         ),
         created_at=cast(str, status["created_at"]),  # a job just queued has its time
     )

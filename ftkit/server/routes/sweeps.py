@@ -20,9 +20,9 @@ from ...report import best_row
 from ...sweeping import MISSING, create, get, recent
 from .. import errors
 from ..deps import get_client
-from ..models import (
+from ..models import ErrorResponse
+from ..sweep_models import (
     BestRun,
-    ErrorResponse,
     SweepCancelled,
     SweepCreated,
     SweepDetail,
