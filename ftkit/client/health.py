@@ -13,7 +13,7 @@ from ..core.records import Health, WaitingJob
 from ..jobstore import JobStore
 from .status import waiting_for
 
-WAITING_SCAN = 200  # the oldest queued jobs looked at for one that no live worker can run
+WAITING_SCAN = 10  # the oldest queued jobs health() reads (a page: its cost does not grow with the queue)
 
 
 def waiting_jobs(
