@@ -260,7 +260,9 @@ def test_dpo_after_sft_through_resume_from_scores_against_the_sft_model(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["orpo", "kto"])
+@pytest.mark.parametrize(  # one backend each: the store contract runs on both in test_jobs.py
+    "method,settings", [("orpo", "sqlite"), ("kto", "redis")], indirect=["settings"]
+)
 def test_orpo_and_kto_jobs_train_and_report_their_rewards(
     method, client, start_worker, tiny_model, tmp_path
 ):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLE_DATA, wait_for
+from conftest import EXAMPLE_DATA, redis_only, wait_for
 from ftkit.errors import ConfigError, JobActive, JobNotFound
 
 
@@ -273,6 +273,7 @@ def test_the_report_names_and_links_the_job_it_continues_or_retries():
 
 
 @pytest.mark.slow
+@redis_only  # the store contract runs on both backends in test_jobs.py
 def test_a_job_continues_from_a_past_jobs_checkpoint_and_a_cancelled_one_is_retried(
     client, start_worker, tiny_model, tmp_path
 ):

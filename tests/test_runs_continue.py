@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import EXAMPLE_DATA
+from conftest import EXAMPLE_DATA, sqlite_only
 from ftkit.errors import ConfigError
 
 
@@ -33,6 +33,7 @@ def test_a_job_that_left_neither_checkpoint_nor_adapter_is_not_continued(client)
 
 
 @pytest.mark.slow
+@sqlite_only  # the store contract runs on both backends in test_jobs.py
 def test_a_job_continues_from_a_completed_jobs_adapter_on_another_data_set(
     client, start_worker, tiny_model, tmp_path
 ):

@@ -197,10 +197,12 @@ def test_wait_and_the_panel_say_that_a_local_worker_exited_with_its_code_and_log
     job = client.submit(client.upload_dataset(EXAMPLE_DATA), base_model=str(tiny_model))
     worker = client.start_local_worker(env=broken_nbconvert(tmp_path))
     try:
+        # the worker's start-up check fails (exit 3): then wait() says so and keeps waiting
+        wait_for(lambda: worker.exit_code() is not None, 300, "the worker to exit")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with pytest.raises(TimeoutError):
-                job.wait(timeout=60, progress=False, poll=0.2)
+                job.wait(timeout=5, progress=False, poll=0.2)
         exited = [w for w in caught if issubclass(w.category, WorkerExitedWarning)]
         assert len(exited) == 1, [str(w.message) for w in caught]
         message = str(exited[0].message)

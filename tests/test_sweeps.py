@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import EXAMPLE_DATA
+from conftest import EXAMPLE_DATA, redis_only
 from ftkit import sweep_plan, sweeping
 from ftkit.client import Client
 from ftkit.errors import ConfigError, JobActive, JobExists, JobNotFound
@@ -351,6 +351,7 @@ def test_the_sweep_commands_list_sweeps_and_show_one(client, capsys, monkeypatch
 
 
 @pytest.mark.slow
+@redis_only  # a sweep on SQLite: test_server's HTTP flow
 def test_a_sweep_trains_through_a_worker_and_is_compared_and_shown(
     client, settings, start_worker, tiny_model
 ):

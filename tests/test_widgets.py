@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLE_DATA, wait_for
+from conftest import EXAMPLE_DATA, redis_only, wait_for
 from ftkit.core import statuses
 from ftkit.panels import ConfigureStep, Dashboard, MonitorPanel, Panel
 from ftkit.plots import loss_svg
@@ -229,6 +229,7 @@ def test_monitor_stops_refreshing_when_closed(client):
 
 
 @pytest.mark.slow
+@redis_only  # the browser panel test runs the same on SQLite
 def test_panel_submits_and_the_monitor_follows_the_job_to_the_end(client, start_worker, tiny_model):
     start_worker()
     panel = Panel(client)
