@@ -335,7 +335,7 @@ class TrainConfig:
         self._check_switches_and_backend()
         self._check_method()
         self._check_devices()
-        if problem := report_to_problem(self.report_to, self.devices):
+        if problem := report_to_problem(self.report_to):
             self._fail("report_to", problem)
 
     def _fail(self, name: str, why: str) -> NoReturn:

@@ -1,7 +1,8 @@
 """What the configuration, the kernel and the worker share about a job's experiment trackers:
-which there are (and what TrainConfig.report_to takes), the state file the kernel leaves in the
-run's output folder (which trackers log, the MLflow run, the warnings), the credentials no warning
-may show, and MLflow's client as the worker's environment configures it.
+which there are (and what TrainConfig.report_to takes), the state file the kernel (a multi-device
+job's rank 0) leaves in the run's output folder (which trackers log, the MLflow run, the
+warnings), the credentials no warning may show, and MLflow's client as the worker's environment
+configures it.
 
 The kernel's side is ftkit/training/trackers.py, the worker's ftkit/worker/trackers.py."""
 
@@ -37,10 +38,10 @@ MAX_WARNINGS, MAX_WARNING = 10, 400
 PROBE_SECONDS = 5.0  # a tracking server that does not accept a connection within this is away
 
 
-def report_to_problem(report_to: Any, devices: int = 1) -> str | None:
+def report_to_problem(report_to: Any) -> str | None:
     """Why TrainConfig refuses ``report_to`` (None when it takes it): a list of known trackers,
-    each once (a typo would log nowhere, silently), for a job on one device (the processes of a
-    multi-device job start no trackers)."""
+    each once (a typo would log nowhere, silently). A multi-device job takes them too: rank 0 of
+    its training processes logs."""
     if isinstance(report_to, str) or not isinstance(report_to, (list, tuple)):
         example = f"[{report_to!r}]" if report_to in TRACKERS else "['tensorboard', 'mlflow']"
         return f"give a list of trackers, e.g. report_to={example}"
@@ -51,11 +52,6 @@ def report_to_problem(report_to: Any, devices: int = 1) -> str | None:
             return f"{name!r} is not a tracker ftkit knows{hint}; use any of {', '.join(TRACKERS)}"
         if report_to.count(name) > 1:
             return f"names {name!r} twice"
-    if report_to and devices > 1:
-        return (
-            f"logs from a job on one device, and this job asks for devices={devices}: leave "
-            "report_to empty (its metrics stay in job.metrics() and the report) or use devices=1"
-        )
     return None
 
 

@@ -67,6 +67,7 @@ training.show_table(config.to_dict(), "Configuration")"""
 
 ENVIRONMENT = """training.show_table(training.environment(), "Environment")
 # report_to's trackers, each dropped with a warning when it cannot work on this worker
+# (on several devices: started and logged to by rank 0 of the training processes)
 trackers = training.start_trackers(config, job_id, output_dir, job_tags, job_note, reporter)"""
 
 TRAINING = """if config.devices == 1:
@@ -75,10 +76,10 @@ TRAINING = """if config.devices == 1:
         trackers.callbacks,
     )
     history, ranks = trainer.state.log_history, []
-else:  # one process per device, launched from here (torchrun); rank 0 reports, checkpoints and saves
+else:  # torchrun, one process per device, from here; rank 0 reports, logs to trackers, checkpoints, saves
     history, result, trained_info, ranks = training.fit_on_devices(
         train_data, eval_data, data_summary, config, output_dir, reporter, resume_from_checkpoint,
-        resume_from_adapter,
+        resume_from_adapter, trackers,
     )
     model_info = {**model_info, **trained_info}
 training.plot_training(history)
@@ -107,7 +108,7 @@ summary = {**result, "first_loss": losses[0] if losses else None, "final_loss": 
 training.write_result(output_dir, result=summary, data=data_summary, model=model_info, throughput=speed,
                    samples=samples, margins=margins)
 training.show_table(summary, "Result")
-trackers.finish(summary)  # metrics written, the adapter to MLflow, the W&B run finished"""
+trackers.finish(summary)  # metrics written, the adapter to MLflow, the W&B run finished (on several devices: rank 0 did)"""
 
 params = code(PARAMETERS)
 params.metadata["tags"] = ["parameters"]

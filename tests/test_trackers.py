@@ -18,6 +18,7 @@ from conftest import EXAMPLE_DATA, free_port, sqlite_only
 from ftkit.config import TrainConfig
 from ftkit.errors import ConfigError
 from ftkit.trackers import TRACKERS
+from tracker_reads import mlflow_losses, mlflow_run, tensorboard_losses
 
 JOB = dict(max_steps=6, batch_size=2, max_seq_length=128, learning_rate=3e-3)
 NOTE = 'tracked "twice"\nsecond line \\ end'  # a value, whatever it holds, never code
@@ -47,13 +48,16 @@ def test_a_bad_report_to_is_refused_naming_the_field(value, says):
     assert caught.value.field == "report_to" and "TrainConfig.report_to=" in str(caught.value)
 
 
-def test_report_to_is_for_a_job_on_one_device():
-    """A multi-device job trains in processes of their own, which start no trackers: refused at
-    submit rather than silently logging nowhere."""
-    assert TrainConfig(devices=2, backend="hf").report_to == []
-    with pytest.raises(ConfigError, match="logs from a job on one device.*devices=2") as caught:
-        TrainConfig(devices=2, backend="hf", report_to=["tensorboard"])
-    assert caught.value.field == "report_to" and "TrainConfig.report_to=" in str(caught.value)
+def test_a_multi_device_jobs_kernel_leaves_its_trackers_to_rank_0(tmp_path):
+    """Its kernel starts nothing: no callbacks, no state file, nothing to finish; the tags and
+    note wait for the plan (rank 0's trackers in a real job: test_multi_device.py)."""
+    from ftkit.training.trackers import start_trackers
+
+    config = TrainConfig(devices=2, backend="hf", report_to=["tensorboard", "mlflow"])
+    trackers = start_trackers(config, "0123456789ab", str(tmp_path), ["a", 3], "why")
+    trackers.finish({"adapter_dir": str(tmp_path)})
+    assert trackers.callbacks == [] and list(tmp_path.iterdir()) == []
+    assert (trackers.tags, trackers.note) == (["a"], "why")
 
 
 def test_report_to_is_one_value_to_a_sweep_and_a_comma_list_to_the_cli():
@@ -222,23 +226,14 @@ def test_one_job_logs_to_tensorboard_mlflow_and_wandb(
     losses = {m["step"]: m["loss"] for m in job.metrics()}
     assert sorted(losses) == list(range(1, 7))
     run_folder = Path(settings.storage) / "runs" / job.id
+    assert tensorboard_losses(run_folder / "tensorboard") == pytest.approx(losses)
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_folder / "tensorboard"))
-    events.Reload()
-    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(losses)
-
-    from ftkit.trackers import mlflow_client
-
-    mlflow = mlflow_client(env["MLFLOW_TRACKING_URI"])
-    (run,) = mlflow.search_runs(["0"], filter_string=f"attributes.run_name = '{job.id}'")
+    mlflow, run = mlflow_run(env["MLFLOW_TRACKING_URI"], job.id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["ftkit.job_id"] == job.id and run.data.tags["ftkit.tags"] == "lr-sweep"
     assert run.data.tags["mlflow.note.content"] == NOTE
     assert run.data.params["learning_rate"] == "0.003" and run.data.params["max_steps"] == "6"
-    history = mlflow.get_metric_history(run.info.run_id, "loss")
-    assert {m.step: m.value for m in history} == pytest.approx(losses)
+    assert mlflow_losses(mlflow, run.info.run_id) == pytest.approx(losses)
     artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
     adapter = {a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")}
     assert {"report.ipynb", "adapter"} <= artifacts

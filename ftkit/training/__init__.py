@@ -16,7 +16,7 @@ template notebook with parameters and environment variables, and reads back resu
     trainer.py      data sets, trainer, training (out-of-memory retry), the saved adapter
     launch.py       a multi-device run, from the kernel: torchrun, its output, its outcome
     launcher.py     torchrun, tied to the kernel's life
-    rank_run.py     one training process of a multi-device run (rank 0 reports and saves)
+    rank_run.py     one training process of a multi-device run (rank 0 reports, tracks, saves)
     ranks.py        this process's rank, and the stop decisions every rank takes together
     preference.py   DPO, ORPO and KTO: their data, trainers, settings and reference model
     margins.py      a preference run's margins (chosen over rejected) before and after

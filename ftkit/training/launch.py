@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from .display import show_table
 from .reporter import Reporter
+from .trackers import RankZeroTrackers
 
 STOP_GRACE_SECONDS = 10  # a stopped launcher stops its processes; then SIGKILL
 
@@ -91,9 +93,12 @@ def fit_on_devices(
     reporter: Reporter,
     resume_from_checkpoint: str = "",
     resume_from_adapter: str = "",
+    trackers: RankZeroTrackers | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """Train on ``config.devices`` processes; the loss history, the result, the model's summary
-    and every rank's device and throughput, as rank 0 wrote them."""
+    and every rank's device and throughput, as rank 0 wrote them. Rank 0 starts the job's
+    trackers (``config.report_to``) with the tags and note of ``trackers`` (start_trackers'
+    stand-in in this kernel); the table of what each does, as rank 0 started them, shows here."""
     folder = Path(output_dir) / "devices"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -109,6 +114,8 @@ def fit_on_devices(
         "summary": data_summary,
         "resume_from_checkpoint": resume_from_checkpoint,
         "resume_from_adapter": resume_from_adapter,
+        "job_tags": trackers.tags if trackers is not None else [],
+        "job_note": trackers.note if trackers is not None else "",
     }
     (folder / "plan.json").write_text(json.dumps(plan))
     returncode = run_processes(config.devices, folder / "plan.json", reporter)
@@ -116,6 +123,8 @@ def fit_on_devices(
     if returncode != 0 or not outcome.is_file():
         raise DevicesFailed(failure(folder, returncode, config.devices))
     written = json.loads(outcome.read_text())
+    if written.get("trackers"):
+        show_table(written["trackers"], "Experiment trackers (rank 0)")
     return written["history"], written["result"], written["model"], written["ranks"]
 
 

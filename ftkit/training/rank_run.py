@@ -4,9 +4,10 @@
     python -m ftkit.training.rank_run PLAN
 
 Each loads the model on its device and trains its share of every batch; rank 0 alone reports to
-the job store, uploads checkpoints, writes the exactly-once marker and saves the adapter, then
-writes ``outcome.json`` for the kernel: the loss history, the result, the model's summary and every
-rank's throughput. Only rank 0 prints; every rank's errors reach the notebook, and a failure
+the job store, logs to the job's experiment trackers (report_to: started and finished here, in the
+run's output folder, where the worker finds them), uploads checkpoints, writes the exactly-once
+marker and saves the adapter, then writes ``outcome.json`` for the kernel: the loss history, the
+result, the model's summary, every rank's throughput and what each tracker does. Only rank 0 prints; every rank's errors reach the notebook, and a failure
 leaves ``error-<rank>.txt`` saying what went wrong."""
 
 from __future__ import annotations
@@ -40,37 +41,46 @@ def main(argv: list[str]) -> int:
 
 
 def train_my_share(plan: dict[str, Any], folder: Path) -> None:
-    """Load, train, and (rank 0) save the adapter and write the outcome."""
+    """Load, train, and (rank 0) save the adapter, finish the trackers and write the outcome."""
     from datasets import load_from_disk
 
+    from .model import load_model
     from .reporter import Reporter
+    from .trackers import start_trackers
     from .trainer import fit, save_adapter
 
     config = TrainConfig.from_dict(plan["config"])
     reporter = Reporter.for_job(plan["job_id"]) if is_main() else Reporter(None)
-    from .model import load_model
-
+    trackers = None  # the kernel started none: rank 0 alone logs, and starts them before loading
+    if is_main():
+        trackers = start_trackers(
+            config, plan["job_id"], plan["output_dir"], plan.get("job_tags") or [],
+            plan.get("job_note") or "", reporter, rank_zero=True,
+        )  # fmt: skip
     model, tokenizer, model_info = load_model(config, plan["resume_from_adapter"])
     train_data = load_from_disk(plan["train"])
     eval_data = load_from_disk(plan["eval"]) if plan["eval"] else None
     trainer, result = fit(
         model, tokenizer, train_data, eval_data, config, plan["output_dir"], reporter,
-        plan["resume_from_checkpoint"] or None,
+        plan["resume_from_checkpoint"] or None, trackers.callbacks if trackers else [],
     )  # fmt: skip
     ranks = gather(rank_facts(result, plan["summary"], config))
+    adapter = Path(plan["output_dir"]) / "adapter"
     if config.sharding == "fsdp":  # every rank gives its shard to the full adapter
-        trainer.save_model(str(Path(plan["output_dir"]) / "adapter"))
-    if not is_main():
+        trainer.save_model(str(adapter))
+    if trackers is None:  # ranks above 0: no tracker, no adapter, no outcome
         return
     if config.sharding == "fsdp":
-        tokenizer.save_pretrained(Path(plan["output_dir"]) / "adapter")
+        tokenizer.save_pretrained(adapter)
     else:
         save_adapter(model, tokenizer, plan["output_dir"])
+    trackers.finish({**result, "adapter_dir": str(adapter)})  # the adapter to MLflow, runs ended
     outcome = {
         "history": trainer.state.log_history,
         "result": {**result, "world_size": world_size()},
         "model": model_info,
         "ranks": ranks,
+        "trackers": trackers.shown,  # what each tracker does, for the kernel's report
     }
     (folder / "outcome.json").write_text(json.dumps(outcome, default=str))
 

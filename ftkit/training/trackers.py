@@ -10,6 +10,10 @@ metrics go to it by run id. transformers' MLflowCallback would start a run of it
 TrainingArguments under names that clash with the TrainConfig's (save_steps 0 here, 500 there), and
 end the run as training ends, before the worker has the report to add to it.
 
+A multi-device job's trackers are rank 0's (its training process logs the metrics): its kernel
+holds a stand-in (RankZeroTrackers) that starts nothing and hands the job's tags and note to the
+plan; rank 0 starts the trackers in the same output folder and sends their table back.
+
 The worker does the rest after the notebook (ftkit/worker/trackers.py): uploads the TensorBoard
 files to storage, adds the report to the MLflow run and gives it its final status."""
 
@@ -104,6 +108,23 @@ class Trackers:
             self.tensorboard.tb_writer = None
 
 
+class RankZeroTrackers(Trackers):
+    """A multi-device job's trackers as its kernel holds them: rank 0 of the training processes
+    starts them (rank_run.py) with the tags and note kept here for the plan, and logs to them. No
+    callbacks here, no state file to write, nothing to finish; rank 0's table is shown as the
+    training ends (launch.py)."""
+
+    def __init__(self, job_id: str, output_dir: str, tags: list[str], note: str):
+        super().__init__(job_id, output_dir)
+        self.tags, self.note = tags, note
+
+    def save(self) -> None:
+        """Rank 0 writes the state file the worker reads."""
+
+    def finish(self, result: dict[str, Any] | None = None) -> None:
+        """Rank 0 finished the trackers before its processes ended."""
+
+
 def start_trackers(
     config: TrainConfig,
     job_id: str = "",
@@ -111,11 +132,21 @@ def start_trackers(
     tags: list[str] | tuple[str, ...] = (),
     note: str = "",
     reporter: Any = None,
+    *,
+    rank_zero: bool = False,
 ) -> Trackers:
     """Start each tracker of ``config.report_to``, dropping with a warning those that cannot work
-    here; the table of what each does is shown when the job asks for any."""
-    trackers = Trackers(job_id, output_dir, getattr(reporter, "storage", None))
+    here; the table of what each does is shown when the job asks for any. A multi-device job's
+    kernel gets rank 0's stand-in; rank 0 (``rank_zero``) starts them, its table sent back to the
+    kernel rather than shown (no notebook display in a training process)."""
     labels = [t for t in tags if isinstance(t, str)]
+    if config.devices > 1 and not rank_zero:
+        stand_in = RankZeroTrackers(job_id, output_dir, labels, note or "")
+        where = f"logged by rank 0 of the {config.devices} training processes (see Training)"
+        if config.report_to:
+            show_table(dict.fromkeys(config.report_to, where), "Experiment trackers")
+        return stand_in
+    trackers = Trackers(job_id, output_dir, getattr(reporter, "storage", None))
     for tracker in config.report_to:
         try:
             where = STARTERS[tracker](trackers, config, labels, note or "")
@@ -127,7 +158,7 @@ def start_trackers(
             trackers.shown[tracker] = where
             trackers.state["used"].append(tracker)
     trackers.save()
-    if config.report_to:
+    if config.report_to and not rank_zero:
         show_table(trackers.shown, "Experiment trackers")
     return trackers
 
