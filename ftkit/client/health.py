@@ -13,7 +13,8 @@ from ..core.records import Health, WaitingJob
 from ..jobstore import JobStore
 from .status import waiting_for
 
-WAITING_SCAN = 10  # the oldest queued jobs health() reads (a page: its cost does not grow with the queue)
+# The oldest queued jobs health() reads: a page, so its cost does not grow with the queue.
+WAITING_SCAN = 10
 
 
 def waiting_jobs(
