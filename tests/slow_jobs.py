@@ -124,7 +124,7 @@ def cancel_mid_training(job, from_step: int = 3) -> None:
 # -- jobs on two devices: a worker offering two gloo processes, a job long enough to interrupt ------
 TWO_DEVICES = {"env": {**FAST["env"], "FTKIT_CPU_DEVICES": "2"}}
 SLOW_ON_TWO = dict(
-    batch_size=4, gradient_accumulation_steps=4, max_seq_length=256, learning_rate=3e-3,
+    batch_size=4, gradient_accumulation_steps=2, max_seq_length=256, learning_rate=3e-3,
     save_steps=5, devices=2,
 )  # fmt: skip
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import EXAMPLE_DATA, wait_for
+from conftest import EXAMPLE_DATA, redis_only, sqlite_only, wait_for
 
 STATUS_FIELDS = {
     "job_id",
@@ -30,6 +30,7 @@ STATUS_FIELDS = {
 
 
 @pytest.mark.slow
+@sqlite_only  # every job on Redis trains the same way: the fault tests run there
 def test_a_job_trains_and_leaves_a_report_and_a_loadable_adapter(
     client, start_worker, tiny_model, tmp_path
 ):
@@ -108,6 +109,7 @@ print(out.shape[1] - ids["input_ids"].shape[1])
 
 
 @pytest.mark.slow
+@redis_only
 def test_a_missing_base_model_fails_clearly_and_keeps_its_report(client, start_worker, tmp_path):
     gone = tmp_path / "no-such-model"
     gone.mkdir()

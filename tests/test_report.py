@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import EXAMPLE_DATA, REPO, WorkerProcess, wait_for
+from conftest import EXAMPLE_DATA, REPO, WorkerProcess, sqlite_only, wait_for
 from ftkit.config import TrainConfig
 
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -217,6 +217,7 @@ def test_the_same_config_data_and_seed_give_the_same_loss_curve(finished):
 
 
 @pytest.mark.slow
+@sqlite_only
 def test_a_failed_job_still_renders_its_report_with_the_failing_cell(
     client, start_worker, tmp_path
 ):

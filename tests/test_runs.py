@@ -102,6 +102,7 @@ def test_the_gc_command_prints_what_it_frees(client, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@redis_only  # the tag index on both backends: test_jobs.py
 def test_a_worker_run_is_found_by_tag_and_deleted_with_its_run_folder(
     client, start_worker, tiny_model
 ):
